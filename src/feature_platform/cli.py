@@ -1,0 +1,120 @@
+"""`feature-platform`: the commands the Makefile, CI, the image and people all use."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from feature_platform import environments, feast_commands, generator, offline_tables
+from feature_platform.config_guard import EXIT_CONFIG_ERROR, ConfigError
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r}") from exc
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    feast_commands.prepare(args.env)
+    say(f"{args.env}: {environments.feature_store_yaml(args.env).name} has every variable it needs")
+    return 0
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    offline_tables.ensure_databases(feast_commands.prepare(args.env), say)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    env = feast_commands.prepare(args.env)
+    sizes = generator.Sizes(args.customers, args.merchants, args.days, args.transactions)
+    as_of = args.as_of or generator.default_as_of()
+    say(f"generating data as of {as_of.isoformat()} (seed {args.seed})")
+    tables = generator.generate(sizes, seed=args.seed, as_of=as_of, progress=say)
+    offline_tables.ensure_databases(env, say)
+    offline_tables.write(env, tables, progress=say)
+    return 0
+
+
+def cmd_feast(args: argparse.Namespace) -> int:
+    feast_args = args.feast_args[1:] if args.feast_args[:1] == ["--"] else args.feast_args
+    return feast_commands.run(args.env, feast_args, check=False).returncode
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    end = (args.end or datetime.now(UTC)).isoformat()
+    return feast_commands.run(args.env, ["materialize-incremental", end], check=False).returncode
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from feature_platform import demo
+
+    return demo.run(args.env, sizes=generator.Sizes(args.customers, args.merchants, args.days,
+                                                    args.transactions))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="feature-platform", description=__doc__)
+    subs = top.add_subparsers(dest="command", required=True)
+
+    def sub(name: str, help_text: str, func: object) -> argparse.ArgumentParser:
+        p = subs.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("env", help=f"environment: {', '.join(environments.available())}")
+        p.set_defaults(func=func)
+        return p
+
+    def size_flags(p: argparse.ArgumentParser, defaults: generator.Sizes) -> None:
+        p.add_argument("--customers", type=_positive, default=defaults.customers)
+        p.add_argument("--merchants", type=_positive, default=defaults.merchants)
+        p.add_argument("--days", type=_positive, default=defaults.days)
+        p.add_argument("--transactions", type=_positive, default=defaults.transactions)
+
+    sub("check-config", "check that every variable the configuration needs is set",
+        cmd_check_config)
+    sub("init-db", "create the registry and offline databases if missing", cmd_init_db)
+
+    gen = sub("generate", "write the deterministic data set to the offline store", cmd_generate)
+    size_flags(gen, generator.Sizes())
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--as-of", type=_timestamp, default=None,
+                     help="newest event time (ISO 8601, UTC if no offset); default: this hour")
+
+    fst = sub("feast", "run a Feast CLI command for the environment", cmd_feast)
+    fst.add_argument("feast_args", nargs=argparse.REMAINDER, help="-- then Feast's arguments")
+
+    mat = sub("materialize", "materialize-incremental up to now (or --end)", cmd_materialize)
+    mat.add_argument("--end", type=_timestamp, default=None)
+
+    demo = sub("demo", "generate, apply, materialize, serve, fetch, train: end to end",
+               cmd_demo)
+    size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        say(f"config error: {exc}")
+        return EXIT_CONFIG_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
