@@ -65,8 +65,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from feature_platform import demo
 
-    return demo.run(args.env, sizes=generator.Sizes(args.customers, args.merchants, args.days,
-                                                    args.transactions))
+    return demo.run(
+        args.env,
+        sizes=generator.Sizes(args.customers, args.merchants, args.days, args.transactions),
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,15 +87,20 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--days", type=_positive, default=defaults.days)
         p.add_argument("--transactions", type=_positive, default=defaults.transactions)
 
-    sub("check-config", "check that every variable the configuration needs is set",
-        cmd_check_config)
+    sub(
+        "check-config", "check that every variable the configuration needs is set", cmd_check_config
+    )
     sub("init-db", "create the registry and offline databases if missing", cmd_init_db)
 
     gen = sub("generate", "write the deterministic data set to the offline store", cmd_generate)
     size_flags(gen, generator.Sizes())
     gen.add_argument("--seed", type=int, default=7)
-    gen.add_argument("--as-of", type=_timestamp, default=None,
-                     help="newest event time (ISO 8601, UTC if no offset); default: this hour")
+    gen.add_argument(
+        "--as-of",
+        type=_timestamp,
+        default=None,
+        help="newest event time (ISO 8601, UTC if no offset); default: this hour",
+    )
 
     fst = sub("feast", "run a Feast CLI command for the environment", cmd_feast)
     fst.add_argument("feast_args", nargs=argparse.REMAINDER, help="-- then Feast's arguments")
@@ -101,8 +108,7 @@ def parser() -> argparse.ArgumentParser:
     mat = sub("materialize", "materialize-incremental up to now (or --end)", cmd_materialize)
     mat.add_argument("--end", type=_timestamp, default=None)
 
-    demo = sub("demo", "generate, apply, materialize, serve, fetch, train: end to end",
-               cmd_demo)
+    demo = sub("demo", "generate, apply, materialize, serve, fetch, train: end to end", cmd_demo)
     size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))
     return top
 

@@ -40,22 +40,28 @@ def _value_problems(env: Mapping[str, str], names: list[str]) -> list[str]:
         password = env["REDIS_PASSWORD"]
         # Feast splits the Redis connection string on commas and json-decodes each value.
         if "," in password:
-            problems.append("REDIS_PASSWORD contains a comma, which Feast's Redis "
-                            "connection string cannot carry")
+            problems.append(
+                "REDIS_PASSWORD contains a comma, which Feast's Redis "
+                "connection string cannot carry"
+            )
         else:
             try:
                 decoded = json.loads(password)
             except ValueError:
                 decoded = password
             if password and not isinstance(decoded, str):
-                problems.append("REDIS_PASSWORD reads as a JSON literal (number, true, "
-                                "null...), which Feast would not pass on as text")
+                problems.append(
+                    "REDIS_PASSWORD reads as a JSON literal (number, true, "
+                    "null...), which Feast would not pass on as text"
+                )
     for name in names:
         value = env.get(name)
         # Passwords sit inside double-quoted YAML strings.
         if name.endswith("PASSWORD") and value is not None and ('"' in value or "\\" in value):
-            problems.append(f"{name} contains a double quote or backslash, which the "
-                            "quoted YAML value cannot carry")
+            problems.append(
+                f"{name} contains a double quote or backslash, which the "
+                "quoted YAML value cannot carry"
+            )
     return problems
 
 

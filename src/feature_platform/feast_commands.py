@@ -37,7 +37,7 @@ def run(env: str, args: Sequence[str], check: bool = True) -> subprocess.Complet
 def start(env: str, args: Sequence[str], **popen_kwargs: object) -> subprocess.Popen[bytes]:
     """Start a long-running `feast <args>` (a server) for `env`."""
     values = prepare(env)
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+    return subprocess.Popen(  # type: ignore[call-overload]
         feast_argv(env, args), cwd=environments.FEATURE_REPO, env=values, **popen_kwargs
     )
 

@@ -74,6 +74,12 @@ def _restate(
     return pd.concat([df, picked], ignore_index=True)
 
 
+def _grid(n_entities: int, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (entity index, day index) pair, entity-major."""
+    days = np.arange(n_days)
+    return np.repeat(np.arange(n_entities), n_days), np.tile(days, n_entities)
+
+
 def _snapshot_days(as_of: pd.Timestamp, days: int) -> pd.DatetimeIndex:
     last = as_of.floor("D")
     return pd.date_range(end=last, periods=days, freq="D", tz="UTC")
@@ -104,8 +110,7 @@ def generate(
     country = rng.choice(COUNTRIES, n_c, p=COUNTRY_WEIGHTS)
 
     progress(f"customer_stats: {n_c:,} customers x {sizes.days} days")
-    c_idx, d_idx = np.meshgrid(np.arange(n_c), np.arange(len(days)), indexing="ij")
-    c_idx, d_idx = c_idx.ravel(), d_idx.ravel()
+    c_idx, d_idx = _grid(n_c, len(days))
     snap_ts = days[d_idx]
     keep = (snap_ts > signup[c_idx]) & (rng.random(len(c_idx)) >= 0.02)
     c_idx, snap_ts = c_idx[keep], snap_ts[keep]
@@ -122,7 +127,8 @@ def generate(
             "home_country": country[c_idx],
         }
     )
-    customer_stats.insert(2, "created_timestamp", _created(rng, customer_stats["event_timestamp"], now))
+    created = _created(rng, customer_stats["event_timestamp"], now)
+    customer_stats.insert(2, "created_timestamp", created)
     customer_stats = _restate(rng, customer_stats, "avg_purchase_30d", now)
 
     # Merchants: 10% never rated; the last 3% (at least one) stop halfway through.
@@ -138,8 +144,7 @@ def generate(
     stops[n_m - n_stopped :] = days[len(days) // 2]
 
     progress(f"merchant_stats: {n_m:,} merchants x {sizes.days} days")
-    m_idx, d_idx = np.meshgrid(np.arange(n_m), np.arange(len(days)), indexing="ij")
-    m_idx, d_idx = m_idx.ravel(), d_idx.ravel()
+    m_idx, d_idx = _grid(n_m, len(days))
     m_ts = days[d_idx]
     keep = (m_ts <= pd.DatetimeIndex(stops[m_idx])) & (rng.random(len(m_idx)) >= 0.02)
     m_idx, m_ts = m_idx[keep], m_ts[keep]
@@ -154,14 +159,15 @@ def generate(
             "category": category[m_idx],
         }
     )
-    merchant_stats.insert(2, "created_timestamp", _created(rng, merchant_stats["event_timestamp"], now))
+    created = _created(rng, merchant_stats["event_timestamp"], now)
+    merchant_stats.insert(2, "created_timestamp", created)
     merchant_stats = _restate(rng, merchant_stats, "avg_rating", now)
 
     # Transactions: after the customer's signup, within the period, up to now.
     n_t = sizes.transactions
     progress(f"transactions: {n_t:,} labelled transactions")
     t_c = rng.choice(n_c, n_t, p=rate / rate.sum())
-    first = pd.DatetimeIndex(np.maximum(signup[t_c], start))
+    first = signup[t_c].where(signup[t_c] > start, start)
     span_s = (now - first).total_seconds().to_numpy()
     t_ts = first + pd.to_timedelta(np.floor(rng.random(n_t) * span_s), unit="s")
     t_m = rng.integers(0, n_m, n_t)
@@ -208,4 +214,3 @@ def generate(
     }
     assert tuple(tables) == TABLES
     return tables
-

@@ -21,8 +21,12 @@ from feature_platform.config_guard import ConfigError
 COPY_CHUNK_ROWS = 100_000
 
 # Which column of each table is looked up by key, for an index.
-_KEYS = {"customer_stats": "customer_id", "merchant_stats": "merchant_id",
-         "customer_txn_1h": "customer_id", "transactions": "customer_id"}
+_KEYS = {
+    "customer_stats": "customer_id",
+    "merchant_stats": "merchant_id",
+    "customer_txn_1h": "customer_id",
+    "transactions": "customer_id",
+}
 
 
 def postgres_conninfo(env: Mapping[str, str], database: str) -> str:
@@ -62,8 +66,9 @@ def _pg_type(series: pd.Series) -> str:
     return "text"
 
 
-def _copy_frame(conn: psycopg.Connection, table: str, df: pd.DataFrame,
-                progress: Callable[[str], None]) -> None:
+def _copy_frame(
+    conn: psycopg.Connection, table: str, df: pd.DataFrame, progress: Callable[[str], None]
+) -> None:
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in df.columns)
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
         sql.Identifier(table), columns
@@ -79,14 +84,20 @@ def _copy_frame(conn: psycopg.Connection, table: str, df: pd.DataFrame,
                 progress(f"  {table}: {done:,}/{len(df):,} rows ({done * 100 // len(df)}%)")
 
 
-def write(env: Mapping[str, str], tables: Mapping[str, pd.DataFrame],
-          progress: Callable[[str], None] = lambda _msg: None) -> None:
+def write(
+    env: Mapping[str, str],
+    tables: Mapping[str, pd.DataFrame],
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> None:
     """Replace each table in the environment's offline store."""
     if source_kind(env) == "file":
         for name, df in tables.items():
             path = parquet_path(env, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+            # duckdb cannot cast nanosecond timestamps with a zone: write microseconds.
+            pq.write_table(
+                pa.Table.from_pandas(df, preserve_index=False), path, coerce_timestamps="us"
+            )
             progress(f"  {name}: {len(df):,} rows -> {path}")
         return
     with psycopg.connect(postgres_conninfo(env, env["OFFLINE_DB"])) as conn:

@@ -32,8 +32,16 @@ class FeatureServer:
     def __enter__(self) -> FeatureServer:
         self.process = feast_commands.start(
             self.env,
-            ["serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), "--no-access-log"],
+            [
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--no-access-log",
+            ],
         )
         self.wait_ready()
         return self
@@ -96,5 +104,7 @@ def response_rows(response: Mapping[str, Any]) -> list[dict[str, Any]]:
     names = response["metadata"]["feature_names"]
     columns = response["results"]
     n_rows = len(columns[0]["values"]) if columns else 0
-    return [{name: col["values"][i] for name, col in zip(names, columns, strict=True)}
-            for i in range(n_rows)]
+    return [
+        {name: col["values"][i] for name, col in zip(names, columns, strict=True)}
+        for i in range(n_rows)
+    ]
