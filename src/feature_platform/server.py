@@ -30,6 +30,12 @@ class FeatureServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FeatureServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> FeatureServer:
         self.process = feast_commands.start(
             self.env,
             [
@@ -46,7 +52,7 @@ class FeatureServer:
         self.wait_ready()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:

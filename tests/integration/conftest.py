@@ -1,0 +1,83 @@
+"""Session fixtures: isolated local and dev stacks with the same generated data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+from stacks import Stack, make_stack
+
+from feature_platform import generator
+from feature_platform.server import FeatureServer
+
+# One clock for the whole session: data up to AS_OF, materialized up to MAT_END, and
+# training rows asked for at MAT_END, so online and offline see the same instant.
+AS_OF = generator.default_as_of()
+MAT_END = datetime.now(UTC).replace(microsecond=0)
+SIZES = generator.Sizes(customers=300, merchants=30, days=10, transactions=3_000)
+SEED = 11
+
+
+@pytest.fixture(scope="session")
+def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(env: str, name: str) -> Stack:
+        stack = make_stack(env, name, tmp_path_factory.mktemp(f"{env}_{name}"))
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
+
+
+@pytest.fixture(scope="session")
+def generated_tables() -> dict[str, pd.DataFrame]:
+    return generator.generate(SIZES, seed=SEED, as_of=AS_OF)
+
+
+def _deploy(stack: Stack, tables: dict[str, pd.DataFrame]) -> Stack:
+    stack.write(tables)
+    stack.feast("apply")
+    stack.materialize(MAT_END)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def deployed_local(stack_factory: Callable[..., Stack], generated_tables: dict) -> Stack:
+    return _deploy(stack_factory("local", "gen"), generated_tables)
+
+
+@pytest.fixture(scope="session")
+def deployed_dev(stack_factory: Callable[..., Stack], generated_tables: dict) -> Stack:
+    return _deploy(stack_factory("dev", "gen"), generated_tables)
+
+
+@pytest.fixture(scope="session")
+def server_local(deployed_local: Stack) -> FeatureServer:
+    return deployed_local.server()
+
+
+@pytest.fixture(scope="session")
+def server_dev(deployed_dev: Stack) -> FeatureServer:
+    return deployed_dev.server()
+
+
+@pytest.fixture(params=["local", "dev"])
+def env_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def deployed(env_name: str, request: pytest.FixtureRequest) -> Stack:
+    stack: Stack = request.getfixturevalue(f"deployed_{env_name}")
+    return stack
+
+
+@pytest.fixture
+def server(env_name: str, request: pytest.FixtureRequest) -> FeatureServer:
+    served: FeatureServer = request.getfixturevalue(f"server_{env_name}")
+    return served

@@ -1,0 +1,157 @@
+"""Isolated copies of an environment for tests: own databases, own Redis db, own files."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psycopg
+import redis
+from feast import FeatureStore
+from psycopg import sql
+
+from feature_platform import environments, feast_commands, offline_tables, training
+from feature_platform.server import FeatureServer
+
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+CLAIM_KEY = "feature-platform:test-claim"
+# dev.env and prod.env use 1 and 2; tests claim an empty one of the rest.
+TEST_REDIS_DBS = range(3, 16)
+
+
+@contextmanager
+def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _service_defaults() -> dict[str, str]:
+    """The local services: trust auth, no Redis password, unless the caller says otherwise."""
+    return {
+        "POSTGRES_PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
+        "REDIS_PASSWORD": os.environ.get("REDIS_PASSWORD", ""),
+    }
+
+
+@dataclass
+class Stack:
+    """One environment's configuration pointed at storage no other test run uses."""
+
+    env: str
+    overrides: dict[str, str]
+    cleanups: list[Any] = field(default_factory=list)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with patched_environ(self.overrides):
+            yield
+
+    def settings(self) -> dict[str, str]:
+        with self.active():
+            return environments.settings(self.env)
+
+    def feast(self, *args: str) -> None:
+        with self.active():
+            feast_commands.run(self.env, list(args))
+
+    def materialize(self, end: datetime) -> None:
+        self.feast("materialize-incremental", end.isoformat())
+
+    def store(self) -> FeatureStore:
+        with self.active():
+            return feast_commands.open_store(self.env)
+
+    def server(self) -> FeatureServer:
+        """A feature server for this stack, stopped when the stack closes."""
+        server = FeatureServer(self.env)
+        with self.active():
+            server.start()
+        self.cleanups.append(server.stop)
+        return server
+
+    def write(self, tables: Mapping[str, pd.DataFrame]) -> None:
+        offline_tables.write(self.settings(), tables)
+
+    def training_set(self, labels: pd.DataFrame) -> pd.DataFrame:
+        return training.training_set(self.store(), labels)
+
+    def redis(self) -> redis.Redis:
+        settings = self.settings()
+        return redis.Redis(
+            host=settings["REDIS_HOST"],
+            port=int(settings["REDIS_PORT"]),
+            db=int(settings["REDIS_DB"]),
+            password=settings["REDIS_PASSWORD"] or None,
+        )
+
+    def close(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+
+
+def _claim_redis_db(settings: Mapping[str, str]) -> int:
+    for db in TEST_REDIS_DBS:
+        client = redis.Redis(
+            host=settings["REDIS_HOST"],
+            port=int(settings["REDIS_PORT"]),
+            db=db,
+            password=settings["REDIS_PASSWORD"] or None,
+        )
+        if client.set(CLAIM_KEY, RUN_ID, nx=True, ex=6 * 3600):
+            if client.dbsize() == 1:
+                return db
+            client.delete(CLAIM_KEY)
+    raise RuntimeError(f"no empty Redis db among {list(TEST_REDIS_DBS)} to claim")
+
+
+def _release_redis_db(settings: Mapping[str, str], db: int) -> None:
+    client = redis.Redis(
+        host=settings["REDIS_HOST"],
+        port=int(settings["REDIS_PORT"]),
+        db=db,
+        password=settings["REDIS_PASSWORD"] or None,
+    )
+    client.flushdb()
+
+
+def _drop_databases(settings: Mapping[str, str], names: list[str]) -> None:
+    conninfo = offline_tables.postgres_conninfo(settings, "postgres")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for name in names:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def make_stack(env: str, name: str, tmp_dir: Path) -> Stack:
+    """A fresh, empty copy of `env` named `name` for this test run."""
+    overrides = _service_defaults()
+    if env == environments.LOCAL:
+        overrides["PLATFORM_DATA_DIR"] = str(tmp_dir)
+        return Stack(env, overrides)
+    prefix = f"fpt_{RUN_ID}_{name}"
+    overrides["REGISTRY_DB"] = f"{prefix}_registry"
+    overrides["OFFLINE_DB"] = f"{prefix}_offline"
+    with patched_environ(overrides):
+        base = environments.settings(env)
+    overrides["REDIS_DB"] = str(_claim_redis_db(base))
+    stack = Stack(env, overrides)
+    settings = stack.settings()
+    offline_tables.ensure_databases(settings, lambda _msg: None)
+    stack.cleanups.append(lambda: _release_redis_db(settings, int(overrides["REDIS_DB"])))
+    stack.cleanups.append(
+        lambda: _drop_databases(settings, [overrides["REGISTRY_DB"], overrides["OFFLINE_DB"]])
+    )
+    return stack

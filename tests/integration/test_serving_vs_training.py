@@ -1,0 +1,77 @@
+"""No training/serving skew: the feature server answers what a training set holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from compare import feature_types, offline_rows, online_rows
+from conftest import MAT_END, SIZES
+from stacks import Stack
+
+from feature_platform.server import FeatureServer
+from feature_platform.training import FEATURE_SERVICE
+
+UNKNOWN_CUSTOMERS = [10_000_001, 10_000_002, 10_000_003]
+
+
+def _requests(n: int = 150, seed: int = 3) -> pd.DataFrame:
+    """Distinct (customer, merchant) pairs: known, new and never-seen customers,
+    every merchant including the ones whose snapshots stopped."""
+    rng = np.random.default_rng(seed)
+    customers = rng.choice(np.arange(1, SIZES.customers + 1), n - len(UNKNOWN_CUSTOMERS))
+    customers = np.concatenate([customers, UNKNOWN_CUSTOMERS])
+    merchants = rng.integers(1, SIZES.merchants + 1, n)
+    df = pd.DataFrame({"customer_id": customers, "merchant_id": merchants})
+    df = df.drop_duplicates().reset_index(drop=True)
+    df["amount"] = np.round(rng.lognormal(3.6, 0.8, len(df)), 2)
+    df.insert(0, "request_id", np.arange(len(df)))
+    return df
+
+
+def _online(server: FeatureServer, requests: pd.DataFrame) -> dict:
+    entities = {c: requests[c].tolist() for c in ("customer_id", "merchant_id", "amount")}
+    return server.online_features(entities, feature_service=FEATURE_SERVICE)
+
+
+def _offline(stack: Stack, requests: pd.DataFrame) -> pd.DataFrame:
+    labels = requests.assign(event_timestamp=pd.Timestamp(MAT_END))
+    return stack.training_set(labels)
+
+
+def test_server_vectors_equal_training_rows(deployed: Stack, server: FeatureServer) -> None:
+    requests = _requests()
+    types = feature_types(deployed.store())
+    served = online_rows(_online(server, requests), types)
+    trained = offline_rows(_offline(deployed, requests), types)
+
+    assert len(served) == len(trained) == len(requests)
+    mismatches = [
+        (int(requests.request_id[i]), name, served[i][name], trained[i][name])
+        for i in range(len(requests))
+        for name in types
+        if served[i][name] != trained[i][name]
+    ]
+    assert mismatches == [], f"(request, feature, served, trained): {mismatches[:10]}"
+    # The comparison covered real values, not only nulls.
+    present = sum(v is not None for row in served for v in row.values())
+    assert present > len(requests) * len(types) // 2
+
+
+def test_local_and_dev_agree(
+    deployed_local: Stack,
+    deployed_dev: Stack,
+    server_local: FeatureServer,
+    server_dev: FeatureServer,
+    generated_tables: dict[str, pd.DataFrame],
+) -> None:
+    types = feature_types(deployed_local.store())
+    requests = _requests(seed=5)
+    assert online_rows(_online(server_local, requests), types) == online_rows(
+        _online(server_dev, requests), types
+    )
+
+    labels = generated_tables["transactions"].sample(400, random_state=1)
+    local = offline_rows(deployed_local.training_set(labels), types)
+    dev = offline_rows(deployed_dev.training_set(labels), types)
+    assert local == dev
+    assert len(local) == len(labels)
