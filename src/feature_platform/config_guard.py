@@ -51,8 +51,8 @@ def _value_problems(env: Mapping[str, str], names: list[str]) -> list[str]:
                 decoded = password
             if password and not isinstance(decoded, str):
                 problems.append(
-                    "REDIS_PASSWORD reads as a JSON literal (number, true, "
-                    "null...), which Feast would not pass on as text"
+                    "REDIS_PASSWORD reads as a JSON literal (a number, boolean or "
+                    "null), which Feast would not pass on as text"
                 )
     for name in names:
         value = env.get(name)

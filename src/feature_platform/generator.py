@@ -202,9 +202,8 @@ def generate(
     )
     customer_txn_1h["n_txn_1h"] = customer_txn_1h["n_txn_1h"].astype(np.int64)
     customer_txn_1h["sum_amount_1h"] = customer_txn_1h["sum_amount_1h"].round(2)
-    customer_txn_1h.insert(
-        2, "created_timestamp", customer_txn_1h["event_timestamp"] + pd.Timedelta(minutes=1)
-    )
+    counted = customer_txn_1h["event_timestamp"] + pd.Timedelta(minutes=1)
+    customer_txn_1h.insert(2, "created_timestamp", counted.where(counted <= now, now))
 
     tables = {
         "customer_stats": customer_stats,

@@ -70,8 +70,12 @@ def test_rerun_is_byte_identical_and_new_rows_are_picked_up(
     after = _redis_snapshot(stack)
     changed = [key for key in after if after[key] != first.get(key)]
     assert len(changed) == 3, f"expected exactly the 3 customers to change, got {len(changed)}"
-    online = stack.store().get_online_features(
-        features=["customer_stats:avg_purchase_30d"],
-        entity_rows=[{"customer_id": int(c)} for c in fresh["customer_id"]],
-    ).to_dict()
+    online = (
+        stack.store()
+        .get_online_features(
+            features=["customer_stats:avg_purchase_30d"],
+            entity_rows=[{"customer_id": int(c)} for c in fresh["customer_id"]],
+        )
+        .to_dict()
+    )
     assert online["avg_purchase_30d"] == [1111.0, 2222.0, 3333.0]

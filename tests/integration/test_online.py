@@ -20,8 +20,11 @@ def _statuses(response: dict) -> dict[str, list[str]]:
 
 
 def test_unknown_entities_are_not_found_with_null_values(server: FeatureServer) -> None:
-    entities = {"customer_id": [910_000_001, 910_000_002], "merchant_id": [920_000_001] * 2,
-                "amount": [12.5, 99.0]}
+    entities = {
+        "customer_id": [910_000_001, 910_000_002],
+        "merchant_id": [920_000_001] * 2,
+        "amount": [12.5, 99.0],
+    }
     response = server.online_features(entities, feature_service=FEATURE_SERVICE)
     statuses = _statuses(response)
     rows = response_rows(response)
@@ -52,5 +55,6 @@ def test_a_pushed_event_is_served_on_the_next_read(server: FeatureServer) -> Non
     )
     after = server.online_features({"customer_id": [customer]}, features=features)
     assert _statuses(after)["n_txn_1h"] == ["PRESENT"]
-    assert response_rows(after) == [{"customer_id": customer, "n_txn_1h": 7,
-                                     "sum_amount_1h": 123.45}]
+    assert response_rows(after) == [
+        {"customer_id": customer, "n_txn_1h": 7, "sum_amount_1h": 123.45}
+    ]

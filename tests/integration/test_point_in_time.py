@@ -35,9 +35,7 @@ def _customer_rows() -> pd.DataFrame:
     df = pd.DataFrame(
         rows, columns=["customer_id", "event_timestamp", "created_timestamp", "avg_purchase_30d"]
     )
-    return df.assign(
-        n_purchases_7d=3, n_purchases_30d=12, account_age_days=100, home_country="DE"
-    )
+    return df.assign(n_purchases_7d=3, n_purchases_30d=12, account_age_days=100, home_country="DE")
 
 
 def _merchant_rows() -> pd.DataFrame:

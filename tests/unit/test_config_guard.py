@@ -1,0 +1,97 @@
+"""The config guard: Feast would keep an unset ${VAR} as literal text; we stop first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feature_platform import config_guard, environments
+from feature_platform.config_guard import ConfigError
+
+
+def test_finds_both_reference_forms_once_each_in_order() -> None:
+    text = "a: ${ONE}\nb: $TWO/${ONE}\nc: plain\nd: ${THREE}x"
+    assert config_guard.referenced_variables(text) == ["ONE", "TWO", "THREE"]
+
+
+def test_names_every_missing_variable(tmp_path: Path) -> None:
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text("host: ${DB_HOST}\nport: ${DB_PORT}\nuser: ${DB_USER}\n")
+    with pytest.raises(ConfigError) as err:
+        config_guard.check(yaml, {"DB_PORT": "5432"})
+    assert "DB_HOST, DB_USER" in str(err.value)
+    assert "DB_PORT" not in str(err.value)
+
+
+def test_an_empty_value_counts_as_set(tmp_path: Path) -> None:
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text('password: "${SOME_PASSWORD}"\n')
+    config_guard.check(yaml, {"SOME_PASSWORD": ""})
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("abc,def", "comma"),
+        ("12345", "JSON literal"),
+        ("true", "JSON literal"),
+        ('say"hi', "double quote"),
+    ],
+)
+def test_redis_passwords_feast_would_misread_are_refused(password: str, problem: str) -> None:
+    env = {**environments.settings("dev", {}), "POSTGRES_PASSWORD": "", "REDIS_PASSWORD": password}
+    with pytest.raises(ConfigError) as err:
+        config_guard.check(environments.feature_store_yaml("dev"), env)
+    assert problem in str(err.value)
+    assert password not in str(err.value), "the guard must not print a secret"
+
+
+def test_dev_and_prod_need_only_the_secrets_beyond_their_env_files() -> None:
+    for env in ("dev", "prod"):
+        settings = environments.settings(env, {})
+        with pytest.raises(ConfigError) as err:
+            config_guard.check(environments.feature_store_yaml(env), settings)
+        assert str(err.value).endswith("POSTGRES_PASSWORD, REDIS_PASSWORD")
+        config_guard.check(
+            environments.feature_store_yaml(env),
+            {**settings, "POSTGRES_PASSWORD": "s3cret", "REDIS_PASSWORD": "an0ther"},
+        )
+
+
+def _cli(*args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return subprocess.run(
+        [sys.executable, "-m", "feature_platform", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check-config", "dev"),
+        ("feast", "dev", "--", "plan"),
+        ("generate", "prod"),
+        ("materialize", "dev"),
+    ],
+)
+def test_cli_stops_with_exit_2_naming_the_missing_variable(args: tuple[str, ...]) -> None:
+    result = _cli(*args, drop=("POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDIS_HOST"))
+    assert result.returncode == config_guard.EXIT_CONFIG_ERROR
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "POSTGRES_PASSWORD" in lines[0] and "REDIS_PASSWORD" in lines[0]
+    assert result.stdout == "", "Feast must not have run"
+
+
+def test_cli_names_an_unknown_environment() -> None:
+    result = _cli("check-config", "staging")
+    assert result.returncode == config_guard.EXIT_CONFIG_ERROR
+    assert "unknown environment 'staging'" in result.stderr

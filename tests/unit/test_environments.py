@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from feature_platform import environments
+from feature_platform.config_guard import ConfigError
+
+
+def test_env_file_lines(tmp_path: Path) -> None:
+    path = tmp_path / "x.env"
+    path.write_text("# comment\n\nA=1\nB = two words \nC=\n")
+    assert environments.read_env_file(path) == {"A": "1", "B": "two words", "C": ""}
+
+
+def test_env_file_rejects_a_line_without_assignment(tmp_path: Path) -> None:
+    path = tmp_path / "x.env"
+    path.write_text("A=1\nexport B\n")
+    with pytest.raises(ConfigError, match=r"x.env:2: expected KEY=VALUE"):
+        environments.read_env_file(path)
+
+
+def test_process_environment_wins_over_the_file() -> None:
+    settings = environments.settings("dev", {"REGISTRY_DB": "elsewhere"})
+    assert settings["REGISTRY_DB"] == "elsewhere"
+    assert settings["OFFLINE_DB"] == "feast_dev_offline"
+    assert settings["PLATFORM_ENV"] == "dev"
+
+
+def test_local_data_dir_is_taken_from_the_project_root() -> None:
+    settings = environments.settings("local", {})
+    assert settings["PLATFORM_DATA_DIR"] == str(environments.PROJECT_ROOT / ".data" / "local")
+    assert (
+        environments.settings("local", {"PLATFORM_DATA_DIR": "/tmp/x"})["PLATFORM_DATA_DIR"]
+        == "/tmp/x"
+    )
+
+
+def test_dev_and_prod_share_one_feature_store_yaml() -> None:
+    assert environments.feature_store_yaml("dev") == environments.feature_store_yaml("prod")
+    assert environments.feature_store_yaml("local").name == "feature_store.local.yaml"
+    assert {"local", "dev", "prod"} <= set(environments.available())
+
+
+def test_dev_and_prod_differ_only_in_values_not_in_keys() -> None:
+    dev = environments.read_env_file(environments.ENV_DIR / "dev.env")
+    prod = environments.read_env_file(environments.ENV_DIR / "prod.env")
+    assert dev.keys() == prod.keys()
+    assert not any("PASSWORD" in key for key in dev), "secrets never live in env files"
