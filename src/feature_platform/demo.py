@@ -6,14 +6,17 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psycopg
+from psycopg import sql
 
-from feature_platform import feast_commands, generator, offline_tables, training
+from feature_platform import environments, feast_commands, generator, offline_tables, training
 from feature_platform.server import FeatureServer, online_request, response_rows
 
-STEPS = 7
+STEPS = 8
 
 
 def _step(number: int, text: str) -> float:
@@ -57,52 +60,79 @@ def _pick_requests(labels: pd.DataFrame) -> dict[str, list[Any]]:
     }
 
 
+def _detail(message: str) -> None:
+    print(f"      {message}", file=sys.stderr, flush=True)
+
+
+def _reset(env: str, settings: dict[str, str]) -> None:
+    """Remove what an earlier run left. Regenerated rows can share a timestamp with rows
+    already online, and Feast skips online writes that are not newer: stale values would
+    stay. So the online data goes, and the registry starts empty: Feast's SQL registry
+    keeps feature-view version history through a teardown, and the next apply then fails
+    on a duplicate key, so the registry database itself is recreated."""
+    offline_tables.ensure_databases(settings, _detail)
+    store = feast_commands.open_store(env)
+    if any(p.name == store.project for p in store.list_projects()):
+        store.teardown()
+        _detail(f"removed the online data of project {store.project}")
+    if offline_tables.source_kind(settings) == "file":
+        (Path(settings["PLATFORM_DATA_DIR"]) / "registry.db").unlink(missing_ok=True)
+    else:
+        conninfo = offline_tables.postgres_conninfo(settings, "postgres")
+        name = sql.Identifier(settings["REGISTRY_DB"])
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    _detail("the registry is empty")
+
+
 def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
     settings = feast_commands.prepare(env)
-    as_of = generator.default_as_of()
 
-    started = _step(
-        1,
-        f"generating data for {sizes.customers:,} customers and "
-        f"{sizes.merchants:,} merchants over {sizes.days} days ({env})",
-    )
-    tables = generator.generate(sizes, seed=seed, as_of=as_of)
-    offline_tables.ensure_databases(settings, lambda msg: print(f"      {msg}", file=sys.stderr))
-    offline_tables.write(settings, tables, progress=lambda m: print(f"    {m}", file=sys.stderr))
+    started = _step(1, f"resetting {env}: the demo rebuilds its data from scratch")
+    _reset(env, settings)
     _done(started)
 
-    started = _step(2, "feast apply: registering entities, views and the feature service")
+    started = _step(
+        2,
+        f"generating data for {sizes.customers:,} customers and "
+        f"{sizes.merchants:,} merchants over {sizes.days} days",
+    )
+    tables = generator.generate(sizes, seed=seed, as_of=generator.default_as_of())
+    offline_tables.write(settings, tables, progress=_detail)
+    _done(started)
+
+    started = _step(3, "feast apply: registering entities, views and the feature service")
     _run_feast(env, ["apply"])
     _done(started)
 
-    started = _step(3, "feast materialize-incremental: offline store -> online store")
+    started = _step(4, "feast materialize-incremental: offline store -> online store")
     _run_feast(env, ["materialize-incremental", datetime.now(UTC).isoformat()])
     _done(started)
 
-    started = _step(4, "starting the feature server")
+    started = _step(5, "starting the feature server")
     labels = tables["transactions"]
     entities = _pick_requests(labels)
-    with FeatureServer(env) as server:
+    log_path = environments.PROJECT_ROOT / ".data" / f"feature-server-{env}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log, FeatureServer(env, log=log) as server:
+        _detail(f"{server.url} (log: {log_path})")
         _done(started)
+        started = _step(6, "fetching feature vectors over HTTP")
         body = online_request(entities, feature_service=training.FEATURE_SERVICE)
-        started = _step(5, "fetching feature vectors over HTTP")
-        print(
-            f"      curl -s -X POST {server.url}/get-online-features -d '{json.dumps(body)}'",
-            file=sys.stderr,
-        )
+        _detail(f"curl -s -X POST {server.url}/get-online-features -d '{json.dumps(body)}'")
         response = server.online_features(entities, feature_service=training.FEATURE_SERVICE)
         print("\nOnline feature vectors (the last customer is new: no history yet)")
         print(_vector_table(response, ["customer_id", "merchant_id"]))
         _done(started)
 
-    started = _step(6, "building a point-in-time training set for 5 labelled transactions")
+    started = _step(7, "building a point-in-time training set for 5 labelled transactions")
     store = feast_commands.open_store(env)
     sample = labels.sort_values("event_timestamp").iloc[:: max(1, len(labels) // 5)].head(5)
     train = training.training_set(store, sample)
     print("\nTraining rows: features as they were at each transaction's time")
-    with pd.option_context("display.width", 200, "display.max_columns", 8):
-        print(train.set_index("transaction_id").T.to_string())
+    print(train.set_index("transaction_id").T.to_string())
     _done(started)
 
-    _step(7, "feature server stopped; done")
+    _step(8, "feature server stopped; done")
     return 0

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -22,8 +22,11 @@ def free_port() -> int:
 class FeatureServer:
     """A `feast serve` process on loopback, stopped on exit from the `with` block."""
 
-    def __init__(self, env: str, port: int | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, env: str, port: int | None = None, workers: int = 1, log: IO[bytes] | None = None
+    ) -> None:
         self.env = env
+        self.log = log
         self.port = port or free_port()
         self.workers = workers
         self.url = f"http://127.0.0.1:{self.port}"
@@ -48,6 +51,8 @@ class FeatureServer:
                 str(self.workers),
                 "--no-access-log",
             ],
+            stdout=self.log,
+            stderr=self.log,
         )
         self.wait_ready()
         return self

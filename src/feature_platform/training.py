@@ -20,5 +20,9 @@ def training_set(store: FeatureStore, labels: pd.DataFrame) -> pd.DataFrame:
         features=store.get_feature_service(FEATURE_SERVICE),
     )
     df = job.to_df()
+    # The Postgres store returns naive UTC times, the duckdb store aware ones: one form.
+    for column in df.columns:
+        if pd.api.types.is_datetime64_dtype(df[column]):
+            df[column] = df[column].dt.tz_localize("UTC")
     order = [c for c in labels.columns if c in df.columns]
     return df.sort_values(order, kind="stable").reset_index(drop=True)

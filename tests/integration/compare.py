@@ -53,3 +53,16 @@ def online_rows(response: dict[str, Any], types: dict[str, Any]) -> list[dict[st
                 f"{name}={value!r} served as {type(value).__name__}, declared {expected.__name__}"
             )
     return rows
+
+
+def materialized_at(store: FeatureStore) -> pd.Timestamp:
+    """The instant whose training rows match a first materialize-incremental exactly.
+
+    That run loads each view from (the wall-clock time it ran - ttl), not from
+    (its end - ttl), so a training set at the end time can see rows near the ttl
+    boundary that never went online. At the run time itself both windows agree.
+    """
+    return max(
+        pd.Timestamp(view.materialization_intervals[0][0]) + view.ttl
+        for view in store.list_feature_views()
+    )

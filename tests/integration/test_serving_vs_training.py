@@ -71,7 +71,8 @@ def test_local_and_dev_agree(
     )
 
     labels = generated_tables["transactions"].sample(400, random_state=1)
-    local = offline_rows(deployed_local.training_set(labels), types)
-    dev = offline_rows(deployed_dev.training_set(labels), types)
-    assert local == dev
-    assert len(local) == len(labels)
+    local_set = deployed_local.training_set(labels)
+    dev_set = deployed_dev.training_set(labels)
+    assert len(local_set) == len(dev_set) == len(labels)
+    assert local_set["event_timestamp"].tolist() == dev_set["event_timestamp"].tolist()
+    assert offline_rows(local_set, types) == offline_rows(dev_set, types)
