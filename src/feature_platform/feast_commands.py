@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from feast import FeatureStore
+from typing import TYPE_CHECKING
 
 from feature_platform import config_guard, environments
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 FEAST_BIN = Path(sys.executable).parent / "feast"
 
@@ -48,6 +50,8 @@ def open_store(env: str) -> FeatureStore:
     Feast expands variables from this process's environment when it reads the
     configuration, so the environment's settings are in place for that moment only.
     """
+    from feast import FeatureStore  # slow to import: only where a store is needed
+
     values = prepare(env)
     saved = dict(os.environ)
     os.environ.update(values)
