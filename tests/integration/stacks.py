@@ -89,26 +89,25 @@ class Stack:
 
     def redis(self) -> redis.Redis:
         settings = self.settings()
-        return redis.Redis(
-            host=settings["REDIS_HOST"],
-            port=int(settings["REDIS_PORT"]),
-            db=int(settings["REDIS_DB"]),
-            password=settings["REDIS_PASSWORD"] or None,
-        )
+        return _redis_client(settings, int(settings["REDIS_DB"]))
 
     def close(self) -> None:
         for cleanup in reversed(self.cleanups):
             cleanup()
 
 
+def _redis_client(settings: Mapping[str, str], db: int) -> redis.Redis:
+    return redis.Redis(
+        host=settings["REDIS_HOST"],
+        port=int(settings["REDIS_PORT"]),
+        db=db,
+        password=settings["REDIS_PASSWORD"] or None,
+    )
+
+
 def _claim_redis_db(settings: Mapping[str, str]) -> int:
     for db in TEST_REDIS_DBS:
-        client = redis.Redis(
-            host=settings["REDIS_HOST"],
-            port=int(settings["REDIS_PORT"]),
-            db=db,
-            password=settings["REDIS_PASSWORD"] or None,
-        )
+        client = _redis_client(settings, db)
         if client.set(CLAIM_KEY, RUN_ID, nx=True, ex=6 * 3600):
             if client.dbsize() == 1:
                 return db
@@ -117,13 +116,7 @@ def _claim_redis_db(settings: Mapping[str, str]) -> int:
 
 
 def _release_redis_db(settings: Mapping[str, str], db: int) -> None:
-    client = redis.Redis(
-        host=settings["REDIS_HOST"],
-        port=int(settings["REDIS_PORT"]),
-        db=db,
-        password=settings["REDIS_PASSWORD"] or None,
-    )
-    client.flushdb()
+    _redis_client(settings, db).flushdb()
 
 
 def _drop_databases(settings: Mapping[str, str], names: list[str]) -> None:
