@@ -25,6 +25,11 @@ def available() -> list[str]:
 
 
 def feature_store_yaml(env: str) -> Path:
+    """The environment's Feast configuration; `FEATURE_STORE_YAML` points elsewhere
+    (in a pod: the file mounted from the chart's ConfigMap)."""
+    override = os.environ.get("FEATURE_STORE_YAML")
+    if override:
+        return Path(override)
     name = "feature_store.local.yaml" if env == LOCAL else "feature_store.yaml"
     return FEATURE_REPO / name
 

@@ -48,3 +48,8 @@ def test_dev_and_prod_differ_only_in_values_not_in_keys() -> None:
     prod = environments.read_env_file(environments.ENV_DIR / "prod.env")
     assert dev.keys() == prod.keys()
     assert not any("PASSWORD" in key for key in dev), "secrets never live in env files"
+
+
+def test_feature_store_yaml_can_point_at_a_mounted_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURE_STORE_YAML", "/etc/feast/feature_store.yaml")
+    assert environments.feature_store_yaml("prod") == Path("/etc/feast/feature_store.yaml")
