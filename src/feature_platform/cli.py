@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -62,6 +63,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return feast_commands.run(args.env, ["materialize-incremental", end], check=False).returncode
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from feature_platform.serving.runner import serve
+    from feature_platform.serving.settings import ServerSettings
+
+    # The workers read the environment's settings from this process's environment.
+    os.environ.update(feast_commands.prepare(args.env))
+    serve(ServerSettings.from_env())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from feature_platform import demo
 
@@ -107,6 +118,8 @@ def parser() -> argparse.ArgumentParser:
 
     mat = sub("materialize", "materialize-incremental up to now (or --end)", cmd_materialize)
     mat.add_argument("--end", type=_timestamp, default=None)
+
+    sub("serve", "run the feature server in the foreground (FEATURE_SERVER_* settings)", cmd_serve)
 
     demo = sub("demo", "generate, apply, materialize, serve, fetch, train: end to end", cmd_demo)
     size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))

@@ -1,0 +1,247 @@
+"""The feature server: Feast's HTTP app behind the platform's own front door.
+
+Every request passes here first. `/health`, `/ready` and `/metrics` are answered here;
+`/get-online-features` is validated here and, on Redis, served by the fast path in
+`online.py`; write endpoints are gated by the write mode; everything else, and any
+request the fast path cannot describe exactly, goes to Feast's own app. Client mistakes
+get a 4xx JSON body naming the problem, a dependency failure a 503, and an unexpected
+error a 500 without the exception text.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from feast import FeatureStore
+from feast.feature_server import get_app
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+
+from feature_platform.serving import metrics
+from feature_platform.serving.errors import HTTPError, bad_request, unavailable
+from feature_platform.serving.online import Fallback, OnlineReader, entity_columns
+from feature_platform.serving.plans import PlanCache, Unsupported
+from feature_platform.serving.settings import ServerSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("feature_platform.server")
+
+WRITE_PATHS = {"/push", "/write-to-online-store", "/materialize", "/materialize-incremental"}
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def redis_client(store: FeatureStore) -> aioredis.Redis | None:
+    """An async client on the store's own Redis settings; None where the fast path
+    does not apply (not Redis, or cluster and sentinel deployments)."""
+    config = store.config.online_store
+    if not isinstance(config, RedisOnlineStoreConfig) or config.redis_type != RedisType.redis:
+        return None
+    nodes, kwargs = RedisOnlineStore._parse_connection_string(config.connection_string)
+    node = nodes[0]
+    return aioredis.Redis(host=node["host"], port=int(node.get("port", 6379)), **kwargs)
+
+
+class FeatureServerApp:
+    def __init__(self, store: FeatureStore, settings: ServerSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.feast_app = get_app(store, registry_ttl_sec=settings.registry_ttl_s)
+        self.plans = PlanCache(store)
+        self.redis = redis_client(store)
+        self.reader = (
+            OnlineReader(
+                self.redis,
+                store.project,
+                store.config.entity_key_serialization_version,
+                settings.store_timeout_s,
+            )
+            if self.redis is not None
+            else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            # lifespan (Feast loads the registry and starts its refresh) and websockets
+            await self.feast_app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        status = 500
+        try:
+            status = await self._route(scope, receive, send, path)
+        except HTTPError as exc:
+            status = exc.status
+            await _send_json(send, exc.status, exc.body())
+        except Exception:
+            log.exception("unexpected error on %s", path)
+            await _send_json(send, 500, {"error": "internal error", "detail": "see server log"})
+        finally:
+            metrics.observe(path, status, time.perf_counter() - started)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
+        method = scope["method"]
+        if path == "/health" and method == "GET":
+            return await _send_json(send, 200, {"status": "ok"})
+        if path == "/ready" and method == "GET":
+            return await self._ready(send)
+        if path == "/metrics" and method == "GET":
+            body, content_type = metrics.exposition()
+            return await _send(send, 200, body, [(b"content-type", content_type.encode())])
+        if path == "/get-online-features" and method == "POST":
+            body = await _read_body(scope, receive, self.settings.max_body_bytes)
+            return await self._online_features(scope, body, send)
+        if path in WRITE_PATHS:
+            self._authorize_write(scope)
+        body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        return await self._to_feast(scope, body, send)
+
+    async def _ready(self, send: Send) -> int:
+        try:
+            projects = self.store.registry.list_projects(allow_cache=True)
+        except Exception:
+            raise unavailable("registry not loaded") from None
+        if not any(p.name == self.store.project for p in projects):
+            raise unavailable(f"project {self.store.project} not in the registry")
+        if self.redis is not None:
+            try:
+                await self.redis.ping()
+            except (aioredis.RedisError, OSError) as exc:
+                raise unavailable(f"online store: {type(exc).__name__}") from None
+        return await _send_json(send, 200, {"status": "ready"})
+
+    def _authorize_write(self, scope: Scope) -> None:
+        mode = self.settings.write_mode
+        if mode == "open":
+            return
+        if mode == "off":
+            raise HTTPError(403, "forbidden", "write endpoints are disabled on this server")
+        presented = _header(scope, b"authorization")
+        expected = f"Bearer {self.settings.write_token}".encode()
+        if not hmac.compare_digest(presented, expected):
+            raise HTTPError(401, "unauthorized", "a valid bearer token is required")
+
+    async def _online_features(self, scope: Scope, body: bytes, send: Send) -> int:
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise bad_request("the body is not valid JSON") from None
+        if not isinstance(request, dict):
+            raise HTTPError(422, "unprocessable", "the body must be a JSON object")
+        service = request.get("feature_service")
+        features = request.get("features") or []
+        if service is not None and not isinstance(service, str):
+            raise HTTPError(422, "unprocessable", "'feature_service' must be a string")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise HTTPError(422, "unprocessable", "'features' must be a list of strings")
+        if not service and not features:
+            raise HTTPError(422, "unprocessable", "give 'feature_service' or 'features'")
+        try:
+            plan = self.plans.get(service or None, () if service else tuple(features))
+        except Unsupported:
+            return await self._to_feast(scope, body, send)
+        entities, n_rows = entity_columns(
+            request.get("entities"), plan, self.settings.max_entities
+        )
+        simple = not request.get("full_feature_names") and not request.get(
+            "include_feature_view_version_metadata"
+        )
+        if self.reader is None or not simple:
+            return await self._to_feast(scope, body, send)
+        try:
+            response, newest, read_s = await self.reader.read(plan, entities, n_rows)
+        except Fallback:
+            return await self._to_feast(scope, body, send)
+        metrics.observe_read(n_rows, read_s, newest)
+        return await _send(send, 200, orjson.dumps(response), JSON_HEADERS)
+
+    async def _to_feast(self, scope: Scope, body: bytes, send: Send) -> int:
+        """Feast's app answers; its 5xx bodies (raw exception text) are replaced."""
+        replayed = False
+        status = 500
+        suppressed = False
+
+        async def receive() -> Message:
+            nonlocal replayed
+            if replayed:
+                return {"type": "http.disconnect"}
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal status, suppressed
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status >= 500:
+                    suppressed = True
+                    return
+            if suppressed:
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    await _send_json(send, status, _feast_failure(status))
+                return
+            await send(message)
+
+        await self.feast_app(scope, receive, guarded_send)
+        return status
+
+
+def _feast_failure(status: int) -> dict[str, str]:
+    if status == 503:
+        return {"error": "service unavailable", "detail": "a dependency failed"}
+    return {"error": "internal error", "detail": "see server log"}
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value)
+    return b""
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, "body too large", f"{int(declared)} bytes, at most {limit}")
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, "body too large", f"more than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> int:
+    return await _send(send, status, orjson.dumps(body), JSON_HEADERS)
+
+
+def create_app() -> FeatureServerApp:
+    """The app for one gunicorn worker, configured from the process environment."""
+    from feature_platform import feast_commands
+
+    settings = ServerSettings.from_env()
+    store = feast_commands.open_store(os.environ["PLATFORM_ENV"])
+    return FeatureServerApp(store, settings)

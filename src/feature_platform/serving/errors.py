@@ -1,0 +1,30 @@
+"""Errors the feature server answers with: a status and a JSON body, never a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HTTPError(Exception):
+    """A client or dependency problem, phrased for the response body."""
+
+    def __init__(self, status: int, error: str, detail: str = "") -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail}
+
+
+def bad_request(detail: str) -> HTTPError:
+    return HTTPError(400, "bad request", detail)
+
+
+def not_found(detail: str) -> HTTPError:
+    return HTTPError(404, "not found", detail)
+
+
+def unavailable(detail: str) -> HTTPError:
+    return HTTPError(503, "service unavailable", detail)

@@ -1,0 +1,99 @@
+"""Feature server settings, from FEATURE_SERVER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from feature_platform.config_guard import ConfigError
+
+WRITE_MODES = ("off", "token", "open")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 6566
+    # One worker per core: the request path is CPU-bound Python.
+    workers: int = os.cpu_count() or 1
+    keepalive_s: int = 30
+    graceful_timeout_s: int = 20
+    # 0 = never recycle workers; Feast's default of 1000 causes latency spikes and resets.
+    max_requests: int = 0
+    registry_ttl_s: int = 60
+    max_entities: int = 1_000
+    max_body_bytes: int = 1_048_576
+    # How long a request may wait on the online store before it gets a 503.
+    store_timeout_s: float = 1.0
+    # Writes (/push, /write-to-online-store, /materialize*) are off unless enabled.
+    write_mode: str = "off"
+    write_token: str = ""
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        write_mode = env.get("FEATURE_SERVER_WRITE_MODE", defaults.write_mode) or "off"
+        if write_mode not in WRITE_MODES:
+            raise ConfigError(
+                f"FEATURE_SERVER_WRITE_MODE must be one of {', '.join(WRITE_MODES)}, "
+                f"got {write_mode!r}"
+            )
+        token = env.get("FEATURE_SERVER_WRITE_TOKEN", "")
+        if write_mode == "token" and len(token) < 16:
+            raise ConfigError(
+                "FEATURE_SERVER_WRITE_MODE=token needs FEATURE_SERVER_WRITE_TOKEN "
+                "of at least 16 characters"
+            )
+        log_format = env.get("FEATURE_SERVER_LOG_FORMAT", defaults.log_format) or "json"
+        if log_format not in ("json", "text"):
+            raise ConfigError(f"FEATURE_SERVER_LOG_FORMAT must be json or text, got {log_format!r}")
+        return cls(
+            host=env.get("FEATURE_SERVER_HOST", defaults.host) or defaults.host,
+            port=_int(env, "FEATURE_SERVER_PORT", defaults.port, minimum=1),
+            workers=_int(env, "FEATURE_SERVER_WORKERS", defaults.workers, minimum=1),
+            keepalive_s=_int(env, "FEATURE_SERVER_KEEPALIVE_SECONDS", defaults.keepalive_s),
+            graceful_timeout_s=_int(
+                env, "FEATURE_SERVER_GRACEFUL_TIMEOUT_SECONDS", defaults.graceful_timeout_s
+            ),
+            max_requests=_int(env, "FEATURE_SERVER_MAX_REQUESTS", defaults.max_requests),
+            registry_ttl_s=_int(
+                env, "FEATURE_SERVER_REGISTRY_TTL_SECONDS", defaults.registry_ttl_s, minimum=1
+            ),
+            max_entities=_int(env, "FEATURE_SERVER_MAX_ENTITIES", defaults.max_entities, 1),
+            max_body_bytes=_int(env, "FEATURE_SERVER_MAX_BODY_BYTES", defaults.max_body_bytes, 1),
+            store_timeout_s=_float(
+                env, "FEATURE_SERVER_STORE_TIMEOUT_SECONDS", defaults.store_timeout_s
+            ),
+            write_mode=write_mode,
+            write_token=token,
+            log_format=log_format,
+        )
