@@ -1,9 +1,10 @@
-"""Run the Feast HTTP feature server for an environment, and talk to it."""
+"""Run a feature server for an environment on loopback, and talk to it."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -20,15 +21,27 @@ def free_port() -> int:
 
 
 class FeatureServer:
-    """A `feast serve` process on loopback, stopped on exit from the `with` block."""
+    """A feature server process on loopback, stopped on exit from the `with` block.
+
+    By default the platform's server (`feature-platform serve`); `stock=True` runs
+    Feast's own `feast serve` at its defaults, the baseline benchmarks compare with.
+    """
 
     def __init__(
-        self, env: str, port: int | None = None, workers: int = 1, log: IO[bytes] | None = None
+        self,
+        env: str,
+        port: int | None = None,
+        workers: int = 1,
+        log: IO[bytes] | None = None,
+        stock: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.env = env
         self.log = log
         self.port = port or free_port()
         self.workers = workers
+        self.stock = stock
+        self.settings = dict(settings or {})
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -39,21 +52,22 @@ class FeatureServer:
         self.stop()
 
     def start(self) -> FeatureServer:
-        self.process = feast_commands.start(
-            self.env,
-            [
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-                "--no-access-log",
-            ],
-            stdout=self.log,
-            stderr=self.log,
-        )
+        if self.stock:
+            args = ["serve", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", str(self.workers), "--no-access-log"]  # fmt: skip
+            self.process = feast_commands.start(self.env, args, stdout=self.log, stderr=self.log)
+        else:
+            env = {
+                **feast_commands.prepare(self.env),
+                "FEATURE_SERVER_HOST": "127.0.0.1",
+                "FEATURE_SERVER_PORT": str(self.port),
+                "FEATURE_SERVER_WORKERS": str(self.workers),
+                **self.settings,
+            }
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "feature_platform", "serve", self.env],
+                env=env, stdout=self.log, stderr=self.log,
+            )  # fmt: skip
         self.wait_ready()
         return self
 
@@ -72,9 +86,10 @@ class FeatureServer:
             if self.process and self.process.poll() is not None:
                 raise RuntimeError(f"feature server exited with code {self.process.returncode}")
             try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                probe = "/health" if self.stock else "/ready"
+                if requests.get(f"{self.url}{probe}", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.25)
         raise TimeoutError(f"feature server not healthy after {timeout_s:.0f}s at {self.url}")
@@ -91,9 +106,12 @@ class FeatureServer:
         result: dict[str, Any] = response.json()
         return result
 
-    def push(self, push_source: str, rows: Mapping[str, Sequence[Any]]) -> None:
+    def push(
+        self, push_source: str, rows: Mapping[str, Sequence[Any]], token: str | None = None
+    ) -> None:
         body = {"push_source_name": push_source, "df": rows, "to": "online"}
-        response = requests.post(f"{self.url}/push", json=body, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = requests.post(f"{self.url}/push", json=body, headers=headers, timeout=10)
         response.raise_for_status()
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-from stacks import Stack, make_stack
+from stacks import WRITABLE, Stack, make_stack
 
 from feature_platform import generator
 from feature_platform.server import FeatureServer
@@ -66,12 +66,12 @@ def deployed_dev(stack_factory: Callable[..., Stack], generated_tables: dict) ->
 
 @pytest.fixture(scope="session")
 def server_local(deployed_local: Stack) -> FeatureServer:
-    return deployed_local.server()
+    return deployed_local.server(settings=WRITABLE)
 
 
 @pytest.fixture(scope="session")
 def server_dev(deployed_dev: Stack) -> FeatureServer:
-    return deployed_dev.server()
+    return deployed_dev.server(settings=WRITABLE)
 
 
 @pytest.fixture(params=["local", "dev"])

@@ -21,6 +21,9 @@ from feature_platform import environments, feast_commands, offline_tables, train
 from feature_platform.server import FeatureServer
 
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+# The servers tests start accept writes from callers presenting this token.
+WRITE_TOKEN = secrets.token_hex(16)
+WRITABLE = {"FEATURE_SERVER_WRITE_MODE": "token", "FEATURE_SERVER_WRITE_TOKEN": WRITE_TOKEN}
 CLAIM_KEY = "feature-platform:test-claim"
 # dev.env and prod.env use 1 and 2; tests claim an empty one of the rest.
 TEST_REDIS_DBS = range(3, 16)
@@ -73,9 +76,9 @@ class Stack:
         with self.active():
             return feast_commands.open_store(self.env)
 
-    def server(self) -> FeatureServer:
+    def server(self, **kwargs: Any) -> FeatureServer:
         """A feature server for this stack, stopped when the stack closes."""
-        server = FeatureServer(self.env)
+        server = FeatureServer(self.env, **kwargs)
         with self.active():
             server.start()
         self.cleanups.append(server.stop)

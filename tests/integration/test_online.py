@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from stacks import WRITE_TOKEN
+
 from feature_platform.server import FeatureServer, response_rows
 from feature_platform.training import FEATURE_SERVICE
 
@@ -52,6 +54,7 @@ def test_a_pushed_event_is_served_on_the_next_read(server: FeatureServer) -> Non
             "n_txn_1h": [7],
             "sum_amount_1h": [123.45],
         },
+        token=WRITE_TOKEN,
     )
     after = server.online_features({"customer_id": [customer]}, features=features)
     assert _statuses(after)["n_txn_1h"] == ["PRESENT"]

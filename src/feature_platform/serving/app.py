@@ -99,11 +99,11 @@ class FeatureServerApp:
             return await _send(send, 200, body, [(b"content-type", content_type.encode())])
         if path == "/get-online-features" and method == "POST":
             body = await _read_body(scope, receive, self.settings.max_body_bytes)
-            return await self._online_features(scope, body, send)
+            return await self._online_features(scope, body, receive, send)
         if path in WRITE_PATHS:
             self._authorize_write(scope)
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        return await self._to_feast(scope, body, send)
+        return await self._to_feast(scope, body, receive, send)
 
     async def _ready(self, send: Send) -> int:
         try:
@@ -130,7 +130,9 @@ class FeatureServerApp:
         if not hmac.compare_digest(presented, expected):
             raise HTTPError(401, "unauthorized", "a valid bearer token is required")
 
-    async def _online_features(self, scope: Scope, body: bytes, send: Send) -> int:
+    async def _online_features(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> int:
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -148,7 +150,7 @@ class FeatureServerApp:
         try:
             plan = self.plans.get(service or None, () if service else tuple(features))
         except Unsupported:
-            return await self._to_feast(scope, body, send)
+            return await self._to_feast(scope, body, receive, send)
         entities, n_rows = entity_columns(
             request.get("entities"), plan, self.settings.max_entities
         )
@@ -156,24 +158,25 @@ class FeatureServerApp:
             "include_feature_view_version_metadata"
         )
         if self.reader is None or not simple:
-            return await self._to_feast(scope, body, send)
+            return await self._to_feast(scope, body, receive, send)
         try:
             response, newest, read_s = await self.reader.read(plan, entities, n_rows)
         except Fallback:
-            return await self._to_feast(scope, body, send)
+            return await self._to_feast(scope, body, receive, send)
         metrics.observe_read(n_rows, read_s, newest)
         return await _send(send, 200, orjson.dumps(response), JSON_HEADERS)
 
-    async def _to_feast(self, scope: Scope, body: bytes, send: Send) -> int:
+    async def _to_feast(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> int:
         """Feast's app answers; its 5xx bodies (raw exception text) are replaced."""
         replayed = False
         status = 500
         suppressed = False
 
-        async def receive() -> Message:
+        async def replay() -> Message:
+            # The body was read already: hand it over once, then wait on the client.
             nonlocal replayed
             if replayed:
-                return {"type": "http.disconnect"}
+                return await receive()
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
@@ -190,7 +193,7 @@ class FeatureServerApp:
                 return
             await send(message)
 
-        await self.feast_app(scope, receive, guarded_send)
+        await self.feast_app(scope, replay, guarded_send)
         return status
 
 
