@@ -24,8 +24,8 @@ SEED = 11
 def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def make(env: str, name: str) -> Stack:
-        stack = make_stack(env, name, tmp_path_factory.mktemp(f"{env}_{name}"))
+    def make(env: str, name: str, extra: dict[str, str] | None = None) -> Stack:
+        stack = make_stack(env, name, tmp_path_factory.mktemp(f"{env}_{name}"), extra)
         stacks.append(stack)
         return stack
 
@@ -39,7 +39,7 @@ def generated_tables() -> dict[str, pd.DataFrame]:
     return generator.generate(SIZES, seed=SEED, as_of=AS_OF)
 
 
-def _deploy(stack: Stack, tables: dict[str, pd.DataFrame]) -> Stack:
+def deploy(stack: Stack, tables: dict[str, pd.DataFrame]) -> Stack:
     """Apply, then load each view's ttl window before MAT_END into the online store.
 
     An explicit window per view, so that every stack holds exactly the rows a training
@@ -56,12 +56,12 @@ def _deploy(stack: Stack, tables: dict[str, pd.DataFrame]) -> Stack:
 
 @pytest.fixture(scope="session")
 def deployed_local(stack_factory: Callable[..., Stack], generated_tables: dict) -> Stack:
-    return _deploy(stack_factory("local", "gen"), generated_tables)
+    return deploy(stack_factory("local", "gen"), generated_tables)
 
 
 @pytest.fixture(scope="session")
 def deployed_dev(stack_factory: Callable[..., Stack], generated_tables: dict) -> Stack:
-    return _deploy(stack_factory("dev", "gen"), generated_tables)
+    return deploy(stack_factory("dev", "gen"), generated_tables)
 
 
 @pytest.fixture(scope="session")

@@ -95,8 +95,9 @@ class Stack:
         return _redis_client(settings, int(settings["REDIS_DB"]))
 
     def close(self) -> None:
-        for cleanup in reversed(self.cleanups):
-            cleanup()
+        """Stop servers, drop databases, flush the Redis db; safe to call twice."""
+        while self.cleanups:
+            self.cleanups.pop()()
 
 
 def _redis_client(settings: Mapping[str, str], db: int) -> redis.Redis:
@@ -131,9 +132,12 @@ def _drop_databases(settings: Mapping[str, str], names: list[str]) -> None:
             )
 
 
-def make_stack(env: str, name: str, tmp_dir: Path) -> Stack:
-    """A fresh, empty copy of `env` named `name` for this test run."""
-    overrides = _service_defaults()
+def make_stack(
+    env: str, name: str, tmp_dir: Path, extra: Mapping[str, str] | None = None
+) -> Stack:
+    """A fresh, empty copy of `env` named `name` for this test run; `extra` settings
+    (another Redis or Postgres port, say) apply before anything is created."""
+    overrides = {**_service_defaults(), **(extra or {})}
     if env == environments.LOCAL:
         overrides["PLATFORM_DATA_DIR"] = str(tmp_dir)
         return Stack(env, overrides)
