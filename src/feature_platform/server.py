@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -35,6 +36,8 @@ class FeatureServer:
         log: IO[bytes] | None = None,
         stock: bool = False,
         settings: Mapping[str, str] | None = None,
+        max_requests: int | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
         self.env = env
         self.log = log
@@ -42,6 +45,10 @@ class FeatureServer:
         self.workers = workers
         self.stock = stock
         self.settings = dict(settings or {})
+        # stock only: Feast's worker recycling (its default: every 1000 requests)
+        self.max_requests = max_requests
+        # the CPUs the server may use; its workers inherit them
+        self.cpus = cpus
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -55,7 +62,11 @@ class FeatureServer:
         if self.stock:
             args = ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", str(self.workers), "--no-access-log"]  # fmt: skip
-            self.process = feast_commands.start(self.env, args, stdout=self.log, stderr=self.log)
+            if self.max_requests is not None:
+                args += ["--max-requests", str(self.max_requests)]
+            self.process = feast_commands.start(
+                self.env, args, stdout=self.log, stderr=self.log, preexec_fn=self._pin
+            )
         else:
             env = {
                 **feast_commands.prepare(self.env),
@@ -66,10 +77,14 @@ class FeatureServer:
             }
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "feature_platform", "serve", self.env],
-                env=env, stdout=self.log, stderr=self.log,
+                env=env, stdout=self.log, stderr=self.log, preexec_fn=self._pin,
             )  # fmt: skip
         self.wait_ready()
         return self
+
+    def _pin(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -47,6 +47,9 @@ def redis_client(store: FeatureStore) -> aioredis.Redis | None:
     if not isinstance(config, RedisOnlineStoreConfig) or config.redis_type != RedisType.redis:
         return None
     nodes, kwargs = RedisOnlineStore._parse_connection_string(config.connection_string)
+    # One deadline bounds the whole read (settings.store_timeout_s); a per-reply socket
+    # timeout on top would cost a timer per command.
+    kwargs.pop("socket_timeout", None)
     node = nodes[0]
     return aioredis.Redis(host=node["host"], port=int(node.get("port", 6379)), **kwargs)
 
