@@ -98,7 +98,9 @@ MISTAKES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "body", "status", "fragment"), MISTAKES, ids=[m[0] for m in MISTAKES])
+@pytest.mark.parametrize(
+    ("case", "body", "status", "fragment"), MISTAKES, ids=[m[0] for m in MISTAKES]
+)
 def test_client_mistakes_get_4xx_with_a_json_reason(
     fragile: Fragile, case: str, body: object, status: int, fragment: str
 ) -> None:

@@ -69,7 +69,9 @@ def test_responses_equal_stock_feast(
     assert _by_name(ours.json()) == _by_name(theirs.json())
 
 
-def test_request_data_keeps_its_declared_type(server_dev: FeatureServer, stock: FeatureServer) -> None:
+def test_request_data_keeps_its_declared_type(
+    server_dev: FeatureServer, stock: FeatureServer
+) -> None:
     """`amount` is Float64. Stock Feast types the column by its first value, so after an
     integer 5 it truncates 7.25 to 7 and computes the on-demand features from the wrong
     amount. The platform converts by the declared type."""
