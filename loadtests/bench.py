@@ -309,9 +309,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"({target['value']})")  # fmt: skip
     m = result.get("materialization")
     if m:
-        lines += ["", "## Materialization", "",
-                  f"{m['rows']:,} rows: Feast {m['feast_rows_per_s']:.0f} rows/s, raw pipelined "
-                  f"redis-py {m['raw_rows_per_s']:.0f} rows/s ({m['ratio']:.0%} of raw)."]  # fmt: skip
+        lines += [
+            "",
+            "## Materialization",
+            "",
+            f"{m['rows']:,} rows: Feast {m['feast_rows_per_s']:.0f} rows/s, raw pipelined "
+            f"redis-py {m['raw_rows_per_s']:.0f} rows/s ({m['ratio']:.0%} of raw).",
+        ]
     return "\n".join(lines) + "\n"
 
 
