@@ -109,6 +109,8 @@ def bodies() -> dict[int, bytes]:
 def sweep(url: str, body: bytes, step_s: float) -> list[RunResult]:
     """Fixed-rate steps upward until p99 passes the limit, errors appear, or the
     server falls behind; one step beyond the knee is kept for the plot."""
+    # Warm-up, discarded: first requests pay for lazy imports and connection set-up.
+    run_fixed_rate(url, body, 50, duration_s=2)
     runs = []
     for rate in RATES:
         result = run_fixed_rate(url, body, rate, duration_s=step_s)
