@@ -250,9 +250,12 @@ def materialization(settings: dict[str, str], rows: int) -> dict[str, Any]:
 
     key_types = {"customer_id": ValueType.INT64}
     for i, row in enumerate(stats.itertuples(index=False)):
-        key = serialize_entity_key(
-            _entity_key(["customer_id"], (int(row.customer_id),), key_types), 3
-        ) + store.project.encode()
+        key = (
+            serialize_entity_key(
+                _entity_key(["customer_id"], (int(row.customer_id),), key_types), 3
+            )
+            + store.project.encode()
+        )
         ts = Timestamp()
         ts.FromDatetime(row.event_timestamp.to_pydatetime())
         mapping: dict[Any, bytes] = {"_ts:customer_stats": ts.SerializeToString()}

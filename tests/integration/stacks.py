@@ -132,9 +132,7 @@ def _drop_databases(settings: Mapping[str, str], names: list[str]) -> None:
             )
 
 
-def make_stack(
-    env: str, name: str, tmp_dir: Path, extra: Mapping[str, str] | None = None
-) -> Stack:
+def make_stack(env: str, name: str, tmp_dir: Path, extra: Mapping[str, str] | None = None) -> Stack:
     """A fresh, empty copy of `env` named `name` for this test run; `extra` settings
     (another Redis or Postgres port, say) apply before anything is created."""
     overrides = {**_service_defaults(), **(extra or {})}

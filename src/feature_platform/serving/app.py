@@ -154,9 +154,7 @@ class FeatureServerApp:
             plan = self.plans.get(service or None, () if service else tuple(features))
         except Unsupported:
             return await self._to_feast(scope, body, receive, send)
-        entities, n_rows = entity_columns(
-            request.get("entities"), plan, self.settings.max_entities
-        )
+        entities, n_rows = entity_columns(request.get("entities"), plan, self.settings.max_entities)
         simple = not request.get("full_feature_names") and not request.get(
             "include_feature_view_version_metadata"
         )
@@ -234,8 +232,13 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
     return status
 

@@ -31,9 +31,7 @@ REQUEST_SECONDS = Histogram(
     ["endpoint"],
     buckets=LATENCY_BUCKETS,
 )
-REQUESTS = Counter(
-    "feature_server_requests_total", "Requests answered.", ["endpoint", "status"]
-)
+REQUESTS = Counter("feature_server_requests_total", "Requests answered.", ["endpoint", "status"])
 ENTITIES = Histogram(
     "feature_server_entities_per_request",
     "Entity rows per /get-online-features request.",

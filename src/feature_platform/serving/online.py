@@ -105,8 +105,9 @@ def _entity_key(
 class OnlineReader:
     """Reads a plan's features for a batch of entity rows from Redis."""
 
-    def __init__(self, client: aioredis.Redis, project: str, key_version: int,
-                 timeout_s: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, project: str, key_version: int, timeout_s: float
+    ) -> None:
         self.client = client
         self.project = project.encode()
         self.key_version = key_version
@@ -177,8 +178,13 @@ class OnlineReader:
         epochs = [EPOCH] * n_rows
         for join_key in plan.join_key_types:
             names.append(join_key)
-            results.append({"values": list(entities[join_key]), "statuses": present,
-                            "event_timestamps": epochs})
+            results.append(
+                {
+                    "values": list(entities[join_key]),
+                    "statuses": present,
+                    "event_timestamps": epochs,
+                }
+            )
 
         newest: dict[str, float] = {}
         columns_by_name: dict[str, list[Any]] = {}
@@ -201,8 +207,9 @@ class OnlineReader:
                 ]
                 columns_by_name[feature] = feature_values
                 names.append(feature)
-                results.append({"values": feature_values, "statuses": statuses,
-                                "event_timestamps": timestamps})
+                results.append(
+                    {"values": feature_values, "statuses": statuses, "event_timestamps": timestamps}
+                )
 
         for odfv in plan.odfvs:
             inputs: dict[str, list[Any]] = {k: entities[k] for k in plan.join_key_types}
@@ -222,8 +229,13 @@ class OnlineReader:
                     column if isinstance(column, list) else [column], odfv.value_types[feature]
                 )
                 names.append(feature)
-                results.append({"values": [_decode_proto(p) for p in protos],
-                                "statuses": present, "event_timestamps": epochs})
+                results.append(
+                    {
+                        "values": [_decode_proto(p) for p in protos],
+                        "statuses": present,
+                        "event_timestamps": epochs,
+                    }
+                )
 
         return {"results": results, "metadata": {"feature_names": names}}, newest, read_s
 

@@ -167,8 +167,9 @@ class PlanCache:
                 have = set(views[source].features) if source in views else set()
                 if needed - have:
                     raise Unsupported(f"inputs of {odfv.view.name} not all requested")
-        return ReadPlan(list(views.values()), list(odfvs.values()), join_key_types,
-                        request_types, view_of)
+        return ReadPlan(
+            list(views.values()), list(odfvs.values()), join_key_types, request_types, view_of
+        )
 
     def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
         store = self.store
