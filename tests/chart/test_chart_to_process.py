@@ -1,0 +1,224 @@
+"""The chart's commands and environment, run as local processes against the test services.
+
+The chart is rendered with external Redis and PostgreSQL values pointing at this run's
+isolated databases and Redis db. Each rendered container's command, args and environment
+(resolved from the rendered ConfigMaps and the Secrets an operator would create; mounted
+ConfigMaps written to a temporary directory) then runs from .venv/bin, the way the image
+runs it. No cluster is needed to prove that the commands and settings are right.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from psycopg import sql
+from rendering import (
+    SCENARIOS,
+    LocalCommand,
+    ci_load_steps,
+    local_command,
+    one,
+    platform_job,
+    pod_template,
+    render,
+    secret_object,
+)
+from stacks import Stack, make_stack
+
+from feature_platform import offline_tables
+from feature_platform.server import free_port
+
+pytestmark = pytest.mark.integration
+
+SIZES = ["--customers", "60", "--merchants", "8", "--days", "6", "--transactions", "300"]
+
+
+@dataclass
+class Rendered:
+    stack: Stack
+    settings: dict[str, str]
+    objects: list[dict[str, Any]]
+    root: Path
+    port: int
+
+    def command(self, kind: str, container: str, suffix: str = "") -> LocalCommand:
+        obj = one(self.objects, kind, suffix)
+        pod = pod_template(obj)
+        return self.command_of(pod, container)
+
+    def command_of(self, pod: dict[str, Any], container: str) -> LocalCommand:
+        spec = pod["spec"]
+        (c,) = [
+            c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == container
+        ]
+        return local_command(pod, c, self.objects, self.root / container)
+
+
+def run(command: LocalCommand) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command.argv, env=command.env, cwd=command.cwd, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
+    stack = make_stack("dev", "chart", tmp_path_factory.mktemp("chart_stack"))
+    try:
+        s = stack.settings()
+        port = free_port()
+        overrides = {
+            "postgres": {
+                "host": s["POSTGRES_HOST"],
+                "port": int(s["POSTGRES_PORT"]),
+                "user": s["POSTGRES_USER"],
+                "sslMode": s["POSTGRES_SSLMODE"],
+                "registryDatabase": s["REGISTRY_DB"],
+                "offlineDatabase": s["OFFLINE_DB"],
+            },
+            "redis": {
+                "host": s["REDIS_HOST"],
+                "port": int(s["REDIS_PORT"]),
+                "db": int(s["REDIS_DB"]),
+            },
+            "server": {"port": port, "workers": 1},
+        }
+        values_file = SCENARIOS["ci/external-values"]
+        objects = render(values_file, overrides)
+        # The Secrets an operator creates before installing (the local services' passwords).
+        objects += [
+            secret_object("ci-postgres", {"password": s["POSTGRES_PASSWORD"]}),
+            secret_object("ci-redis", {"password": s["REDIS_PASSWORD"]}),
+        ]
+        yield Rendered(stack, s, objects, tmp_path_factory.mktemp("pods"), port)
+    finally:
+        stack.close()
+
+
+def _databases(settings: dict[str, str]) -> set[str]:
+    conninfo = offline_tables.postgres_conninfo(settings, "postgres")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database").fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def initialized(rendered: Rendered) -> subprocess.CompletedProcess[str]:
+    """The server pod's init container, against databases that do not exist yet."""
+    s = rendered.settings
+    conninfo = offline_tables.postgres_conninfo(s, "postgres")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for name in (s["REGISTRY_DB"], s["OFFLINE_DB"]):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    assert not {s["REGISTRY_DB"], s["OFFLINE_DB"]} & _databases(s)
+    return run(rendered.command("Deployment", "init-db"))
+
+
+@pytest.fixture(scope="module")
+def applied(rendered: Rendered, initialized: subprocess.CompletedProcess[str]) -> None:
+    """Sample data and `feast apply`, as CI (and the kind tier) run them: a Job built from
+    the server pod with other args."""
+    deployment = one(rendered.objects, "Deployment")
+    for name, args in ci_load_steps("dev", SIZES):
+        job = platform_job(deployment, name, args)
+        done = run(rendered.command_of(job["spec"]["template"], name))
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def materialized(rendered: Rendered, applied: None) -> subprocess.CompletedProcess[str]:
+    return run(rendered.command("CronJob", "materialize"))
+
+
+def test_init_container_creates_the_databases(
+    rendered: Rendered, initialized: subprocess.CompletedProcess[str]
+) -> None:
+    assert initialized.returncode == 0, initialized.stderr[-3000:]
+    s = rendered.settings
+    assert {s["REGISTRY_DB"], s["OFFLINE_DB"]} <= _databases(s)
+    # Idempotent: a second pod's init container finds them and succeeds.
+    assert run(rendered.command("Deployment", "init-db")).returncode == 0
+
+
+def test_cronjob_command_materializes_into_redis(
+    rendered: Rendered, materialized: subprocess.CompletedProcess[str]
+) -> None:
+    assert materialized.returncode == 0, materialized.stderr[-3000:]
+    client = rendered.stack.redis()
+    # The test's own claim key plus the materialized entity hashes.
+    assert client.dbsize() > 50
+
+
+def test_server_command_serves_ready_and_live(
+    rendered: Rendered, materialized: subprocess.CompletedProcess[str]
+) -> None:
+    assert materialized.returncode == 0
+    command = rendered.command("Deployment", "server")
+    log = rendered.root / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command.argv, env=command.env, cwd=command.cwd, stdout=out, stderr=out
+        )
+        try:
+            url = f"http://127.0.0.1:{rendered.port}"
+            statuses = _wait_for(process, url, log)
+            assert statuses == {"/health": 200, "/ready": 200}
+            reply = requests.post(
+                f"{url}/get-online-features",
+                json={
+                    "feature_service": "fraud_detection_v1",
+                    "entities": {
+                        "customer_id": [1, 2],
+                        "merchant_id": [1, 2],
+                        "amount": [10.0, 20.0],
+                    },
+                },
+                timeout=10,
+            )
+            assert reply.status_code == 200, reply.text[:500]
+            body = reply.json()
+            names = body["metadata"]["feature_names"]
+            present = [
+                name
+                for name, result in zip(names, body["results"], strict=True)
+                if name not in ("customer_id", "merchant_id", "amount")
+                and "PRESENT" in result["statuses"]
+            ]
+            assert present, body
+            assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
+            # The `helm test` pod's own script, with the Service's address made local.
+            helm_test = rendered.command("Pod", "fetch-vector", "-test")
+            helm_test.env["SERVER_URL"] = url
+            done = run(helm_test)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+    # SIGTERM, as the kubelet sends it, ends the server cleanly.
+    assert code == 0, log.read_text()[-3000:]
+
+
+def _wait_for(process: subprocess.Popen[bytes], url: str, log: Path) -> dict[str, int]:
+    """Probe like the kubelet until both paths answer 200, or the process dies."""
+    statuses: dict[str, int] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+        try:
+            statuses = {
+                p: requests.get(url + p, timeout=2).status_code for p in ("/health", "/ready")
+            }
+        except (requests.ConnectionError, requests.Timeout):
+            statuses = {}  # not listening yet, or a worker still loading
+        if statuses == {"/health": 200, "/ready": 200}:
+            break
+        time.sleep(0.5)
+    return statuses
