@@ -119,6 +119,27 @@ def test_a_good_request_still_works(fragile: Fragile) -> None:
     assert response.json()["metadata"]["feature_names"][:2] == ["customer_id", "merchant_id"]
 
 
+def test_metrics_resolve_sub_millisecond_latency_and_staleness(fragile: Fragile) -> None:
+    assert _post(fragile.server, _service(GOOD)).status_code == 200
+    assert (
+        _post(fragile.server, {"feature_service": "nope_v9", "entities": GOOD}).status_code == 404
+    )
+    text = requests.get(f"{fragile.server.url}/metrics", timeout=10).text
+    assert (
+        'feature_server_request_duration_seconds_bucket{endpoint="/get-online-features",le="0.00025"}'
+        in text
+    )
+    assert 'feature_server_requests_total{endpoint="/get-online-features",status="404"}' in text
+    assert "feature_server_entities_per_request_count" in text
+    assert "feature_server_online_store_read_seconds_bucket" in text
+    ages = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('feature_server_served_value_age_seconds{feature_view="customer_stats"')
+    ]
+    assert ages and all(age > 0 for age in ages)
+
+
 def test_write_endpoints_need_the_token(fragile: Fragile) -> None:
     now = datetime.now(UTC).isoformat()
     body = {
