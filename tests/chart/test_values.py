@@ -106,14 +106,13 @@ def test_every_value_is_documented_by_a_comment_starting_with_its_name() -> None
     assert undocumented == []
 
 
-def test_prod_values_use_external_stores_and_existing_secrets() -> None:
+def test_prod_values_use_external_stores_existing_secrets_and_serve_read_only() -> None:
     prod = yaml.safe_load(SCENARIOS["prod"][0].read_text())
     for store in ("postgres", "redis"):
         assert prod[store]["inCluster"]["enabled"] is False
         assert prod[store]["host"]
         assert prod[store]["auth"]["existingSecret"]
-    assert prod["server"]["write"]["mode"] == "token"
-    assert prod["server"]["write"]["existingSecret"]
+    assert prod["server"]["write"]["mode"] == "off"
     assert prod["image"]["pullPolicy"] == "Always"
 
 
