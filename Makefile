@@ -14,7 +14,7 @@ export POSTGRES_PASSWORD ?=
 export REDIS_PASSWORD ?=
 
 .PHONY: help install services demo test test-unit test-integration lint format typecheck \
-        check-config generate apply materialize clean
+        check-config generate materialize clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -49,9 +49,9 @@ lint: install ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: install ## Format the code in place
-	$(BIN)/ruff check --fix .
+format: install ## Format the code in place, then apply ruff's safe fixes
 	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 typecheck: install ## mypy
 	$(BIN)/mypy
@@ -62,11 +62,64 @@ check-config: install ## Check that ENV's configuration has every variable it ne
 generate: install ## Write the generated data set to ENV's offline store
 	$(PLATFORM) generate $(ENV)
 
-apply: install ## feast apply for ENV
-	$(PLATFORM) feast $(ENV) -- apply
-
 materialize: install ## materialize-incremental up to now for ENV
 	$(PLATFORM) materialize $(ENV)
 
 clean: ## Remove the local data directory and caches
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
+
+# --- rollouts: the same entry points CI uses (ci/plan.sh, ci/apply.sh) -------------------
+.PHONY: plan apply rollout-log
+
+plan: install ## Plan the feature repository for ENV: summary, exit 3 if breaking
+	bash ci/plan.sh $(ENV)
+
+apply: install ## Apply to ENV under its lock (breaking needs ALLOW_BREAKING_CHANGES=true)
+	bash ci/apply.sh $(ENV)
+
+rollout-log: install ## The latest applies recorded in ENV's registry database
+	$(PLATFORM) rollout-log $(ENV)
+
+# --- deploy: the image, the chart, a kind cluster ----------------------------------------
+.PHONY: chart-test image-lint kind-up kind-test kind-down
+
+KIND_CLUSTER := feast-platform
+KIND_IMAGE := feature-platform:kind
+KUBE_NAMESPACE := feast-dev
+
+chart-test: install services ## Render, lint, validate and police the chart; run its commands locally
+	$(BIN)/pytest tests/chart
+
+image-lint: install ## hadolint over the Dockerfile
+	$(BIN)/hadolint Dockerfile
+
+kind-up: ## Build the image, create the kind cluster, install the chart with dev values
+	docker build -t $(KIND_IMAGE) .
+	kind get clusters | grep -qx $(KIND_CLUSTER) || \
+	  kind create cluster --name $(KIND_CLUSTER) --config k8s/kind-cluster.yaml --wait 180s
+	kind load docker-image $(KIND_IMAGE) --name $(KIND_CLUSTER)
+	kubectl --context kind-$(KIND_CLUSTER) apply -f k8s/namespaces.yaml
+	helm --kube-context kind-$(KIND_CLUSTER) -n $(KUBE_NAMESPACE) upgrade --install fp \
+	  helm/feast-platform -f helm/feast-platform/values-dev.yaml --set image.tag=kind
+
+kind-test: install ## The kind tier: build, install, load, apply, materialize, drive over HTTP
+	$(BIN)/pytest tests/kind --kind --keep-cluster
+
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+# --- serving: the feature server, its load test and benchmark ------------------------------
+.PHONY: serve bench loadtest
+
+serve: install ## Run the feature server in the foreground for ENV (FEATURE_SERVER_* settings)
+	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
+	$(PLATFORM) serve $(ENV)
+
+bench: install services ## Benchmark the server against stock feast serve, no-op and raw Redis
+	$(BIN)/python loadtests/bench.py
+
+LOAD_HOST ?= http://127.0.0.1:6566
+loadtest: install ## locust against LOAD_HOST, headless; thresholds set the exit code
+	mkdir -p loadtests/results
+	$(BIN)/locust -f loadtests/locustfile.py --headless -H $(LOAD_HOST) -u 20 -r 20 -t 30s \
+	  --csv loadtests/results/locust --html loadtests/results/locust.html

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from feature_platform import environments, feast_commands, generator, offline_tables
 from feature_platform.config_guard import EXIT_CONFIG_ERROR, ConfigError
@@ -82,6 +83,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from feature_platform import rollout
+
+    return rollout.cli_plan(args.env, args.json, args.markdown, say)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from feature_platform import rollout
+
+    return rollout.cli_apply(args.env, args.json, args.lock_timeout, say)
+
+
+def cmd_rollout_log(args: argparse.Namespace) -> int:
+    from feature_platform import rollout
+
+    return rollout.cli_log(args.env, args.limit, say)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feature-platform", description=__doc__)
     subs = top.add_subparsers(dest="command", required=True)
@@ -123,6 +142,26 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub("demo", "generate, apply, materialize, serve, fetch, train: end to end", cmd_demo)
     size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))
+
+    pln = sub("plan", "what apply would change: markdown on stdout; exit 3 if breaking", cmd_plan)
+    pln.add_argument("--json", type=Path, default=None, help="also write the plan as JSON here")
+    pln.add_argument("--markdown", type=Path, default=None, help="also write the summary here")
+    apl = sub(
+        "apply",
+        "apply under the environment's lock; breaking needs ALLOW_BREAKING_CHANGES",
+        cmd_apply,
+    )
+    apl.add_argument("--json", type=Path, default=None, help="write the applied plan as JSON")
+    apl.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for another apply (default: APPLY_LOCK_TIMEOUT_SECONDS)",
+    )
+    log = sub(
+        "rollout-log", "the latest applies recorded in ENV's registry database", cmd_rollout_log
+    )
+    log.add_argument("--limit", type=_positive, default=20)
     return top
 
 

@@ -16,12 +16,21 @@ from feature_platform.config_guard import ConfigError
 
 PROJECT_ROOT = Path(os.environ.get("PLATFORM_ROOT", Path(__file__).resolve().parents[2]))
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+# Points the platform at another copy of the feature repository: a checkout being
+# planned, or a test's edited copy. FEATURE_REPO stays the default.
+FEATURE_REPO_DIR_VAR = "FEATURE_REPO_DIR"
 ENV_DIR = PROJECT_ROOT / "ci" / "env"
 LOCAL = "local"
 
 
 def available() -> list[str]:
     return sorted(p.stem for p in ENV_DIR.glob("*.env"))
+
+
+def feature_repo() -> Path:
+    """The feature repository Feast imports definitions from."""
+    override = os.environ.get(FEATURE_REPO_DIR_VAR)
+    return Path(override).resolve() if override else FEATURE_REPO
 
 
 def feature_store_yaml(env: str) -> Path:
@@ -31,7 +40,7 @@ def feature_store_yaml(env: str) -> Path:
     if override:
         return Path(override)
     name = "feature_store.local.yaml" if env == LOCAL else "feature_store.yaml"
-    return FEATURE_REPO / name
+    return feature_repo() / name
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -32,7 +32,7 @@ def run(env: str, args: Sequence[str], check: bool = True) -> subprocess.Complet
     """Run `feast <args>` for `env` in the feature repository, output passed through."""
     values = prepare(env)
     return subprocess.run(
-        feast_argv(env, args), cwd=environments.FEATURE_REPO, env=values, check=check, text=True
+        feast_argv(env, args), cwd=environments.feature_repo(), env=values, check=check, text=True
     )
 
 
@@ -40,7 +40,7 @@ def start(env: str, args: Sequence[str], **popen_kwargs: object) -> subprocess.P
     """Start a long-running `feast <args>` (a server) for `env`."""
     values = prepare(env)
     return subprocess.Popen(  # type: ignore[call-overload]
-        feast_argv(env, args), cwd=environments.FEATURE_REPO, env=values, **popen_kwargs
+        feast_argv(env, args), cwd=environments.feature_repo(), env=values, **popen_kwargs
     )
 
 
@@ -57,7 +57,7 @@ def open_store(env: str) -> FeatureStore:
     os.environ.update(values)
     try:
         return FeatureStore(
-            repo_path=str(environments.FEATURE_REPO),
+            repo_path=str(environments.feature_repo()),
             fs_yaml_file=environments.feature_store_yaml(env),
         )
     finally:
