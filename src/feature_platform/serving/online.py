@@ -162,10 +162,10 @@ class OnlineReader:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                pipe = self.client.pipeline(transaction=False)
-                for view, keys, _ in batches:
-                    await self._hmget_many(keys=keys, args=view.fields, client=pipe)
-                per_view = await pipe.execute()
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for view, keys, _ in batches:
+                        await self._hmget_many(keys=keys, args=view.fields, client=pipe)
+                    per_view = await pipe.execute()
         except TimeoutError:
             raise unavailable(f"online store did not answer within {self.timeout_s}s") from None
         except (aioredis.RedisError, OSError) as exc:
@@ -240,12 +240,24 @@ class OnlineReader:
         return {"results": results, "metadata": {"feature_names": names}}, newest, read_s
 
 
+# Stored values repeat (categories, counts, ratings): decode each distinct one once.
+_decoded: dict[bytes, Any] = {}
+
+
 def _decode(raw: bytes | None) -> Any:
     if not raw:
         return None
+    try:
+        return _decoded[raw]
+    except KeyError:
+        pass
     value = ValueProto()
     value.ParseFromString(raw)
-    return _decode_proto(value)
+    result = _decode_proto(value)
+    if len(_decoded) > 500_000:
+        _decoded.clear()
+    _decoded[raw] = result
+    return result
 
 
 def _decode_proto(value: ValueProto) -> Any:
