@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from feature_platform.config_guard import ConfigError
+from feature_platform.serving.settings import ServerSettings
+
+
+def test_defaults_serve_read_only_without_recycling() -> None:
+    settings = ServerSettings.from_env({})
+    assert settings.write_mode == "off"
+    assert settings.max_requests == 0
+    assert settings.workers >= 1
+
+
+def test_values_are_read_from_the_environment() -> None:
+    settings = ServerSettings.from_env(
+        {
+            "FEATURE_SERVER_PORT": "7000",
+            "FEATURE_SERVER_WORKERS": "3",
+            "FEATURE_SERVER_STORE_TIMEOUT_SECONDS": "0.25",
+            "FEATURE_SERVER_WRITE_MODE": "token",
+            "FEATURE_SERVER_WRITE_TOKEN": "t" * 16,
+        }
+    )
+    assert (settings.port, settings.workers, settings.store_timeout_s) == (7000, 3, 0.25)
+    assert settings.write_mode == "token"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FEATURE_SERVER_PORT": "http"}, "FEATURE_SERVER_PORT must be an integer"),
+        ({"FEATURE_SERVER_WORKERS": "0"}, "FEATURE_SERVER_WORKERS must be at least 1"),
+        ({"FEATURE_SERVER_STORE_TIMEOUT_SECONDS": "-1"}, "must be positive"),
+        ({"FEATURE_SERVER_WRITE_MODE": "maybe"}, "must be one of off, token, open"),
+        ({"FEATURE_SERVER_WRITE_MODE": "token"}, "needs FEATURE_SERVER_WRITE_TOKEN"),
+        ({"FEATURE_SERVER_LOG_FORMAT": "xml"}, "json or text"),
+    ],
+)
+def test_bad_values_stop_with_the_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ServerSettings.from_env(env)
+
+
+def test_a_short_token_is_refused_without_being_printed() -> None:
+    with pytest.raises(ConfigError) as err:
+        ServerSettings.from_env(
+            {"FEATURE_SERVER_WRITE_MODE": "token", "FEATURE_SERVER_WRITE_TOKEN": "hunter2"}
+        )
+    assert "hunter2" not in str(err.value)
