@@ -126,22 +126,19 @@ def bodies() -> dict[int, bytes]:
 
 
 def sweep(url: str, body: bytes, step_s: float) -> list[RunResult]:
-    """Fixed-rate steps upward until two steps in a row miss the p99 limit (a single
-    miss at a low rate can be one scheduling hiccup), or the server falls behind."""
+    """Fixed-rate steps upward until the server falls behind the offered rate (or its
+    median passes 100 ms): the curve for the plot, its p99 knee and its saturation."""
     # Warm-up, discarded: first requests pay for lazy imports and connection set-up.
     run_fixed_rate(url, body, 50, duration_s=2)
     runs = []
-    misses = 0
     for rate in RATES:
         result = run_fixed_rate(url, body, rate, duration_s=step_s)
         runs.append(result)
-        ok = result.errors == 0 and result.percentile(99) <= P99_LIMIT_S
         say(
             f"    {rate:>5} rps: p50 {result.percentile(50) * 1e3:7.2f} ms  "
             f"p99 {result.percentile(99) * 1e3:8.2f} ms  errors {result.errors}"
         )
-        misses = 0 if ok else misses + 1
-        if misses == 2 or result.achieved_rps < 0.9 * rate or result.percentile(50) > 0.1:
+        if result.achieved_rps < 0.9 * rate or result.percentile(50) > 0.1:
             break
     return runs
 
@@ -155,8 +152,13 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
             fixed[str(rate)] = {"p50_ms": match[0].percentile(50) * 1e3,
                                 "p99_ms": match[0].percentile(99) * 1e3,
                                 "errors": match[0].errors}  # fmt: skip
+    # Saturation: the highest offered rate served in full, at any latency, error-free.
+    sustained = [
+        r.target_rps for r in runs if r.errors == 0 and r.achieved_rps >= 0.95 * r.target_rps
+    ]
     return {
         "max_rps_p99_10ms": max(passing, default=0),
+        "max_rps_sustained": max(sustained, default=0),
         "errors": sum(r.errors for r in runs),
         "fixed_rates": fixed,
         "steps": [
@@ -314,9 +316,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"open-loop fixed-rate load, {result['step_seconds']} s per step; throughput = the "
         "highest rate whose p99 stays within 10 ms with no errors.",
         "",
-        "| server | entities/request | max rps at p99 <= 10 ms | p50 / p99 at 100 rps (ms) "
-        "| p50 / p99 at 300 rps (ms) | errors |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| server | entities/request | max rps at p99 <= 10 ms | max rps sustained "
+        "| p50 / p99 at 100 rps (ms) | p50 / p99 at 300 rps (ms) | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, per_size in result["servers"].items():
         for size, s in per_size.items():
@@ -324,7 +326,8 @@ def markdown(result: dict[str, Any]) -> str:
             for rate in ("100", "300"):
                 f = s["fixed_rates"].get(rate)
                 cells.append(f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f}" if f else "-")
-            lines.append(f"| {name} | {size} | {s['max_rps_p99_10ms']} | {cells[0]} | "
+            lines.append(f"| {name} | {size} | {s['max_rps_p99_10ms']} | "
+                         f"{s['max_rps_sustained']} | {cells[0]} | "
                          f"{cells[1]} | {s['errors']} |")  # fmt: skip
     lines += ["", "| storage floor: raw redis-py pipelined HMGET | ops/s | p50 ms | p99 ms |",
               "| --- | --- | --- | --- |"]  # fmt: skip
@@ -371,28 +374,30 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     servers = result["servers"]
-    ours = servers["platform"]["1"]["max_rps_p99_10ms"]
-    default = servers["feast serve (defaults)"]["1"]["max_rps_p99_10ms"]
-    tuned = servers["feast serve (tuned)"]["1"]["max_rps_p99_10ms"]
-    p99_1 = servers["platform"]["1"]["fixed_rates"].get("100", {}).get("p99_ms")
+    ours, default, tuned = (
+        servers[name]["1"] for name in ("platform", "feast serve (defaults)", "feast serve (tuned)")
+    )
+    p99_1 = ours["fixed_rates"].get("100", {}).get("p99_ms")
     p99_100 = servers["platform"]["100"]["fixed_rates"].get("100", {}).get("p99_ms")
-    errors = sum(s["errors"] for name, per in servers.items() if name == "platform"
-                 for s in per.values())  # fmt: skip
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else float("inf")
-
-    return [
-        {"what": ">= 3x stock defaults, 1 entity", "met": ratio(ours, default) >= 3,
-         "value": f"{ours} vs {default} rps = {ratio(ours, default):.1f}x"},
-        {"what": ">= 1.5x stock tuned, 1 entity", "met": ratio(ours, tuned) >= 1.5,
-         "value": f"{ours} vs {tuned} rps = {ratio(ours, tuned):.1f}x"},
-        {"what": "100-entity p99 <= 5x 1-entity p99 at 100 rps",
-         "met": bool(p99_1 and p99_100 and p99_100 <= 5 * p99_1),
-         "value": f"{p99_100:.2f} vs {p99_1:.2f} ms" if p99_1 and p99_100 else "n/a"},
-        {"what": "zero errors on the platform server", "met": errors == 0,
-         "value": f"{errors} errors"},
-    ]  # fmt: skip
+    errors = sum(s["errors"] for s in servers["platform"].values())
+    out = []
+    for key, label in (("max_rps_p99_10ms", "at p99 <= 10 ms"), ("max_rps_sustained", "sustained")):
+        for base, factor, name in ((default, 3, "stock defaults"), (tuned, 1.5, "stock tuned")):
+            a, b = ours[key], base[key]
+            ratio = f" = {a / b:.1f}x" if b else " (stock never got there)"
+            out.append({
+                "what": f">= {factor}x {name}, 1 entity, throughput {label}",
+                "met": a >= factor * b and a > 0,
+                "value": f"{a} vs {b} rps{ratio}",
+            })  # fmt: skip
+    out.append({
+        "what": "100-entity p99 <= 5x 1-entity p99 at 100 rps",
+        "met": bool(p99_1 and p99_100 and p99_100 <= 5 * p99_1),
+        "value": f"{p99_100:.2f} vs {p99_1:.2f} ms" if p99_1 and p99_100 else "n/a",
+    })  # fmt: skip
+    out.append({"what": "zero errors on the platform server", "met": errors == 0,
+                "value": f"{errors} errors"})  # fmt: skip
+    return out
 
 
 def main() -> int:
