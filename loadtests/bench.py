@@ -181,7 +181,8 @@ class NoopServer:
     def __enter__(self) -> NoopServer:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker",
-             "-w", "1", "-b", f"127.0.0.1:{self.port}", "--chdir", str(Path(__file__).parent),
+             "-w", "1", "-b", f"127.0.0.1:{self.port}", "--keep-alive", "30",
+             "--chdir", str(Path(__file__).parent),
              "noop_app:app"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS),
