@@ -21,6 +21,9 @@ def prepare(env: str) -> dict[str, str]:
     """The checked process environment for `env`; ConfigError if anything is missing."""
     values = environments.settings(env)
     config_guard.check(environments.feature_store_yaml(env), values)
+    if values.get("PLATFORM_DATA_DIR"):
+        # SQLite creates its files, not their directory: a fresh checkout has none.
+        Path(values["PLATFORM_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     return values
 
 

@@ -137,7 +137,8 @@ def make_stack(env: str, name: str, tmp_dir: Path, extra: Mapping[str, str] | No
     (another Redis or Postgres port, say) apply before anything is created."""
     overrides = {**_service_defaults(), **(extra or {})}
     if env == environments.LOCAL:
-        overrides["PLATFORM_DATA_DIR"] = str(tmp_dir)
+        # Not created yet, as on a fresh checkout: the platform makes it.
+        overrides["PLATFORM_DATA_DIR"] = str(tmp_dir / "data")
         return Stack(env, overrides)
     prefix = f"fpt_{RUN_ID}_{name}"
     overrides["REGISTRY_DB"] = f"{prefix}_registry"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -47,3 +48,11 @@ def test_demo_over_stale_data_serves_what_it_generated(
     )
     served = [{n: online[n][i] for n in stored} for i in range(len(entities))]
     assert served == trained
+
+
+def test_demo_on_a_fresh_checkout(stack_factory: Callable[..., Stack]) -> None:
+    """Nothing generated yet, not even the local data directory."""
+    stack = stack_factory("local", "fresh")
+    assert not Path(stack.overrides["PLATFORM_DATA_DIR"]).exists()
+    with stack.active():
+        assert demo.run("local", SIZES) == 0
