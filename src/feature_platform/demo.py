@@ -50,9 +50,11 @@ def _vector_table(response: dict[str, Any], keys: list[str]) -> str:
     return pd.DataFrame(table, index=names).drop(index=keys).to_string()
 
 
-def _pick_requests(labels: pd.DataFrame) -> dict[str, list[Any]]:
-    """Two recent real transactions and one customer the platform has never seen."""
-    recent = labels.sort_values("event_timestamp").tail(2)
+def _pick_requests(labels: pd.DataFrame, known: pd.Series) -> dict[str, list[Any]]:
+    """Two recent real transactions of customers with history, and one customer the
+    platform has never seen."""
+    with_history = labels[labels["customer_id"].isin(known)]
+    recent = with_history.sort_values("event_timestamp").tail(2)
     return {
         "customer_id": [*recent["customer_id"].tolist(), int(labels["customer_id"].max()) + 1],
         "merchant_id": [*recent["merchant_id"].tolist(), int(recent["merchant_id"].iloc[0])],
@@ -112,7 +114,7 @@ def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
 
     started = _step(5, "starting the feature server")
     labels = tables["transactions"]
-    entities = _pick_requests(labels)
+    entities = _pick_requests(labels, tables["customer_stats"]["customer_id"])
     log_path = environments.PROJECT_ROOT / ".data" / f"feature-server-{env}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log, FeatureServer(env, log=log) as server:
