@@ -8,7 +8,7 @@ A request the plans cannot describe exactly is served by Feast's own path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from feast import FeatureStore, FeatureView, OnDemandFeatureView
@@ -55,12 +55,6 @@ class ReadPlan:
     odfvs: list[OdfvPlan]
     join_key_types: dict[str, ValueType]
     request_types: dict[str, ValueType]
-    # feature name -> view name, for the staleness metric and ODFV inputs
-    view_of: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def n_features(self) -> int:
-        return sum(len(v.features) for v in self.views) + sum(len(o.features) for o in self.odfvs)
 
 
 class PlanCache:
@@ -120,7 +114,6 @@ class PlanCache:
         odfvs: dict[str, OdfvPlan] = {}
         join_key_types: dict[str, ValueType] = {}
         request_types: dict[str, ValueType] = {}
-        view_of: dict[str, str] = {}
         if len({name for _, name in refs}) != len(refs):
             raise Unsupported("two features share a name: only full feature names tell them apart")
         for view_name, feature in refs:
@@ -157,7 +150,6 @@ class PlanCache:
                     raise Unsupported(f"feature {view_name}:{feature} is not a scalar")
                 plan_v.features.append(feature)
                 plan_v.fields.append(_mmh3(f"{view_name}:{feature}"))
-            view_of[feature] = view_name
         for plan_v in views.values():
             plan_v.fields.append(f"_ts:{plan_v.name}")
         for odfv in odfvs.values():
@@ -167,9 +159,7 @@ class PlanCache:
                 have = set(views[source].features) if source in views else set()
                 if needed - have:
                     raise Unsupported(f"inputs of {odfv.view.name} not all requested")
-        return ReadPlan(
-            list(views.values()), list(odfvs.values()), join_key_types, request_types, view_of
-        )
+        return ReadPlan(list(views.values()), list(odfvs.values()), join_key_types, request_types)
 
     def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
         store = self.store
