@@ -77,7 +77,7 @@ def _copy_frame(
         for start in range(0, len(df), COPY_CHUNK_ROWS):
             chunk = df.iloc[start : start + COPY_CHUNK_ROWS]
             buffer = io.StringIO()
-            chunk.to_csv(buffer, header=False, index=False, date_format="%Y-%m-%d %H:%M:%S%z")
+            chunk.to_csv(buffer, header=False, index=False, date_format="%Y-%m-%d %H:%M:%S.%f%z")
             copy.write(buffer.getvalue())
             done = min(start + COPY_CHUNK_ROWS, len(df))
             if len(df) > COPY_CHUNK_ROWS:

@@ -21,6 +21,7 @@ D0 = pd.Timestamp("2026-01-10", tz="UTC")
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
 SECOND = pd.Timedelta(seconds=1)
+MICROSECOND = pd.Timedelta(microseconds=1)
 
 
 def _customer_rows() -> pd.DataFrame:
@@ -75,6 +76,7 @@ CASES = [
     (D0 + DAY + 4 * HOUR, 1, 21.0, None, "hourly counter older than its 2h ttl"),
     (D0 + 3 * DAY - SECOND, 1, 21.0, None, "snapshot just inside its 2-day ttl"),
     (D0 + 3 * DAY, 1, 21.0, None, "snapshot exactly ttl old still counts"),
+    (D0 + 3 * DAY + MICROSECOND, 1, None, None, "a microsecond beyond its ttl"),
     (D0 + 3 * DAY + SECOND, 1, None, None, "snapshot just beyond its 2-day ttl"),
     (D0 + 4 * DAY + SECOND, 1, 40.0, None, "a newer snapshot arrived"),
     (D0 + DAY, 2, None, None, "this customer's first snapshot is later"),

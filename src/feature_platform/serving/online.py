@@ -24,10 +24,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_platform.serving.errors import HTTPError, bad_request, unavailable
 from feature_platform.serving.plans import JOIN_KEY_TYPES, ReadPlan
+from feature_platform.stores.online_ttl import is_expired
 
 EPOCH = "1970-01-01T00:00:00Z"
 PRESENT = "PRESENT"
 NOT_FOUND = "NOT_FOUND"
+OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
 _SCALAR_KINDS = {"int64_val", "int32_val", "double_val", "string_val", "bool_val"}
 
 
@@ -188,19 +190,25 @@ class OnlineReader:
 
         newest: dict[str, float] = {}
         columns_by_name: dict[str, list[Any]] = {}
+        now_s = time.time()
         for (view, _keys, row_slots), view_replies in zip(batches, per_view, strict=True):
             n_features = len(view.features)
-            decoded: list[tuple[list[Any] | None, str]] = []
+            # Per stored row: its values (None when withheld), status and timestamp.
+            decoded: list[tuple[list[Any] | None, str, str]] = []
             for reply in view_replies:
                 raw_ts = reply[n_features]
                 if not raw_ts:
-                    decoded.append((None, EPOCH))
+                    decoded.append((None, NOT_FOUND, EPOCH))
                     continue
                 ts_json, ts_s = self._timestamp(raw_ts)
                 newest[view.name] = max(newest.get(view.name, 0.0), ts_s)
-                decoded.append(([_decode(raw) for raw in reply[:n_features]], ts_json))
-            timestamps = [decoded[slot][1] for slot in row_slots]
-            statuses = [NOT_FOUND if decoded[slot][0] is None else PRESENT for slot in row_slots]
+                if is_expired(ts_s, view.ttl_s, now_s):
+                    decoded.append((None, OUTSIDE_MAX_AGE, ts_json))
+                    continue
+                values = [_decode(raw) for raw in reply[:n_features]]
+                decoded.append((values, PRESENT, ts_json))
+            timestamps = [decoded[slot][2] for slot in row_slots]
+            statuses = [decoded[slot][1] for slot in row_slots]
             for i, feature in enumerate(view.features):
                 feature_values = [
                     None if (row := decoded[slot][0]) is None else row[i] for slot in row_slots

@@ -16,6 +16,7 @@ from feast.infra.online_stores.helpers import _mmh3
 from feast.value_type import ValueType
 
 from feature_platform.serving.errors import not_found
+from feature_platform.stores.online_ttl import ttl_seconds
 
 # Value types decoded on the fast path; anything else goes to Feast's path.
 SCALAR_TYPES = {
@@ -39,6 +40,8 @@ class ViewPlan:
     features: list[str]
     # HMGET fields: one hash per feature, then the view's write timestamp.
     fields: list[bytes | str]
+    # Older values are served as null (stores/online_ttl.py); 0: never.
+    ttl_s: int = 0
 
 
 @dataclass
@@ -136,7 +139,9 @@ class PlanCache:
             else:
                 plan_v = views.get(view_name)
                 if plan_v is None:
-                    plan_v = ViewPlan(view_name, list(view.join_keys), [], [])
+                    plan_v = ViewPlan(
+                        view_name, list(view.join_keys), [], [], ttl_seconds(view.ttl)
+                    )
                     for column in view.entity_columns:
                         value_type = column.dtype.to_value_type()
                         if value_type not in JOIN_KEY_TYPES:

@@ -1,4 +1,5 @@
-"""Feast's Redis online store, with missing entities reported as missing.
+"""Feast's Redis online store, with missing entities reported as missing and the
+platform's ttl rule (`online_ttl`) on Feast's read path.
 
 Feast's own Redis store answers an entity that was never written with empty values
 and the epoch as event time, so the feature server marks it PRESENT. The SQLite store
@@ -7,7 +8,7 @@ that is null", in every environment, so a view's values without their write time
 are reported as not found here.
 
 Select it in feature_store.yaml with
-`type: feature_platform.redis_store.RedisOnlineStore`; every other setting is Feast's.
+`type: feature_platform.stores.redis_online.RedisOnlineStore`; every other setting is Feast's.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import Literal
 from feast.infra.online_stores import redis as feast_redis
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-TYPE = "feature_platform.redis_store.RedisOnlineStore"
+from feature_platform.stores import online_ttl
+
+TYPE = "feature_platform.stores.redis_online.RedisOnlineStore"
+
+online_ttl.install()
 
 
 class RedisOnlineStoreConfig(feast_redis.RedisOnlineStoreConfig):
-    type: Literal["feature_platform.redis_store.RedisOnlineStore"] = TYPE  # type: ignore[assignment]
+    type: Literal["feature_platform.stores.redis_online.RedisOnlineStore"] = TYPE  # type: ignore[assignment]
 
 
 class RedisOnlineStore(feast_redis.RedisOnlineStore):
