@@ -1,0 +1,104 @@
+"""Feast's duckdb offline store (the embedded default reads parquet with it) under the
+platform's training rule (`training_rule`): no training row holds a value created after
+its label time, and a NULL creation time counts as the event time.
+
+Select it in feature_store.local.yaml with
+`type: feature_platform.stores.duckdb_offline.DuckDBOfflineStore`; every other setting
+is Feast's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import ibis
+from feast import FeatureView
+from feast.data_source import DataSource
+from feast.infra.offline_stores import duckdb as feast_duckdb
+from feast.infra.offline_stores.ibis import (
+    get_historical_features_ibis,
+    pull_latest_from_table_or_query_ibis,
+)
+from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.repo_config import RepoConfig
+from ibis.expr.types import Table
+from pydantic import StrictBool
+
+from feature_platform.stores.training_rule import filter_by_created
+
+TYPE = "feature_platform.stores.duckdb_offline.DuckDBOfflineStore"
+
+
+class DuckDBOfflineStoreConfig(feast_duckdb.DuckDBOfflineStoreConfig):
+    type: Literal["feature_platform.stores.duckdb_offline.DuckDBOfflineStore"] = TYPE  # type: ignore[assignment]
+    # true: Feast's rule, values created after the label time included
+    include_values_created_after_label: StrictBool = False
+
+
+def _read_created_or_event(source: DataSource, repo_path: str) -> Table:
+    """Feast's reader, with NULL creation times read as the event time: the rule's
+    `created <= label` would otherwise drop such rows."""
+    table = feast_duckdb._read_data_source(source, repo_path)
+    created = source.created_timestamp_column
+    if created and created in table.columns:
+        table = table.mutate(
+            **{created: ibis.coalesce(table[created], table[source.timestamp_field])}
+        )
+    return table
+
+
+class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: Any,
+        registry: Any,
+        project: str,
+        full_feature_names: bool = False,
+        filter_by_created_timestamp: bool = False,
+    ) -> RetrievalJob:
+        store = config.offline_store
+        return get_historical_features_ibis(
+            config=config,
+            feature_views=feature_views,
+            feature_refs=feature_refs,
+            entity_df=entity_df,
+            registry=registry,
+            project=project,
+            full_feature_names=full_feature_names,
+            data_source_reader=_read_created_or_event,
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=store.staging_location,
+            staging_location_endpoint_override=store.staging_location_endpoint_override,
+            filter_by_created_timestamp=filter_by_created(store, filter_by_created_timestamp),
+        )
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        store = config.offline_store
+        return pull_latest_from_table_or_query_ibis(
+            config=config,
+            data_source=data_source,
+            join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns,
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column,
+            start_date=start_date,
+            end_date=end_date,
+            data_source_reader=_read_created_or_event,
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=store.staging_location,
+            staging_location_endpoint_override=store.staging_location_endpoint_override,
+        )

@@ -1,0 +1,114 @@
+"""Feast's PostgreSQL offline store under the platform's training rule
+(`training_rule`): no training row holds a value created after its label time, and a
+NULL creation time counts as the event time.
+
+Select it in feature_store.yaml with
+`type: feature_platform.stores.postgres_offline.PostgreSQLOfflineStore`; every other
+setting is Feast's.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any, Literal
+
+from feast import FeatureView
+from feast.data_source import DataSource
+from feast.infra.offline_stores.contrib.postgres_offline_store import postgres as feast_postgres
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
+from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.repo_config import RepoConfig
+from pydantic import StrictBool
+
+from feature_platform.stores.training_rule import CREATED_OR_EVENT, filter_by_created
+
+TYPE = "feature_platform.stores.postgres_offline.PostgreSQLOfflineStore"
+
+
+class PostgreSQLOfflineStoreConfig(feast_postgres.PostgreSQLOfflineStoreConfig):
+    type: Literal["feature_platform.stores.postgres_offline.PostgreSQLOfflineStore"] = TYPE  # type: ignore[assignment]
+    # true: Feast's rule, values created after the label time included
+    include_values_created_after_label: StrictBool = False
+
+
+def created_or_event(source: DataSource) -> DataSource:
+    """The source with NULL creation times read as the event time.
+
+    Feast's join matches rows on their creation time (`USING (..., created_timestamp)`),
+    which drops a row whose creation time is NULL, and orders NULL first when picking
+    the newest: read through a column that is never NULL instead."""
+    if not source.created_timestamp_column or not isinstance(source, PostgreSQLSource):
+        return source
+    query = (
+        f'SELECT *, COALESCE("{source.created_timestamp_column}", "{source.timestamp_field}") '
+        f'AS "{CREATED_OR_EVENT}" FROM {source.get_table_query_string()} AS source_rows'
+    )
+    return PostgreSQLSource(
+        name=source.name,
+        query=query,
+        timestamp_field=source.timestamp_field,
+        created_timestamp_column=CREATED_OR_EVENT,
+        field_mapping=source.field_mapping,
+    )
+
+
+def _with_source(view: FeatureView) -> FeatureView:
+    if view.batch_source is None:
+        return view
+    view = copy.copy(view)
+    view.batch_source = created_or_event(view.batch_source)
+    return view
+
+
+class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: Any,
+        registry: Any,
+        project: str,
+        full_feature_names: bool = False,
+        filter_by_created_timestamp: bool = False,
+        **kwargs: Any,
+    ) -> RetrievalJob:
+        return feast_postgres.PostgreSQLOfflineStore.get_historical_features(
+            config,
+            [_with_source(view) for view in feature_views],
+            feature_refs,
+            entity_df,
+            registry,
+            project,
+            full_feature_names=full_feature_names,
+            filter_by_created_timestamp=filter_by_created(
+                config.offline_store, filter_by_created_timestamp
+            ),
+            **kwargs,
+        )
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        source = created_or_event(data_source)
+        return feast_postgres.PostgreSQLOfflineStore.pull_latest_from_table_or_query(
+            config,
+            source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            source.created_timestamp_column or None,
+            start_date,
+            end_date,
+        )
