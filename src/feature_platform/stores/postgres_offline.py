@@ -56,10 +56,11 @@ def created_or_event(source: DataSource) -> DataSource:
 
 
 def _with_source(view: FeatureView) -> FeatureView:
-    if view.batch_source is None:
+    source = view.batch_source
+    if source is None:
         return view
     view = copy.copy(view)
-    view.batch_source = created_or_event(view.batch_source)
+    view.batch_source = created_or_event(source)
     return view
 
 
