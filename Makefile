@@ -81,7 +81,7 @@ rollout-log: install ## The latest applies recorded in ENV's registry database
 	$(PLATFORM) rollout-log $(ENV)
 
 # --- deploy: the image, the chart, a kind cluster ----------------------------------------
-.PHONY: chart-test image-lint kind-up kind-test kind-down
+.PHONY: chart-test image-lint promtool kind-up kind-test kind-down
 
 KIND_CLUSTER := feast-platform
 KIND_IMAGE := feature-platform:kind
@@ -89,6 +89,13 @@ KUBE_NAMESPACE := feast-dev
 
 chart-test: install services ## Render, lint, validate and police the chart; run its commands locally
 	$(BIN)/pytest tests/chart
+
+promtool: ## Install Debian's prometheus for promtool (the alert tests) unless on PATH
+	@command -v promtool >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@promtool --version | head -1
 
 image-lint: install ## hadolint over the Dockerfile
 	$(BIN)/hadolint Dockerfile

@@ -31,8 +31,10 @@ def test_schema_is_draft_07_and_closed_everywhere() -> None:
     assert SCHEMA["$schema"] == "http://json-schema.org/draft-07/schema#"
     for path, schema in _objects(SCHEMA):
         closed = schema.get("additionalProperties")
-        # Free-form maps (labels, annotations, node selectors) are typed string maps.
-        assert closed is False or closed == {"type": "string"}, path
+        # Free-form maps are typed: labels, annotations, node selectors map to strings,
+        # prometheusRule.staleAfterSeconds to positive integers.
+        typed_map = closed in ({"type": "string"}, {"type": "integer", "minimum": 1})
+        assert closed is False or typed_map, path
         if closed is not False:
             assert "properties" not in schema, path
 
@@ -72,6 +74,9 @@ def test_schema_rejects_a_misspelled_key(overrides: dict[str, Any], named: str) 
         ({"materialize": {"startingDeadlineSeconds": 5}}, "startingDeadlineSeconds"),
         ({"server": {"write": {"mode": "tokens"}}}, "mode"),
         ({"image": {"digest": "latest"}}, "digest"),
+        ({"prometheusRule": {"staleAfterSeconds": {"customer_stats": "1d"}}}, "customer_stats"),
+        # a view name lands in PromQL matchers: no regex or quote characters
+        ({"prometheusRule": {"staleAfterSeconds": {"customer.*": 60}}}, "customer.*"),
     ],
 )
 def test_schema_rejects_a_wrong_type_or_value(overrides: dict[str, Any], named: str) -> None:

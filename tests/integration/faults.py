@@ -14,9 +14,20 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from feature_platform.server import free_port
+
+
+def eventually(check: Callable[[], bool], what: str, attempts: int = 100) -> None:
+    """Until `check()` holds, every 0.1 s, at most `attempts` times (a dependency coming
+    back, a cache refreshing)."""
+    for _ in range(attempts):
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never happened: {what}")
 
 
 def _wait_port(port: int, up: bool, timeout_s: float = 10) -> None:

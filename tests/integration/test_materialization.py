@@ -11,17 +11,19 @@ from conftest import SEED
 from stacks import CLAIM_KEY, Stack
 
 from feature_platform import generator
+from feature_platform.stores import freshness
 
 SIZES = generator.Sizes(customers=120, merchants=12, days=5, transactions=800)
 
 
 def _redis_snapshot(stack: Stack) -> dict[bytes, dict[bytes, bytes]]:
-    """Every key of the stack's Redis db with its raw hash fields and values."""
+    """Every entity hash of the stack's Redis db with its raw fields and values (not the
+    test's claim, nor the platform's own keys: test_freshness checks those)."""
     client = stack.redis()
     return {
         key: client.hgetall(key)
         for key in sorted(client.scan_iter(count=1000))
-        if key != CLAIM_KEY.encode()
+        if key != CLAIM_KEY.encode() and not key.startswith(freshness.KEY_PREFIX.encode())
     }
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import requests
 from conftest import SEED, deploy
-from faults import PrivateRedis, Proxy
+from faults import PrivateRedis, Proxy, eventually
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
 from feature_platform import generator
@@ -171,14 +171,6 @@ def test_read_only_server_refuses_every_write(fragile: Fragile) -> None:
         read_only.stop()
 
 
-def _eventually(check: Callable[[], bool], what: str, attempts: int = 100) -> None:
-    for _ in range(attempts):
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
-
-
 def test_paused_redis_gets_a_503_within_the_deadline(fragile: Fragile) -> None:
     fragile.redis.pause()
     try:
@@ -189,7 +181,7 @@ def test_paused_redis_gets_a_503_within_the_deadline(fragile: Fragile) -> None:
         assert requests.get(f"{fragile.server.url}/health", timeout=10).status_code == 200
     finally:
         fragile.redis.resume()
-    _eventually(
+    eventually(
         lambda: _post(fragile.server, _service(GOOD)).status_code == 200,
         "reads succeed after Redis resumes",
     )
@@ -252,9 +244,9 @@ def test_readiness_follows_redis_down_and_back(fragile: Fragile) -> None:
     assert requests.get(ready, timeout=10).status_code == 200
     fragile.redis.stop()
     try:
-        _eventually(lambda: requests.get(ready, timeout=10).status_code == 503, "ready 503")
+        eventually(lambda: requests.get(ready, timeout=10).status_code == 503, "ready 503")
         assert requests.get(health, timeout=10).status_code == 200, "liveness must not follow"
         assert _post(fragile.server, _service(GOOD)).status_code == 503
     finally:
         fragile.redis.start()
-    _eventually(lambda: requests.get(ready, timeout=10).status_code == 200, "ready 200 again")
+    eventually(lambda: requests.get(ready, timeout=10).status_code == 200, "ready 200 again")

@@ -27,6 +27,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 
 from feature_platform.serving import metrics
 from feature_platform.serving.errors import HTTPError, bad_request, unavailable
+from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.online import Fallback, OnlineReader, entity_columns
 from feature_platform.serving.plans import PlanCache, Unsupported
 from feature_platform.serving.settings import ServerSettings
@@ -90,6 +91,7 @@ class FeatureServerApp:
             if self.redis is not None
             else None
         )
+        self.freshness = FreshnessReader(store, settings.store_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,7 +119,7 @@ class FeatureServerApp:
         if path == "/ready" and method == "GET":
             return await self._ready(send)
         if path == "/metrics" and method == "GET":
-            body, content_type = metrics.exposition()
+            body, content_type = metrics.exposition(await self.freshness.read())
             return await _send(send, 200, body, [(b"content-type", content_type.encode())])
         if path == "/get-online-features" and method == "POST":
             body = await _read_body(scope, receive, self.settings.max_body_bytes)

@@ -1,13 +1,16 @@
 """Prometheus metrics, shared across gunicorn workers through PROMETHEUS_MULTIPROC_DIR.
 
 Feast's own latency histogram starts at 5 ms, coarser than a whole request here; these
-buckets resolve the sub-millisecond range.
+buckets resolve the sub-millisecond range. Freshness is not a per-worker value: it is
+read at scrape time (`serving/freshness.py`) and reported once per scrape.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +22,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from feature_platform.serving.freshness import Freshness
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -74,10 +82,65 @@ def observe_read(n_entities: int, read_seconds: float, newest: dict[str, float])
         SERVED_AGE_SECONDS.labels(view).set(now - event_time)
 
 
-def exposition() -> tuple[bytes, str]:
-    """All workers' metrics under gunicorn; this process's alone otherwise."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+class FreshnessCollector(Collector):
+    """One scrape's freshness; label values are the registry's online views."""
+
+    def __init__(self, freshness: Freshness) -> None:
+        self.freshness = freshness
+
+    def collect(self) -> Iterator[Metric]:
+        views, newest = self.freshness.views, self.freshness.newest_event
+        now = time.time()
+        ttl = GaugeMetricFamily(
+            "feature_platform_feature_view_ttl_seconds",
+            "The feature view's ttl in the registry (0: none).",
+            labels=["feature_view"],
+        )
+        materialized = GaugeMetricFamily(
+            "feature_platform_materialization_last_success_timestamp_seconds",
+            "End of the newest interval materialized successfully, per view, from the "
+            "registry (materialize-incremental runs up to the time it starts).",
+            labels=["feature_view"],
+        )
+        for view, info in sorted(views.items()):
+            ttl.add_metric([view], info.ttl_s)
+            if info.materialized_until is not None:
+                materialized.add_metric([view], info.materialized_until)
+        yield ttl
+        yield materialized
+        if self.freshness.online_read_ok is None:
+            return  # this online store keeps no record of writes
+        yield GaugeMetricFamily(
+            "feature_platform_online_freshness_up",
+            "1 if this scrape read the newest event times from the online store, else 0.",
+            value=1.0 if self.freshness.online_read_ok else 0.0,
+        )
+        newest_at = GaugeMetricFamily(
+            "feature_platform_online_newest_event_timestamp_seconds",
+            "Event time of the newest value written online (materialization or push), per view.",
+            labels=["feature_view"],
+        )
+        newest_age = GaugeMetricFamily(
+            "feature_platform_online_newest_event_age_seconds",
+            "Age at scrape time of the newest value written online, per view.",
+            labels=["feature_view"],
+        )
+        for view, event_time in sorted(newest.items()):
+            newest_at.add_metric([view], event_time)
+            newest_age.add_metric([view], now - event_time)
+        yield newest_at
+        yield newest_age
+
+
+def exposition(freshness: Freshness | None = None) -> tuple[bytes, str]:
+    """All workers' metrics under gunicorn (this process's alone otherwise), and the
+    freshness of this scrape once, not per worker."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+        body = b""
+    else:
+        body = generate_latest(REGISTRY)
+    if freshness is not None:
+        registry.register(FreshnessCollector(freshness))
+    return body + generate_latest(registry), CONTENT_TYPE_LATEST

@@ -7,20 +7,28 @@ says NOT_FOUND for the same request. Clients must be able to tell "no data" from
 that is null", in every environment, so a view's values without their write timestamp
 are reported as not found here.
 
+Every write also records the view's newest event time (`freshness`), which the feature
+server exposes as a metric an operator can alert on.
+
 Select it in feature_store.yaml with
 `type: feature_platform.stores.redis_online.RedisOnlineStore`; every other setting is Feast's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+from feast import Entity, FeatureView
 from feast.infra.online_stores import redis as feast_redis
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import RepoConfig
 
-from feature_platform.stores import online_ttl
+from feature_platform.stores import freshness, online_ttl
+
+OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 
 TYPE = "feature_platform.stores.redis_online.RedisOnlineStore"
 
@@ -43,3 +51,54 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         if not values[ts_index]:
             return None, None
         return super()._get_features_for_entity(values, feature_view, requested_features)
+
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: OnlineRows,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        super().online_write_batch(config, table, data, progress)
+        client = self._get_client(config.online_store)
+        freshness.record(client, config.project, table.name, data)
+
+    async def online_write_batch_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: OnlineRows,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        # Feast's /push writes through this one.
+        await super().online_write_batch_async(config, table, data, progress)
+        client = await self._get_client_async(config.online_store)
+        await freshness.record_async(client, config.project, table.name, data)
+
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ) -> None:
+        super().update(
+            config, tables_to_delete, tables_to_keep, entities_to_delete, entities_to_keep, partial
+        )
+        client = self._get_client(config.online_store)
+        freshness.forget(client, config.project, (t.name for t in tables_to_delete))
+
+    def teardown(
+        self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]
+    ) -> None:
+        super().teardown(config, tables, entities)
+        freshness.forget(
+            self._get_client(config.online_store), config.project, (t.name for t in tables)
+        )
+
+    async def newest_event_times(self, config: RepoConfig) -> dict[str, float]:
+        """View name -> newest event time written, on Feast's own async client."""
+        client = await self._get_client_async(config.online_store)
+        return await freshness.read_async(client, config.project)
