@@ -13,8 +13,8 @@ PLATFORM := $(BIN)/feature-platform
 export POSTGRES_PASSWORD ?=
 export REDIS_PASSWORD ?=
 
-.PHONY: help install services demo test test-unit test-integration lint format typecheck \
-        check-config generate materialize clean
+.PHONY: help install services pushgateway demo test test-unit test-integration lint format \
+        typecheck check-config generate materialize clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -31,7 +31,14 @@ install: $(VENV)/.installed ## Install the locked dependencies into .venv
 services: ## Start local PostgreSQL and Redis if they are not running
 	@bash ci/start-services.sh
 
-demo: install ## Generate data, apply, materialize, serve and query: end to end (ENV=local)
+pushgateway: ## Install Debian's prometheus-pushgateway (the skew-check tests) unless on PATH
+	@command -v prometheus-pushgateway >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus-pushgateway; }
+
+demo: install ## Generate data, apply, materialize, serve, query, check skew: end to end (ENV=local)
 	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
 	$(PLATFORM) demo $(ENV)
 

@@ -101,6 +101,14 @@ def cmd_rollout_log(args: argparse.Namespace) -> int:
     return rollout.cli_log(args.env, args.limit, say)
 
 
+def cmd_skew_check(args: argparse.Namespace) -> int:
+    from feature_platform import skew_check
+
+    return skew_check.cli(
+        args.env, args.server_url, args.rows, args.seed, args.json, args.pushgateway, say
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feature-platform", description=__doc__)
     subs = top.add_subparsers(dest="command", required=True)
@@ -140,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
 
     sub("serve", "run the feature server in the foreground (FEATURE_SERVER_* settings)", cmd_serve)
 
-    demo = sub("demo", "generate, apply, materialize, serve, fetch, train: end to end", cmd_demo)
+    demo = sub("demo", "generate, apply, materialize, serve, fetch, train, check skew", cmd_demo)
     size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))
 
     pln = sub("plan", "what apply would change: markdown on stdout; exit 3 if breaking", cmd_plan)
@@ -162,6 +170,23 @@ def parser() -> argparse.ArgumentParser:
         "rollout-log", "the latest applies recorded in ENV's registry database", cmd_rollout_log
     )
     log.add_argument("--limit", type=_positive, default=20)
+
+    skw = sub(
+        "skew-check",
+        "served vectors against training rows for sampled keys; exit 1 on any mismatch",
+        cmd_skew_check,
+    )
+    skw.add_argument(
+        "--server-url", default=None, help="the feature server (default: SKEW_CHECK_SERVER_URL)"
+    )
+    skw.add_argument("--rows", type=_positive, default=None, help="entity rows (default 200)")
+    skw.add_argument("--seed", type=int, default=None, help="for the same sample again")
+    skw.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+    skw.add_argument(
+        "--pushgateway",
+        default=None,
+        help="push the result to this Pushgateway (default: SKEW_CHECK_PUSHGATEWAY_URL)",
+    )
     return top
 
 

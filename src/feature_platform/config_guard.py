@@ -77,3 +77,17 @@ def check(yaml_path: Path, env: Mapping[str, str]) -> None:
     problems = _value_problems(env, names)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def redact(text: str, values: Mapping[str, str]) -> str:
+    """`text` with every secret's value masked: errors from drivers are printed."""
+    for key, value in values.items():
+        if value and (key.endswith("PASSWORD") or key.endswith("TOKEN")):
+            text = text.replace(value, "***")
+    return text
+
+
+def one_line_error(exc: BaseException, values: Mapping[str, str]) -> str:
+    """An unexpected exception as one line, with the secrets in `values` masked."""
+    text = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {text[0] if text else ''}", values)

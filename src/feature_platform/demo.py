@@ -13,10 +13,17 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from feature_platform import environments, feast_commands, generator, offline_tables, training
+from feature_platform import (
+    environments,
+    feast_commands,
+    generator,
+    offline_tables,
+    skew_check,
+    training,
+)
 from feature_platform.server import FeatureServer, online_request, response_rows
 
-STEPS = 8
+STEPS = 9
 
 
 def _step(number: int, text: str) -> float:
@@ -128,13 +135,23 @@ def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
         print(_vector_table(response, ["customer_id", "merchant_id"]))
         _done(started)
 
-    started = _step(7, "building a point-in-time training set for 5 labelled transactions")
-    store = feast_commands.open_store(env)
-    sample = labels.sort_values("event_timestamp").iloc[:: max(1, len(labels) // 5)].head(5)
-    train = training.training_set(store, sample)
-    print("\nTraining rows: features as they were at each transaction's time")
-    print(train.set_index("transaction_id").T.to_string())
-    _done(started)
+        started = _step(7, "building a point-in-time training set for 5 labelled transactions")
+        store = feast_commands.open_store(env)
+        sample = labels.sort_values("event_timestamp").iloc[:: max(1, len(labels) // 5)].head(5)
+        train = training.training_set(store, sample)
+        print("\nTraining rows: features as they were at each transaction's time")
+        print(train.set_index("transaction_id").T.to_string())
+        _done(started)
 
-    _step(8, "feature server stopped; done")
-    return 0
+        started = _step(8, "skew check: the server's vectors against training rows, same keys")
+        try:
+            check = skew_check.run(
+                env, server.url, skew_check.DEFAULT_ROWS, seed, token=None, say=_detail
+            )
+        except skew_check.CheckError as exc:
+            raise SystemExit(f"skew check failed: {exc}") from None
+        print(f"\n{check.report()}")
+        _done(started)
+
+    _step(9, "feature server stopped; done")
+    return skew_check.EXIT_CONSISTENT if check.consistent else skew_check.EXIT_MISMATCH

@@ -32,6 +32,7 @@ import psycopg
 import yaml
 
 from feature_platform import environments, feast_commands, offline_tables
+from feature_platform.config_guard import one_line_error, redact
 from feature_platform.plan_diff import EXIT_BREAKING, EXIT_FAILED, EXIT_OK, Plan, classify
 
 ALLOW_BREAKING_VAR = "ALLOW_BREAKING_CHANGES"
@@ -81,14 +82,6 @@ def lock_timeout_seconds(values: Mapping[str, str]) -> float:
     if seconds < 0:
         raise RolloutError(f"{LOCK_TIMEOUT_VAR} must be a number of seconds, got {raw!r}")
     return seconds
-
-
-def redact(text: str, values: Mapping[str, str]) -> str:
-    """`text` with every secret's value masked: errors from drivers are printed."""
-    for key, value in values.items():
-        if value and (key.endswith("PASSWORD") or key.endswith("TOKEN")):
-            text = text.replace(value, "***")
-    return text
 
 
 # --- the environment, the repository and Feast's configuration -----------------------------
@@ -512,11 +505,6 @@ def dumps_log(rows: list[dict[str, Any]]) -> str:
 # --- the command line -------------------------------------------------------------------------
 
 
-def _one_line_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact(f"{type(exc).__name__}: {text[0] if text else ''}", os.environ)
-
-
 def _guarded(action: str, say: Say, body: Callable[[], int]) -> int:
     """Run `body`: a configuration error goes up (exit 2), any other failure is one line."""
     from feature_platform.config_guard import ConfigError
@@ -528,7 +516,7 @@ def _guarded(action: str, say: Say, body: Callable[[], int]) -> int:
     except RolloutError as exc:
         say(f"{action} failed: {redact(str(exc), os.environ)}")
     except Exception as exc:
-        say(f"{action} failed: {_one_line_error(exc)}")
+        say(f"{action} failed: {one_line_error(exc, os.environ)}")
     return EXIT_FAILED
 
 

@@ -135,7 +135,7 @@ def applied(rendered: Rendered, initialized: subprocess.CompletedProcess[str]) -
 
 @pytest.fixture(scope="module")
 def materialized(rendered: Rendered, applied: None) -> subprocess.CompletedProcess[str]:
-    return run(rendered.command("CronJob", "materialize"))
+    return run(rendered.command("CronJob", "materialize", "-materialize"))
 
 
 def test_init_container_creates_the_databases(
@@ -199,6 +199,13 @@ def test_server_command_serves_ready_and_live(
             helm_test.env["SERVER_URL"] = url
             done = run(helm_test)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            # The skew-check CronJob's command, pointed at this server: what it serves
+            # equals the training rows of the materialized data.
+            skew_check = rendered.command("CronJob", "skew-check", "-skew-check")
+            skew_check.env["SKEW_CHECK_SERVER_URL"] = url
+            done = run(skew_check)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            assert "Skew check of dev: consistent" in done.stdout
         finally:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=60)

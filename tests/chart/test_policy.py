@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from rendering import (
+    CHART,
     ROOT,
     SCENARIOS,
     STORE_CLIENT_LABEL,
     container_env,
     containers,
+    deep_merge,
     find,
     image_config,
     one,
     pod_template,
     render,
+    render_templates,
     rendered_scenario,
     workloads,
 )
@@ -55,6 +59,7 @@ def _secret_referenced(objects: list[dict[str, Any]], values: dict, name: str) -
         values.get("postgres", {}).get("auth", {}).get("existingSecret"),
         values.get("redis", {}).get("auth", {}).get("existingSecret"),
         values.get("server", {}).get("write", {}).get("existingSecret"),
+        values.get("skewCheck", {}).get("serverAuth", {}).get("existingSecret"),
     }
     return name in rendered or name in named
 
@@ -173,7 +178,7 @@ def test_prod_has_autoscaling_budget_and_spread() -> None:
 
 
 def test_materialization_cronjob(scenario: str, objects: list[dict[str, Any]]) -> None:
-    cronjobs = find(objects, "CronJob")
+    cronjobs = find(objects, "CronJob", "-materialize")
     if scenario == "ci/minimal-values":
         assert cronjobs == []
         return
@@ -193,6 +198,79 @@ def test_materialization_cronjob(scenario: str, objects: list[dict[str, Any]]) -
     # Its own pod, its own command: never `kubectl exec` into the server, never apply.
     assert c["command"] == ["feature-platform"]
     assert c["args"] == ["materialize", environment]
+
+
+def _selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy peer selects pods with `labels` in the policy's namespace."""
+    selector = peer.get("podSelector", {}).get("matchLabels")
+    return "namespaceSelector" not in peer and bool(selector) and selector.items() <= labels.items()
+
+
+def test_skew_check_cronjob(scenario: str, objects: list[dict[str, Any]]) -> None:
+    """Off unless enabled. On: its own pod against the release's Service, one run at a
+    time and no retry, and NetworkPolicies that let it reach the server and Pushgateway."""
+    values = deep_merge(
+        yaml.safe_load((CHART / "values.yaml").read_text()),
+        yaml.safe_load(SCENARIOS[scenario][0].read_text()),
+    )
+    settings = values["skewCheck"]
+    cronjobs = find(objects, "CronJob", "-skew-check")
+    if not settings["enabled"]:
+        assert cronjobs == []
+        return
+    (cronjob,) = cronjobs
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["startingDeadlineSeconds"] >= 10 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] > 0
+    # A retry that passes would hide the failed run.
+    assert job["backoffLimit"] == 0
+    pod = job["template"]
+    (c,) = pod["spec"]["containers"]
+    assert c["command"] == ["feature-platform"]
+    assert c["args"] == ["skew-check", values["environment"], "--rows", str(settings["rows"])]
+    assert pod["metadata"]["labels"][STORE_CLIENT_LABEL] == "true"
+    env = container_env(c, objects + _given_secrets(scenario, objects))
+    service = one(objects, "Service", "-server")
+    (service_port,) = service["spec"]["ports"]
+    assert env["SKEW_CHECK_SERVER_URL"] == (
+        f"http://{service['metadata']['name']}:{service_port['port']}"
+    )
+    assert env.get("SKEW_CHECK_PUSHGATEWAY_URL", "") == settings["pushgatewayUrl"]
+    assert ("SKEW_CHECK_SERVER_TOKEN" in env) == bool(settings["serverAuth"]["existingSecret"])
+    name = f"{cronjob['metadata']['name']} "
+    notes = next(t for n, t in render_templates(SCENARIOS[scenario]).items() if "NOTES" in n)
+    assert f"create job --from=cronjob/{name}" in notes
+
+    if not values["networkPolicy"]["enabled"]:
+        return
+    policies = find(objects, "NetworkPolicy")
+    (policy,) = find(policies, "NetworkPolicy", "-skew-check")
+    labels = pod["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in policy["spec"], "nothing calls the skew check"
+    egress = policy["spec"]["egress"]
+    deployment = one(objects, "Deployment", "-server")
+    server_pod = pod_template(deployment)
+    (server,) = [s for s in server_pod["spec"]["containers"] if s["name"] == "server"]
+    (http,) = [p["containerPort"] for p in server["ports"] if p["name"] == "http"]
+    assert any(
+        {p["port"] for p in rule["ports"]} == {http}
+        and any(_selects(peer, server_pod["metadata"]["labels"]) for peer in rule.get("to", []))
+        for rule in egress
+    ), "the skew check cannot reach the server pods"
+    for rule in one(policies, "NetworkPolicy", "-server")["spec"]["ingress"]:
+        if "from" in rule:
+            assert any(_selects(peer, labels) for peer in rule["from"]), (
+                "the server's ingress rule leaves the skew check out"
+            )
+    if settings["pushgatewayUrl"]:
+        url = urlsplit(settings["pushgatewayUrl"])
+        port = url.port or (443 if url.scheme == "https" else 80)
+        (rule,) = [r for r in egress if {p["port"] for p in r["ports"]} == {port}]
+        assert rule.get("to", []) == settings["pushgatewayPeers"]
 
 
 def test_no_secret_in_any_configmap(objects: list[dict[str, Any]]) -> None:
@@ -220,6 +298,9 @@ def _given_secrets(scenario: str, objects: list[dict[str, Any]]) -> list[dict[st
     write = values.get("server", {}).get("write", {})
     if write.get("existingSecret"):
         given.append(secret_object(write["existingSecret"], {write["tokenKey"]: "x" * 16}))
+    read = values.get("skewCheck", {}).get("serverAuth", {})
+    if read.get("existingSecret"):
+        given.append(secret_object(read["existingSecret"], {read["tokenKey"]: "x"}))
     return given
 
 
@@ -301,8 +382,10 @@ def test_store_access_is_limited_to_store_clients(scenario: str, objects: list[d
         for o in workloads(objects)
         if pod_template(o)["metadata"]["labels"].get(STORE_CLIENT_LABEL) == "true"
     }
-    expected = {"server", "materialize"} if find(objects, "CronJob") else {"server"}
-    assert clients == expected
+    jobs = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"] for o in find(objects, "CronJob")
+    }
+    assert clients == {"server"} | jobs
     for store in ("redis", "postgres"):
         sts = find(objects, "StatefulSet", f"-{store}")
         if not sts:

@@ -59,6 +59,7 @@ def test_schema_covers_every_default() -> None:
         ({"server": {"replica": 3}}, "replica"),
         ({"redis": {"inCluster": {"enable": True}}}, "enable"),
         ({"materialise": {"enabled": False}}, "materialise"),
+        ({"skewCheck": {"pushgateway": "http://pushgateway:9091"}}, "pushgateway"),
     ],
 )
 def test_schema_rejects_a_misspelled_key(overrides: dict[str, Any], named: str) -> None:
@@ -74,6 +75,9 @@ def test_schema_rejects_a_misspelled_key(overrides: dict[str, Any], named: str) 
         ({"materialize": {"startingDeadlineSeconds": 5}}, "startingDeadlineSeconds"),
         ({"server": {"write": {"mode": "tokens"}}}, "mode"),
         ({"image": {"digest": "latest"}}, "digest"),
+        # without a scheme the NetworkPolicy cannot tell the port
+        ({"skewCheck": {"pushgatewayUrl": "pushgateway:9091"}}, "pushgatewayUrl"),
+        ({"skewCheck": {"rows": 0}}, "rows"),
         ({"prometheusRule": {"staleAfterSeconds": {"customer_stats": "1d"}}}, "customer_stats"),
         # a view name lands in PromQL matchers: no regex or quote characters
         ({"prometheusRule": {"staleAfterSeconds": {"customer.*": 60}}}, "customer.*"),

@@ -31,6 +31,7 @@ def test_demo_over_stale_data_serves_what_it_generated(
         assert demo.run(env_name, SIZES) == 0
     out = capsys.readouterr().out
     assert "Online feature vectors" in out and "Training rows" in out
+    assert f"Skew check of {env_name}: consistent" in out
 
     store = stack.store()
     types = feature_types(store)

@@ -8,6 +8,7 @@ from compare import feature_types, offline_rows, online_rows
 from conftest import MAT_END, SIZES
 from stacks import Stack
 
+from feature_platform.comparison import mismatches
 from feature_platform.server import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
@@ -45,13 +46,8 @@ def test_server_vectors_equal_training_rows(deployed: Stack, server: FeatureServ
     trained = offline_rows(_offline(deployed, requests), types)
 
     assert len(served) == len(trained) == len(requests)
-    mismatches = [
-        (int(requests.request_id[i]), name, served[i][name], trained[i][name])
-        for i in range(len(requests))
-        for name in types
-        if served[i][name] != trained[i][name]
-    ]
-    assert mismatches == [], f"(request, feature, served, trained): {mismatches[:10]}"
+    found = mismatches(served, trained, types)
+    assert found == [], f"the first of {len(found)}: {found[:10]}"
     # The comparison covered real values, not only nulls.
     present = sum(v is not None for row in served for v in row.values())
     assert present > len(requests) * len(types) // 2

@@ -115,6 +115,11 @@ seccompProfile:
 {{- default (printf "%s-write-token" (include "feast-platform.fullname" .)) .Values.server.write.existingSecret }}
 {{- end }}
 
+{{/* The feature server's Service, as pods of the release in its namespace call it. */}}
+{{- define "feast-platform.serverUrl" -}}
+{{- printf "http://%s-server:%v" (include "feast-platform.fullname" .) .Values.server.service.port }}
+{{- end }}
+
 {{/*
 A password or token kept across upgrades: the live Secret's value when there is one
 (lookup sees the cluster on install and upgrade), else a new random one.

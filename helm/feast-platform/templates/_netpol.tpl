@@ -50,3 +50,22 @@
       app.kubernetes.io/instance: {{ .Release.Name }}
       {{- include "feast-platform.storeClientLabel" . | nindent 6 }}
 {{- end }}
+
+{{/*
+Egress to the port of a URL (its own, else 443 for https and 80 for http): to `peers`,
+or to any address when there are none.
+*/}}
+{{- define "feast-platform.urlEgress" -}}
+{{- $url := urlParse .url }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) }}
+{{- if not $port }}
+{{- $port = ternary "443" "80" (eq $url.scheme "https") }}
+{{- end }}
+- ports:
+    - port: {{ $port | int }}
+      protocol: TCP
+  {{- with .peers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
