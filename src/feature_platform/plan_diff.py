@@ -1,4 +1,4 @@
-"""Feast's registry diff, turned into changes a reviewer can act on.
+"""A rollout's plan: Feast's registry diff, turned into changes a reviewer can act on.
 
 `feast plan` prints a diff for people and always exits 0. This module reads the same
 structured diff (`feast.diff.registry_diff.RegistryDiff`: each object with its current and
@@ -12,6 +12,9 @@ desired definition) and classifies every change:
 Anything else is treated as breaking too, named as "not on the safe list": a change the
 platform cannot show to be harmless is held for a person to allow. Adding is always fine;
 removing or renaming needs a new version (a new view or service name) next to the old one.
+
+The plan itself (`Plan`: its changes, counts, JSON and markdown) lives here too; finding the
+diff of an environment is `rollout_plan`'s job.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BREAKING = 3
+# Set to true (by the `allow-breaking-changes` label in CI) to apply breaking changes.
+ALLOW_BREAKING_VAR = "ALLOW_BREAKING_CHANGES"
 
 SAFE = "safe"
 BREAKING = "breaking"
@@ -59,6 +64,15 @@ class Change:
     def classification(self) -> str:
         return BREAKING if any(f.breaking for f in self.findings) else SAFE
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.action, self.object_type, self.name)
+
+    @property
+    def label(self) -> str:
+        """One line for logs: "delete feature view customer_txn_1h"."""
+        return f"{self.action} {self.object_type} {self.name}"
+
 
 @dataclass
 class Plan:
@@ -87,6 +101,10 @@ class Plan:
             "safe": sum(c.classification == SAFE for c in self.changes),
             "breaking": sum(c.classification == BREAKING for c in self.changes),
         }
+
+    def summary(self) -> str:
+        counts = self.counts()
+        return ", ".join(f"{counts[k]} {k}" for k in ("created", "updated", "deleted"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,8 +137,7 @@ def _change_order(change: Change) -> tuple[int, str, str, str]:
     )
 
 
-def render_markdown(plan: Plan, allow_variable: str = "ALLOW_BREAKING_CHANGES") -> str:
-    counts = plan.counts()
+def render_markdown(plan: Plan) -> str:
     if not plan.changes:
         verdict = "no changes"
     elif plan.breaking:
@@ -130,8 +147,7 @@ def render_markdown(plan: Plan, allow_variable: str = "ALLOW_BREAKING_CHANGES") 
     lines = [
         f"### `{plan.environment}`: {verdict}",
         "",
-        f"Project `{plan.project}`, registry {plan.registry}: {counts['created']} created, "
-        f"{counts['updated']} updated, {counts['deleted']} deleted.",
+        f"Project `{plan.project}`, registry {plan.registry}: {plan.summary()}.",
     ]
     if plan.changes:
         lines += ["", "| change | object | name | class | why |", "| --- | --- | --- | --- | --- |"]
@@ -148,7 +164,7 @@ def render_markdown(plan: Plan, allow_variable: str = "ALLOW_BREAKING_CHANGES") 
         lines.append("")
         if plan.breaking_allowed:
             lines.append(
-                f"Breaking changes are **allowed** for this rollout ({allow_variable}=true, "
+                f"Breaking changes are **allowed** for this rollout ({ALLOW_BREAKING_VAR}=true, "
                 "set from the `allow-breaking-changes` label): apply will make them."
             )
         else:
@@ -156,7 +172,7 @@ def render_markdown(plan: Plan, allow_variable: str = "ALLOW_BREAKING_CHANGES") 
                 "Breaking changes are **refused**: apply stops without changing anything. "
                 "Prefer a new version (a new view or service name) next to the old one; "
                 f"to go ahead anyway, label the pull request `allow-breaking-changes` "
-                f"({allow_variable}=true)."
+                f"({ALLOW_BREAKING_VAR}=true)."
             )
     return "\n".join(lines) + "\n"
 

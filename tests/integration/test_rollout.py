@@ -13,11 +13,14 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psycopg
 import pytest
+from faults import PrivateRedis
 from feast.protos.feast.core.DataSource_pb2 import DataSource as DataSourceProto
 from feast.protos.feast.core.Entity_pb2 import Entity as EntityProto
 from feast.protos.feast.core.FeatureService_pb2 import FeatureService as FeatureServiceProto
@@ -28,10 +31,15 @@ from feast.protos.feast.core.OnDemandFeatureView_pb2 import (
 from psycopg import sql
 from stacks import Stack, patched_environ
 
-from feature_platform import environments, offline_tables, plan_diff, rollout
+from feature_platform import environments, offline_tables, plan_diff, rollout_log
+from feature_platform.plan_diff import ALLOW_BREAKING_VAR
+from feature_platform.rollout_apply import LOCK_KEY, LOCK_TIMEOUT_VAR, Applied, apply
+from feature_platform.rollout_plan import plan
 
 ROOT = environments.PROJECT_ROOT
 SECRET_SENTINEL = "sentinel-Secret-9f3a"
+# The test's Redis has no password: it rejects any AUTH, as a real one rejects a wrong one.
+WRONG_REDIS_PASSWORD = "wrong-Redis-pass-7c1e"
 
 # --- edited copies of the feature repository ---------------------------------------------
 
@@ -183,8 +191,8 @@ def registry_rows(stack: Stack) -> dict[str, list[str]]:
             row[0]
             for row in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> %s ORDER BY 1",
-                (rollout.LOG_TABLE,),
+                "AND tablename NOT IN (%s, %s) ORDER BY 1",
+                (rollout_log.LOG_TABLE, rollout_log.CLEANUP_TABLE),
             )
         ]
         return {
@@ -231,8 +239,58 @@ def apply_log(stack: Stack) -> list[tuple[Any, ...]]:
     with _registry_conn(stack) as conn:
         return conn.execute(
             f"SELECT id, outcome, actor, started_at, finished_at, breaking, breaking_allowed "
-            f"FROM {rollout.LOG_TABLE} ORDER BY id"
+            f"FROM {rollout_log.LOG_TABLE} ORDER BY id"
         ).fetchall()
+
+
+def last_entry(stack: Stack) -> dict[str, Any]:
+    """The newest apply log entry, by column name."""
+    with _registry_conn(stack) as conn:
+        return rollout_log.read(conn, 1)[0]
+
+
+def pending_cleanups(stack: Stack) -> list[str]:
+    with _registry_conn(stack) as conn:
+        return [c.view_name for c in rollout_log.pending_cleanups(conn, "fraud_detection")]
+
+
+def online_views(stack: Stack) -> dict[str, int]:
+    """View name -> how many entity hashes in Redis hold a row of it."""
+    client = stack.redis()
+    counts: dict[str, int] = {}
+    for key in client.scan_iter():
+        if client.type(key) != b"hash":
+            continue
+        for name in client.hkeys(key):
+            if name.startswith(b"_ts:"):
+                counts[name[4:].decode()] = counts.get(name[4:].decode(), 0) + 1
+    return counts
+
+
+def write_online(stack: Stack, customers: int) -> None:
+    """Rows for customers 1..n in two views that share the customer's Redis hash."""
+    now = datetime.now(UTC)
+    ids = list(range(1, customers + 1))
+    times = {"event_timestamp": [now] * customers, "created_timestamp": [now] * customers}
+    store = stack.store()
+    store.write_to_online_store(
+        "customer_txn_1h",
+        pd.DataFrame({"customer_id": ids, "n_txn_1h": 3, "sum_amount_1h": 42.5, **times}),
+    )
+    store.write_to_online_store(
+        "customer_stats",
+        pd.DataFrame(
+            {
+                "customer_id": ids,
+                "avg_purchase_30d": 20.0,
+                "n_purchases_7d": 2,
+                "n_purchases_30d": 9,
+                "account_age_days": 100,
+                "home_country": "NL",
+                **times,
+            }
+        ),
+    )
 
 
 # --- running rollouts ------------------------------------------------------------------------
@@ -241,27 +299,23 @@ def apply_log(stack: Stack) -> list[tuple[Any, ...]]:
 @contextmanager
 def pointed(stack: Stack, repo: Path, allow: bool = False) -> Iterator[None]:
     """`stack`'s environment, planning and applying `repo`."""
-    extra = {"FEATURE_REPO_DIR": str(repo), rollout.ALLOW_BREAKING_VAR: str(allow).lower()}
+    extra = {"FEATURE_REPO_DIR": str(repo), ALLOW_BREAKING_VAR: str(allow).lower()}
     with stack.active(), patched_environ(extra):
         yield
 
 
 def plan_of(stack: Stack, repo: Path) -> Any:
     with pointed(stack, repo):
-        return rollout.plan(stack.env)
+        return plan(stack.env)
 
 
-def apply_of(stack: Stack, repo: Path, allow: bool = False) -> rollout.Applied:
+def apply_of(stack: Stack, repo: Path, allow: bool = False) -> Applied:
     with pointed(stack, repo, allow):
-        return rollout.apply(stack.env, lambda _msg: None, lock_timeout=60)
+        return apply(stack.env, lambda _msg: None, lock_timeout=60)
 
 
 def cli_env(stack: Stack, repo: Path, **extra: str) -> dict[str, str]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in (rollout.ALLOW_BREAKING_VAR, rollout.LOCK_TIMEOUT_VAR)
-    }
+    base = {k: v for k, v in os.environ.items() if k not in (ALLOW_BREAKING_VAR, LOCK_TIMEOUT_VAR)}
     return {**base, **stack.overrides, "FEATURE_REPO_DIR": str(repo), **extra}
 
 
@@ -302,6 +356,23 @@ def prod(stack_factory: Callable[..., Stack], base_repo: Path) -> Stack:
     stack = stack_factory("prod", "rollout_prod")
     assert apply_of(stack, base_repo).outcome == "applied"
     return stack
+
+
+@pytest.fixture
+def own_stack(
+    stack_factory: Callable[..., Stack], base_repo: Path, tmp_path: Path
+) -> Iterator[Stack]:
+    """dev, applied, on a Redis server of this test's own: the shared one's dbs may all be
+    claimed by other runs, and this one's data must be only what the test wrote."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    stack = stack_factory("dev", f"rollout_own_{server.port}", {"REDIS_PORT": str(server.port)})
+    try:
+        assert apply_of(stack, base_repo).outcome == "applied"
+        yield stack
+    finally:
+        stack.close()  # before the server goes: it flushes its db there
+        server.stop()
 
 
 @pytest.fixture
@@ -434,9 +505,7 @@ def test_plan_of_a_never_applied_registry_creates_nothing(
 
 def _hold_lock(stack: Stack) -> psycopg.Connection:
     conn = _registry_conn(stack)
-    assert conn.execute("SELECT pg_try_advisory_lock(%s)", (rollout.LOCK_KEY,)).fetchone() == (
-        True,
-    )
+    assert conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone() == (True,)
     return conn
 
 
@@ -479,7 +548,12 @@ def test_apply_gives_up_cleanly_when_the_lock_stays_taken(dev: Stack, tmp_path: 
     assert "gave up after 1s waiting for the apply lock" in result.stderr
     assert "Traceback" not in result.stderr
     assert registry_rows(dev) == before
-    assert apply_log(dev) == log_before
+    # Recorded: a rollout that never happened is not silent in the log.
+    assert len(apply_log(dev)) == len(log_before) + 1
+    entry = last_entry(dev)
+    assert entry["outcome"] == "lock_timeout"
+    assert entry["error"].startswith("gave up after 1s waiting for the apply lock")
+    assert entry["summary"] == "no plan" and entry["landed"] is None
 
 
 def test_two_applies_at_once_serialize_and_the_last_repo_state_wins(
@@ -548,3 +622,98 @@ def test_a_failure_is_one_line_without_the_password(dev: Stack, base_repo: Path)
     assert result.stderr.strip().splitlines()[-1].startswith("apply failed: cannot connect")
     assert SECRET_SENTINEL not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_apply_records_what_landed_and_the_next_apply_completes_it(
+    own_stack: Stack, tmp_path: Path
+) -> None:
+    stack = own_stack
+    write_online(stack, 20)
+    assert online_views(stack) == {"customer_txn_1h": 20, "customer_stats": 20}
+    repo = repo_copy(tmp_path, "delete_view", BREAKING["delete_view"][0])
+    planned = {c.label for c in plan_of(stack, repo).changes}
+    assert "delete feature view customer_txn_1h" in planned
+
+    # Feast writes the registry, then fails removing the view's online data.
+    broken = {"ALLOW_BREAKING_CHANGES": "true", "REDIS_PASSWORD": WRONG_REDIS_PASSWORD}
+    failed = ci("apply", stack, repo, **broken)
+    assert failed.returncode == 1, failed.stderr
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("apply failed: AuthenticationError"), failed.stderr
+    assert "online clean-up pending: customer_txn_1h" in last_line
+    assert "the next apply completes it" in last_line
+    assert "Traceback" not in failed.stderr
+    assert WRONG_REDIS_PASSWORD not in failed.stdout + failed.stderr
+    entry = last_entry(stack)
+    assert entry["outcome"] == "failed"
+    assert set(entry["landed"]) == planned and entry["not_landed"] == []
+    assert entry["cleanup_pending"] == ["customer_txn_1h"] and entry["cleanup_done"] is None
+    assert WRONG_REDIS_PASSWORD not in str(entry)
+    # The registry changed; the data stayed; the plan alone would see nothing left to do.
+    assert plan_of(stack, repo).changes == []
+    assert online_views(stack) == {"customer_txn_1h": 20, "customer_stats": 20}
+    assert pending_cleanups(stack) == ["customer_txn_1h"]
+
+    # Redis still refusing: not "unchanged", and still failing.
+    again = ci("apply", stack, repo, **broken)
+    assert again.returncode == 1, again.stderr
+    assert "online clean-up pending: customer_txn_1h" in again.stderr
+    assert last_entry(stack)["outcome"] == "failed"
+    assert pending_cleanups(stack) == ["customer_txn_1h"]
+
+    # Redis fixed: the next apply removes the deleted view's data, and only that.
+    fixed = ci("apply", stack, repo)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "completed an earlier failed apply: online data removed for customer_txn_1h" in (
+        fixed.stderr
+    )
+    assert online_views(stack) == {"customer_stats": 20}
+    entry = last_entry(stack)
+    assert entry["outcome"] == "completed"
+    assert entry["cleanup_done"] == ["customer_txn_1h"] and entry["cleanup_pending"] is None
+    assert pending_cleanups(stack) == []
+
+    after = ci("apply", stack, repo)
+    assert after.returncode == 0, after.stderr
+    assert last_entry(stack)["outcome"] == "unchanged"
+
+
+def test_an_apply_failing_midway_records_which_changes_reached_the_registry(
+    own_stack: Stack, tmp_path: Path
+) -> None:
+    stack = own_stack
+    repo = safe_repo(tmp_path)
+    planned = sorted(c.label for c in plan_of(stack, repo).changes)
+    services = [label for label in planned if " feature service " in label]
+    others = [label for label in planned if label not in services]
+    assert "create feature service fraud_detection_v2" in services
+    assert "update feature view customer_stats" in others
+    # Feast writes views and entities before services: refusing service writes stops it
+    # half-way, as a registry database failing mid-apply would.
+    with _registry_conn(stack) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_write() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'feature services are read-only'; END$$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_write BEFORE INSERT OR UPDATE ON feature_services "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_write()"
+        )
+    failed = ci("apply", stack, repo)
+    assert failed.returncode == 1, failed.stderr
+    assert "feature services are read-only" in failed.stderr
+    assert f"{len(others)} of {len(planned)} in the registry" in failed.stderr
+    entry = last_entry(stack)
+    assert entry["outcome"] == "failed"
+    assert sorted(entry["landed"]) == others
+    assert sorted(entry["not_landed"]) == services
+    assert sorted(c.label for c in plan_of(stack, repo).changes) == services
+
+    with _registry_conn(stack) as conn:
+        conn.execute("DROP TRIGGER refuse_write ON feature_services")
+    fixed = ci("apply", stack, repo)
+    assert fixed.returncode == 0, fixed.stderr
+    entry = last_entry(stack)
+    assert entry["outcome"] == "applied"
+    assert sorted(entry["landed"]) == services
+    assert plan_of(stack, repo).changes == []
