@@ -13,7 +13,7 @@ PLATFORM := $(BIN)/feature-platform
 export POSTGRES_PASSWORD ?=
 export REDIS_PASSWORD ?=
 
-.PHONY: help install services pushgateway demo test test-unit test-integration lint format \
+.PHONY: help install services test-tools demo test test-unit test-integration lint format \
         typecheck check-config generate materialize clean
 
 help: ## List the targets
@@ -31,18 +31,11 @@ install: $(VENV)/.installed ## Install the locked dependencies into .venv
 services: ## Start local PostgreSQL and Redis if they are not running
 	@bash ci/start-services.sh
 
-pushgateway: ## Install Debian's prometheus-pushgateway (the skew-check tests) unless on PATH
-	@command -v prometheus-pushgateway >/dev/null || { \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$sudo apt-get update -qq && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    prometheus-pushgateway; }
-
 demo: install ## Generate data, apply, materialize, serve, query, check skew: end to end (ENV=local)
 	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
 	$(PLATFORM) demo $(ENV)
 
-test: install services ## Run the whole test suite against real PostgreSQL and Redis
+test: install services test-tools ## Run the whole test suite against real PostgreSQL and Redis
 	$(BIN)/pytest
 
 test-unit: install ## Run the tests that need no services
@@ -88,7 +81,7 @@ rollout-log: install ## The latest applies recorded in ENV's registry database
 	$(PLATFORM) rollout-log $(ENV)
 
 # --- deploy: the image, the chart, a kind cluster ----------------------------------------
-.PHONY: chart-test image-lint promtool kind-up kind-test kind-down
+.PHONY: chart-test image-lint kind-up kind-test kind-down
 
 KIND_CLUSTER := feast-platform
 KIND_IMAGE := feature-platform:kind
@@ -97,12 +90,17 @@ KUBE_NAMESPACE := feast-dev
 chart-test: install services ## Render, lint, validate and police the chart; run its commands locally
 	$(BIN)/pytest tests/chart
 
-promtool: ## Install Debian's prometheus for promtool (the alert tests) unless on PATH
-	@command -v promtool >/dev/null || { \
+# The Debian tools the tests run, as command:package.
+TEST_TOOLS := promtool:prometheus prometheus-pushgateway:prometheus-pushgateway
+
+test-tools: ## Install the Debian tools the tests run (promtool, prometheus-pushgateway) if missing
+	@missing=""; for tool in $(TEST_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
-	@promtool --version | head -1
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 image-lint: install ## hadolint over the Dockerfile
 	$(BIN)/hadolint Dockerfile
