@@ -132,12 +132,13 @@ def test_server_rollout_and_probes(scenario: str, objects: list[dict[str, Any]])
     assert env["FEATURE_SERVER_HOST"] == "0.0.0.0"
     # No periodic worker recycling unless a scenario asks for it (none does).
     assert env["FEATURE_SERVER_MAX_REQUESTS"] == "0"
-    # The pod outlives the preStop sleep plus the server's graceful shutdown.
+    # The pod outlives the preStop sleep plus the server's drain and graceful shutdown.
     sleep = int(server["lifecycle"]["preStop"]["exec"]["command"][1])
     assert server["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    drain = int(env["FEATURE_SERVER_DRAIN_SECONDS"])
     graceful = int(env["FEATURE_SERVER_GRACEFUL_TIMEOUT_SECONDS"])
-    assert sleep >= 1
-    assert pod["terminationGracePeriodSeconds"] > sleep + graceful
+    assert sleep >= 1 and drain >= 1
+    assert pod["terminationGracePeriodSeconds"] > sleep + drain + graceful
 
 
 def test_every_integer_setting_is_an_integer(objects: list[dict[str, Any]]) -> None:

@@ -19,11 +19,14 @@ def test_values_are_read_from_the_environment() -> None:
             "FEATURE_SERVER_PORT": "7000",
             "FEATURE_SERVER_WORKERS": "3",
             "FEATURE_SERVER_STORE_TIMEOUT_SECONDS": "0.25",
+            "FEATURE_SERVER_DRAIN_SECONDS": "0",
+            "FEATURE_SERVER_REQUEST_READ_TIMEOUT_SECONDS": "2.5",
             "FEATURE_SERVER_WRITE_MODE": "token",
             "FEATURE_SERVER_WRITE_TOKEN": "t" * 16,
         }
     )
     assert (settings.port, settings.workers, settings.store_timeout_s) == (7000, 3, 0.25)
+    assert (settings.drain_s, settings.request_read_timeout_s) == (0, 2.5)
     assert settings.write_mode == "token"
 
 
@@ -33,6 +36,8 @@ def test_values_are_read_from_the_environment() -> None:
         ({"FEATURE_SERVER_PORT": "http"}, "FEATURE_SERVER_PORT must be an integer"),
         ({"FEATURE_SERVER_WORKERS": "0"}, "FEATURE_SERVER_WORKERS must be at least 1"),
         ({"FEATURE_SERVER_STORE_TIMEOUT_SECONDS": "-1"}, "must be positive"),
+        ({"FEATURE_SERVER_DRAIN_SECONDS": "-1"}, "FEATURE_SERVER_DRAIN_SECONDS must be at least 0"),
+        ({"FEATURE_SERVER_REQUEST_READ_TIMEOUT_SECONDS": "0"}, "must be positive"),
         ({"FEATURE_SERVER_WRITE_MODE": "maybe"}, "must be one of off, token, open"),
         ({"FEATURE_SERVER_WRITE_MODE": "token"}, "needs FEATURE_SERVER_WRITE_TOKEN"),
         ({"FEATURE_SERVER_LOG_FORMAT": "xml"}, "json or text"),

@@ -10,6 +10,7 @@ error a 500 without the exception text.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -26,10 +27,12 @@ from feast.feature_server import get_app
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 
 from feature_platform.serving import metrics
-from feature_platform.serving.errors import HTTPError, bad_request, unavailable
+from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
 from feature_platform.serving.freshness import FreshnessReader
+from feature_platform.serving.lifecycle import draining
 from feature_platform.serving.online import Fallback, OnlineReader, entity_columns
 from feature_platform.serving.plans import PlanCache, Unsupported
+from feature_platform.serving.registry_refresh import RegistryRefresher
 from feature_platform.serving.settings import ServerSettings
 
 Scope = MutableMapping[str, Any]
@@ -78,7 +81,9 @@ class FeatureServerApp:
     def __init__(self, store: FeatureStore, settings: ServerSettings) -> None:
         self.store = store
         self.settings = settings
-        self.feast_app = get_app(store, registry_ttl_sec=settings.registry_ttl_s)
+        # Feast loads the registry once at start-up; the refresher keeps it current.
+        self.feast_app = get_app(store, registry_ttl_sec=0)
+        self.registry_refresher = RegistryRefresher(store, settings.registry_ttl_s)
         self.plans = PlanCache(store)
         self.redis = redis_client(store)
         self.reader = (
@@ -100,6 +105,8 @@ class FeatureServerApp:
             return
         started = time.perf_counter()
         path = scope["path"]
+        if draining():
+            send = _closing_connection(send)
         status = 500
         try:
             status = await self._route(scope, receive, send, path)
@@ -130,6 +137,8 @@ class FeatureServerApp:
         return await self._to_feast(scope, body, receive, send)
 
     async def _ready(self, send: Send) -> int:
+        if draining():
+            raise unavailable("shutting down")
         try:
             projects = self.store.registry.list_projects(allow_cache=True)
         except Exception:
@@ -137,8 +146,12 @@ class FeatureServerApp:
         if not any(p.name == self.store.project for p in projects):
             raise unavailable(f"project {self.store.project} not in the registry")
         if self.redis is not None:
+            timeout_s = self.settings.store_timeout_s
             try:
-                await self.redis.ping()
+                async with asyncio.timeout(timeout_s):
+                    await self.redis.ping()
+            except TimeoutError:
+                raise store_timed_out(timeout_s) from None
             except (aioredis.RedisError, OSError) as exc:
                 raise unavailable(f"online store: {type(exc).__name__}") from None
         return await _send_json(send, 200, {"status": "ready"})
@@ -225,6 +238,17 @@ def _feast_failure(status: int) -> dict[str, str]:
     return {"error": "internal error", "detail": "see server log"}
 
 
+def _closing_connection(send: Send) -> Send:
+    """While draining, every response asks the client to close its connection."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+        await send(message)
+
+    return closing_send
+
+
 def _header(scope: Scope, name: bytes) -> bytes:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -275,6 +299,7 @@ def create_app() -> FeatureServerApp:
     settings = ServerSettings.from_env()
     store = feast_commands.open_store(os.environ["PLATFORM_ENV"])
     app = FeatureServerApp(store, settings)
+    app.registry_refresher.start()
     # Everything loaded so far (Feast, pandas, the registry) lives as long as the worker:
     # keep it out of the collector's way, so full collections stay short.
     gc.collect()

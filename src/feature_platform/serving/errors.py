@@ -28,3 +28,7 @@ def not_found(detail: str) -> HTTPError:
 
 def unavailable(detail: str) -> HTTPError:
     return HTTPError(503, "service unavailable", detail)
+
+
+def store_timed_out(timeout_s: float) -> HTTPError:
+    return unavailable(f"online store did not answer within {timeout_s}s")

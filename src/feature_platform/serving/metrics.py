@@ -56,6 +56,15 @@ SERVED_AGE_SECONDS = Gauge(
     ["feature_view"],
     multiprocess_mode="livemostrecent",
 )
+REGISTRY_REFRESH_FAILURES = Counter(
+    "feature_server_registry_refresh_failures_total",
+    "Registry refreshes that failed; the server kept serving the registry it had.",
+)
+REGISTRY_LAST_REFRESH = Gauge(
+    "feature_server_registry_last_refresh_success_timestamp_seconds",
+    "When the registry was last loaded; the stalest worker's time.",
+    multiprocess_mode="livemin",
+)
 
 ENDPOINTS = {
     "/get-online-features", "/push", "/write-to-online-store", "/materialize",

@@ -22,7 +22,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from feature_platform.serving.errors import HTTPError, bad_request, unavailable
+from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
 from feature_platform.serving.plans import JOIN_KEY_TYPES, ReadPlan
 from feature_platform.stores.online_ttl import is_expired
 
@@ -169,7 +169,7 @@ class OnlineReader:
                         await self._hmget_many(keys=keys, args=view.fields, client=pipe)
                     per_view = await pipe.execute()
         except TimeoutError:
-            raise unavailable(f"online store did not answer within {self.timeout_s}s") from None
+            raise store_timed_out(self.timeout_s) from None
         except (aioredis.RedisError, OSError) as exc:
             raise unavailable(f"online store error: {type(exc).__name__}") from None
         read_s = time.perf_counter() - started

@@ -6,11 +6,17 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from uvicorn_worker import UvicornWorker
 
+from feature_platform.serving import lifecycle
+from feature_platform.serving.protocol import bounded_read_protocol
 from feature_platform.serving.settings import ServerSettings
 
 
@@ -57,6 +63,46 @@ def _child_exit(_server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+class FeatureServerWorker(UvicornWorker):
+    """uvicorn's worker, reading requests through the protocol with a read timeout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        protocol = bounded_read_protocol(ServerSettings.from_env().request_read_timeout_s)
+        self.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": protocol}
+        super().__init__(*args, **kwargs)
+
+
+class _DrainingArbiter(Arbiter):
+    """gunicorn's master, draining on SIGTERM before it stops (see lifecycle.py).
+
+    gunicorn itself closes the listener at once, resetting what the kernel had queued.
+    SIGINT and SIGQUIT still stop at once.
+    """
+
+    drain_s = 0
+    _drain_ends: float | None = None
+
+    def handle_term(self) -> None:
+        if self.drain_s <= 0:
+            raise StopIteration
+        if self._drain_ends is None:
+            self.log.info("SIGTERM: not ready, draining for %ss", self.drain_s)
+            lifecycle.start_draining()
+            self._drain_ends = time.monotonic() + self.drain_s
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        if self._drain_ends is not None:
+            timeout = max(0.0, min(timeout, self._drain_ends - time.monotonic()))
+        signals: list[int] = super().wait_for_signals(timeout)
+        return signals
+
+    def manage_workers(self) -> None:
+        if self._drain_ends is not None and time.monotonic() >= self._drain_ends:
+            lifecycle.stop_accepting(listener.sock for listener in self.LISTENERS)
+            raise StopIteration
+        super().manage_workers()
+
+
 class _Gunicorn(BaseApplication):
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -67,7 +113,7 @@ class _Gunicorn(BaseApplication):
         options = {
             "bind": f"{s.host}:{s.port}",
             "workers": s.workers,
-            "worker_class": "uvicorn_worker.UvicornWorker",
+            "worker_class": f"{__name__}.FeatureServerWorker",
             "keepalive": s.keepalive_s,
             "graceful_timeout": s.graceful_timeout_s,
             "timeout": max(30, s.graceful_timeout_s + 10),
@@ -88,9 +134,18 @@ class _Gunicorn(BaseApplication):
 
         return create_app()
 
+    def run(self) -> None:
+        arbiter = _DrainingArbiter(self)
+        arbiter.drain_s = self.settings.drain_s
+        try:
+            arbiter.run()
+        except RuntimeError as exc:  # as BaseApplication.run: gunicorn's start-up errors
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
+
 
 def serve(settings: ServerSettings) -> None:
-    """Serve until SIGTERM; in-flight requests get the graceful timeout to finish."""
+    """Serve until SIGTERM: drain, then in-flight requests get the graceful timeout."""
     metrics_dir = tempfile.mkdtemp(prefix="feature-server-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:

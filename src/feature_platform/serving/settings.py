@@ -45,6 +45,12 @@ class ServerSettings:
     workers: int = os.cpu_count() or 1
     keepalive_s: int = 30
     graceful_timeout_s: int = 20
+    # After SIGTERM: not ready, yet still answering (Connection: close), for this long,
+    # so clients and load balancers move away before the listener closes.
+    drain_s: int = 5
+    # A request's headers and body must arrive within this; slow or stalled clients
+    # are closed instead of holding a connection for ever.
+    request_read_timeout_s: float = 10.0
     # 0 = never recycle workers; Feast's default of 1000 causes latency spikes and resets.
     max_requests: int = 0
     registry_ttl_s: int = 60
@@ -83,6 +89,10 @@ class ServerSettings:
             keepalive_s=_int(env, "FEATURE_SERVER_KEEPALIVE_SECONDS", defaults.keepalive_s),
             graceful_timeout_s=_int(
                 env, "FEATURE_SERVER_GRACEFUL_TIMEOUT_SECONDS", defaults.graceful_timeout_s
+            ),
+            drain_s=_int(env, "FEATURE_SERVER_DRAIN_SECONDS", defaults.drain_s),
+            request_read_timeout_s=_float(
+                env, "FEATURE_SERVER_REQUEST_READ_TIMEOUT_SECONDS", defaults.request_read_timeout_s
             ),
             max_requests=_int(env, "FEATURE_SERVER_MAX_REQUESTS", defaults.max_requests),
             registry_ttl_s=_int(

@@ -1,0 +1,68 @@
+"""The registry refresh of each worker: every interval, for as long as the worker runs.
+
+Feast's app refreshes the registry in a timer thread that dies on the first exception,
+and a registry database outage raises one: the refresh then falls back to the SQL
+registry's own cycle (`cache_ttl_seconds`). This loop replaces it (the app is built with
+Feast's refresh off). A failed refresh is one JSON log line naming the error type (never
+its text, which can carry the DSN), counted in a Prometheus counter; the server keeps
+serving the registry it last loaded, and the next interval tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from feast import FeatureStore
+from feast.infra.registry.caching_registry import CachingRegistry
+from feast.utils import _utc_now
+
+from feature_platform.serving import metrics
+
+log = logging.getLogger("feature_platform.server")
+
+
+class RegistryRefresher:
+    def __init__(self, store: FeatureStore, interval_s: float) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._last_success = time.time()
+
+    def start(self) -> None:
+        metrics.REGISTRY_LAST_REFRESH.set(self._last_success)
+        threading.Thread(target=self._run, name="registry-refresh", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()
+
+    def refresh(self) -> bool:
+        try:
+            self._load()
+        except Exception as exc:
+            metrics.REGISTRY_REFRESH_FAILURES.inc()
+            log.warning(
+                "registry refresh failed (%s); serving the registry loaded %.0fs ago",
+                type(exc).__name__,
+                time.time() - self._last_success,
+            )
+            return False
+        self._last_success = time.time()
+        metrics.REGISTRY_LAST_REFRESH.set(self._last_success)
+        return True
+
+    def _load(self) -> None:
+        registry = self.store.registry
+        if not isinstance(registry, CachingRegistry):
+            self.store.refresh_registry()
+            return
+        # CachingRegistry.refresh swallows its errors; reading the proto here lets a
+        # failure be seen (and leaves the cached copy as it was).
+        registry.cached_registry_proto = registry.proto()
+        registry.cached_registry_proto_created = _utc_now()
+        self.store._clear_feature_service_cache()

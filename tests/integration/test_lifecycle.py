@@ -1,0 +1,292 @@
+"""The server's lifecycle as hard as its read path: readiness bounded by the store
+deadline, the registry refresh through outages, SIGTERM under load, slow clients.
+
+This module's stack has a Redis of its own and reaches Postgres through a proxy, so the
+tests can pause and cut them without touching the shared services.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import SEED, deploy
+from faults import PrivateRedis, Proxy, eventually
+from stacks import Stack
+
+from feature_platform import generator
+from feature_platform.server import FeatureServer
+from feature_platform.training import FEATURE_SERVICE
+
+SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=200)
+STORE_TIMEOUT_S = 0.5
+REGISTRY_TTL_S = 1
+READ_TIMEOUT_S = 1.0
+DRAIN_S = 2
+SETTINGS = {
+    "FEATURE_SERVER_STORE_TIMEOUT_SECONDS": str(STORE_TIMEOUT_S),
+    "FEATURE_SERVER_REGISTRY_TTL_SECONDS": str(REGISTRY_TTL_S),
+    "FEATURE_SERVER_REQUEST_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT_S),
+    "FEATURE_SERVER_DRAIN_SECONDS": str(DRAIN_S),
+}
+WORKERS = 2
+REQUEST = {
+    "feature_service": FEATURE_SERVICE,
+    "entities": {"customer_id": [1, 2], "merchant_id": [1, 2], "amount": [10.0, 20.5]},
+}
+
+
+@dataclass
+class Services:
+    stack: Stack
+    server: FeatureServer
+    server_log: Path
+    redis: PrivateRedis
+    postgres: Proxy
+
+
+@pytest.fixture(scope="module")
+def services(
+    stack_factory: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Services]:
+    work_dir = tmp_path_factory.mktemp("lifecycle")
+    redis = PrivateRedis(work_dir)
+    redis.start()
+    postgres = Proxy(5432)
+    postgres.up()
+    stack = stack_factory(
+        "dev", "lifecycle", {"REDIS_PORT": str(redis.port), "POSTGRES_PORT": str(postgres.port)}
+    )
+    deploy(stack, generator.generate(SIZES, seed=SEED, as_of=generator.default_as_of()))
+    server_log = work_dir / "server.log"
+    with server_log.open("wb") as log:
+        server = stack.server(workers=WORKERS, log=log, settings=SETTINGS)
+        _every_worker_started(server_log)
+        yield Services(stack, server, server_log, redis, postgres)
+        if not postgres.is_up:
+            postgres.up()
+        stack.close()  # while its Redis and the proxy still run
+    redis.stop()
+
+
+def _every_worker_started(server_log: Path) -> None:
+    """Ready means one worker is; a worker still starting when a test cuts Postgres
+    cannot load the registry, and gunicorn then stops the whole server."""
+    eventually(
+        lambda: server_log.read_text().count("Application startup complete") >= WORKERS,
+        "every worker started",
+        attempts=10 * 90,
+    )
+
+
+def _online(url: str, session: requests.Session | None = None) -> requests.Response:
+    post = session.post if session else requests.post
+    return post(f"{url}/get-online-features", json=REQUEST, timeout=10)
+
+
+def test_ready_is_503_within_the_store_deadline_while_redis_hangs(services: Services) -> None:
+    ready = f"{services.server.url}/ready"
+    assert requests.get(ready, timeout=10).status_code == 200
+    services.redis.pause()
+    try:
+        started = time.monotonic()
+        # requests' own timeout is 10 s: the server must give up at its deadline.
+        response = requests.get(ready, timeout=10)
+        waited_s = time.monotonic() - started
+    finally:
+        services.redis.resume()
+    assert response.status_code == 503
+    assert response.json()["detail"] == f"online store did not answer within {STORE_TIMEOUT_S}s"
+    assert waited_s < STORE_TIMEOUT_S + 0.5, f"/ready took {waited_s:.2f}s"
+    print(f"/ready with Redis paused: 503 after {waited_s:.2f}s")
+    eventually(lambda: requests.get(ready, timeout=10).status_code == 200, "ready again")
+
+
+def _metric(url: str, name: str, labels: str = "") -> float | None:
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_registry_changes_reach_the_server_after_a_registry_outage(services: Services) -> None:
+    url = services.server.url
+    failures = "feature_server_registry_refresh_failures_total"
+    failed_before = _metric(url, failures) or 0.0
+    services.postgres.down()
+    try:
+        time.sleep(REGISTRY_TTL_S * 3.5)  # several refreshes fail meanwhile
+        assert _online(url).status_code == 200, "serving goes on from the last registry"
+    finally:
+        services.postgres.up()
+
+    store = services.stack.store()
+    view = store.get_feature_view("customer_stats")
+    assert view.ttl is not None
+    view.ttl += timedelta(days=1)
+    store.apply([view])
+    changed = f"{view.ttl.total_seconds():.1f}"
+    ttl_metric = ("feature_platform_feature_view_ttl_seconds", 'feature_view="customer_stats"')
+
+    def every_worker_has_it() -> bool:
+        # fresh connections, so the scrapes spread over both workers
+        return all(f"{_metric(url, *ttl_metric):.1f}" == changed for _ in range(8))
+
+    applied = time.monotonic()
+    eventually(every_worker_has_it, "the change served by every worker", attempts=10 * 5)
+    print(f"registry change served {time.monotonic() - applied:.1f}s after apply")
+    assert (_metric(url, failures) or 0.0) > failed_before
+    assert (_metric(url, "feature_server_registry_last_refresh_success_timestamp_seconds") or 0) > (
+        time.time() - 10 * REGISTRY_TTL_S
+    )
+
+    log_text = services.server_log.read_text()
+    assert "registry refresh failed (OperationalError)" in log_text
+    assert "Traceback" not in log_text
+    for line in log_text.splitlines():
+        if "registry refresh" in line:
+            entry = json.loads(line)  # one JSON object per line
+            assert entry["level"] == "WARNING" and "postgresql" not in line
+
+
+@dataclass
+class Outcome:
+    sent_at: float
+    done_at: float
+    result: str  # "ok", "refused" or the failure
+    closes: bool = False  # the response said Connection: close
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(getattr(reason, "__cause__", None), ConnectionRefusedError)
+
+
+def _load(url: str, keep_alive: bool, process: subprocess.Popen[bytes]) -> list[Outcome]:
+    """Requests one after another until the server process exits (bounded: 20,000 or 60 s)."""
+    outcomes: list[Outcome] = []
+    session = requests.Session() if keep_alive else None
+    deadline = time.monotonic() + 60
+    while process.poll() is None and len(outcomes) < 20_000 and time.monotonic() < deadline:
+        sent_at = time.monotonic()
+        closes = False
+        try:
+            response = _online(url, session)
+            result = "ok" if response.status_code == 200 else f"status {response.status_code}"
+            closes = response.headers.get("connection") == "close"
+        except requests.ConnectionError as exc:
+            result = "refused" if _refused(exc) else repr(exc)
+        except requests.RequestException as exc:
+            result = repr(exc)
+        outcomes.append(Outcome(sent_at, time.monotonic(), result, closes))
+    return outcomes
+
+
+def _sigterm_under_load(
+    stack: Stack, server_log: Path
+) -> tuple[list[Outcome], float, requests.Response]:
+    """One server under load from two keep-alive and two fresh-connection clients, sent
+    SIGTERM; the outcomes, when SIGTERM was sent, and /ready halfway through the drain."""
+    with server_log.open("wb") as log, stack.active():
+        server = FeatureServer(stack.env, workers=WORKERS, log=log, settings=SETTINGS).start()
+    _every_worker_started(server_log)
+    process = server.process
+    assert process is not None
+    results: list[list[Outcome]] = [[] for _ in range(4)]
+
+    def client(slot: int) -> None:
+        results[slot] = _load(server.url, slot % 2 == 0, process)
+
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        terminated = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(DRAIN_S / 2)
+        ready = requests.get(f"{server.url}/ready", timeout=10)
+        assert process.wait(timeout=30) == 0
+    finally:
+        for thread in threads:
+            thread.join()
+        server.stop()
+    return [o for slot in results for o in slot], terminated, ready
+
+
+def test_sigterm_under_load_loses_no_request(services: Services, tmp_path: Path) -> None:
+    """Five shutdowns under load. Lost: any request without a 200, except a refused
+    connection once the drain is over (the listener closes then; in Kubernetes the pod
+    left the endpoints when it turned not-ready)."""
+    sent = lost = during_drain = 0
+    for round_ in range(5):
+        outcomes, terminated, ready = _sigterm_under_load(
+            services.stack, tmp_path / f"{round_}.log"
+        )
+        drain_ends = terminated + DRAIN_S
+        lost_here = [
+            o
+            for o in outcomes
+            if o.result != "ok" and not (o.result == "refused" and o.done_at >= drain_ends)
+        ]
+        drained = [o for o in outcomes if terminated + 0.1 < o.sent_at < drain_ends - 0.1]
+        sent, lost, during_drain = (
+            sent + len(outcomes),
+            lost + len(lost_here),
+            during_drain + len(drained),
+        )
+        assert ready.status_code == 503 and ready.json()["detail"] == "shutting down"
+        assert drained, "the load did not overlap the drain"
+        assert all(o.result == "ok" and o.closes for o in drained), "drain answers close"
+        assert not lost_here, [o.result for o in lost_here][:5]
+    print(f"5 SIGTERMs: {sent} requests sent, {during_drain} during drains, {lost} lost")
+
+
+def _half_sent(url_port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", url_port), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def test_half_sent_requests_are_closed_within_the_read_timeout(services: Services) -> None:
+    port = services.server.port
+    half_header = b"POST /get-online-features HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"
+    half_body = (
+        b"POST /get-online-features HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"feature_service": '
+    )
+    started = time.monotonic()
+    slow = [_half_sent(port, half_header) for _ in range(150)]
+    slow += [_half_sent(port, half_body) for _ in range(50)]
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    try:
+        # others are served meanwhile, on new connections
+        assert all(_online(services.server.url).status_code == 200 for _ in range(10))
+        answers = []
+        for sock in slow + silent:
+            sock.settimeout(max(0.01, started + READ_TIMEOUT_S + 1.0 - time.monotonic()))
+            received = b""
+            try:
+                while chunk := sock.recv(4096):
+                    received += chunk
+            except TimeoutError:
+                pytest.fail(
+                    f"a half-sent request still open {READ_TIMEOUT_S + 1.0}s after it began"
+                )
+            answers.append(received)
+    finally:
+        for sock in slow + silent:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers)
+    assert _online(services.server.url).status_code == 200
