@@ -21,10 +21,12 @@ TIMEOUT_RESPONSE = (
 )
 
 
-def bounded_read_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn's `http` setting, with this read timeout."""
+def bounded_read_protocol(
+    timeout_s: float, base: type[HttpToolsProtocol] = HttpToolsProtocol
+) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn's `http` setting: `base` with this read timeout."""
 
-    class BoundedReadProtocol(HttpToolsProtocol):
+    class BoundedReadProtocol(base):  # type: ignore[misc,valid-type]
         _read_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
