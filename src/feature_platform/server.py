@@ -122,9 +122,14 @@ class FeatureServer:
         return result
 
     def push(
-        self, push_source: str, rows: Mapping[str, Sequence[Any]], token: str | None = None
+        self,
+        push_source: str,
+        rows: Mapping[str, Sequence[Any]],
+        token: str | None = None,
+        to: str = "online",
     ) -> None:
-        body = {"push_source_name": push_source, "df": rows, "to": "online"}
+        """POST /push; `to`: online, offline or online_and_offline."""
+        body = {"push_source_name": push_source, "df": rows, "to": to}
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         response = requests.post(f"{self.url}/push", json=body, headers=headers, timeout=10)
         response.raise_for_status()

@@ -2,7 +2,8 @@
 
 Every request passes here first. `/health`, `/ready` and `/metrics` are answered here;
 `/get-online-features` is validated here and, on Redis, served by the fast path in
-`online.py`; write endpoints are gated by the write mode; everything else, and any
+`online.py`; write endpoints are gated by the write mode, and `/push` is written here
+(`push.py`: offline first, then online); everything else, and any
 request the fast path cannot describe exactly, goes to Feast's own app. Client mistakes
 get a 4xx JSON body naming the problem, a dependency failure a 503, and an unexpected
 error a 500 without the exception text.
@@ -26,7 +27,7 @@ from feast import FeatureStore
 from feast.feature_server import get_app
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 
-from feature_platform.serving import metrics
+from feature_platform.serving import metrics, push
 from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
 from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
@@ -134,6 +135,9 @@ class FeatureServerApp:
         if path in WRITE_PATHS:
             self._authorize_write(scope)
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        if path == "/push" and method == "POST":
+            await push.write(self.store, _json_object(body))
+            return await _send(send, 200, b"", [])
         return await self._to_feast(scope, body, receive, send)
 
     async def _ready(self, send: Send) -> int:
@@ -170,12 +174,7 @@ class FeatureServerApp:
     async def _online_features(
         self, scope: Scope, body: bytes, receive: Receive, send: Send
     ) -> int:
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise bad_request("the body is not valid JSON") from None
-        if not isinstance(request, dict):
-            raise HTTPError(422, "unprocessable", "the body must be a JSON object")
+        request = _json_object(body)
         service = request.get("feature_service")
         features = request.get("features") or []
         if service is not None and not isinstance(service, str):
@@ -247,6 +246,16 @@ def _closing_connection(send: Send) -> Send:
         await send(message)
 
     return closing_send
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_request("the body is not valid JSON") from None
+    if not isinstance(request, dict):
+        raise HTTPError(422, "unprocessable", "the body must be a JSON object")
+    return request
 
 
 def _header(scope: Scope, name: bytes) -> bytes:

@@ -1,6 +1,8 @@
 """Feast's duckdb offline store (the embedded default reads parquet with it) under the
 platform's training rule (`training_rule`): no training row holds a value created after
-its label time, and a NULL creation time counts as the event time.
+its label time, and a NULL creation time counts as the event time. Its offline writes (a
+push with `to: offline` or `online_and_offline`) replace a parquet file whole, one writer
+at a time (`offline_write_batch`).
 
 Select it in feature_store.local.yaml with
 `type: feature_platform.stores.duckdb_offline.DuckDBOfflineStore`; every other setting
@@ -9,13 +11,23 @@ is Feast's.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import ibis
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast import FeatureView
+from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.infra.offline_stores import duckdb as feast_duckdb
+from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.ibis import (
     get_historical_features_ibis,
     pull_latest_from_table_or_query_ibis,
@@ -46,6 +58,25 @@ def _read_created_or_event(source: DataSource, repo_path: str) -> Table:
             **{created: ibis.coalesce(table[created], table[source.timestamp_field])}
         )
     return table
+
+
+def _local_parquet_file(config: RepoConfig, source: DataSource | None) -> Path | None:
+    """The local parquet file behind `source`; None for anything else, which Feast writes."""
+    if not isinstance(source, FileSource):
+        return None
+    if source.file_format is not None and not isinstance(source.file_format, ParquetFormat):
+        return None
+    uri = FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=source.file_options.uri)
+    path = Path(uri)
+    return path if "://" not in uri and not path.is_dir() else None
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """One writer of a file at a time, across threads and worker processes."""
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the handle releases the lock
 
 
 class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
@@ -102,3 +133,38 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             staging_location=store.staging_location,
             staging_location_endpoint_override=store.staging_location_endpoint_override,
         )
+
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pa.Table,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Append the rows to the view's parquet file: all or none, one writer at a time.
+
+        Feast's store rewrites the file in place: a failure midway leaves a partial file,
+        a reader meanwhile can see one, and two writers at once lose one's rows. Here the
+        new file is written beside the old one and renamed over it, under a lock."""
+        path = _local_parquet_file(config, feature_view.batch_source)
+        if path is None:
+            feast_duckdb.DuckDBOfflineStore.offline_write_batch(
+                config, feature_view, table, progress
+            )
+            return
+        with _exclusive(path.with_name(f"{path.name}.lock")):
+            existing = pq.read_table(path)
+            if set(table.column_names) != set(existing.column_names):
+                raise ValueError(
+                    f"{feature_view.name}: the rows have columns {table.column_names}, "
+                    f"{path.name} has {existing.column_names}"
+                )
+            rows = table.select(existing.column_names).cast(existing.schema)
+            staged = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            try:
+                pq.write_table(pa.concat_tables([existing, rows]), staged)
+                os.replace(staged, path)
+            finally:
+                staged.unlink(missing_ok=True)
+        if progress:
+            progress(table.num_rows)

@@ -1,6 +1,7 @@
 """Feast's PostgreSQL offline store under the platform's training rule
 (`training_rule`): no training row holds a value created after its label time, and a
-NULL creation time counts as the event time.
+NULL creation time counts as the event time. It also writes (`offline_write_batch`, which
+Feast's store lacks): a push with `to: offline` or `online_and_offline` reaches training.
 
 Select it in feature_store.yaml with
 `type: feature_platform.stores.postgres_offline.PostgreSQLOfflineStore`; every other
@@ -10,9 +11,12 @@ setting is Feast's.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
+import psycopg
+import pyarrow as pa
 from feast import FeatureView
 from feast.data_source import DataSource
 from feast.infra.offline_stores.contrib.postgres_offline_store import postgres as feast_postgres
@@ -20,8 +24,10 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
     PostgreSQLSource,
 )
 from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
 from feast.repo_config import RepoConfig
-from pydantic import StrictBool
+from psycopg import sql
+from pydantic import PositiveInt, StrictBool
 
 from feature_platform.stores.training_rule import CREATED_OR_EVENT, filter_by_created
 
@@ -32,6 +38,8 @@ class PostgreSQLOfflineStoreConfig(feast_postgres.PostgreSQLOfflineStoreConfig):
     type: Literal["feature_platform.stores.postgres_offline.PostgreSQLOfflineStore"] = TYPE  # type: ignore[assignment]
     # true: Feast's rule, values created after the label time included
     include_values_created_after_label: StrictBool = False
+    # bounds an offline write (a push): connecting, waiting for a lock, the write itself
+    write_timeout_seconds: PositiveInt = 5
 
 
 def created_or_event(source: DataSource) -> DataSource:
@@ -113,3 +121,45 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
             start_date,
             end_date,
         )
+
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pa.Table,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Append the rows to the view's batch table in one transaction: all or none.
+
+        Columns are matched by name. The connection is Feast's (the offline store's
+        settings) with every step bounded by `write_timeout_seconds`: a locked table or
+        an unreachable server fails the write instead of holding the caller."""
+        source = feature_view.batch_source
+        if not isinstance(source, PostgreSQLSource) or not source._postgres_options._table:
+            raise ValueError(f"{feature_view.name}: offline writes need a PostgreSQLSource table")
+        if table.num_rows == 0:
+            return
+        store = config.offline_store
+        timeout_s = store.write_timeout_seconds
+        kwargs = _get_conn_kwargs(store)
+        kwargs["options"] += f" -c lock_timeout={timeout_s}s -c statement_timeout={timeout_s}s"
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            # the table's text as Feast's own queries use it, so writes and reads resolve alike
+            sql.SQL(source._postgres_options._table),
+            sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names),
+        )
+        columns = [column.to_pylist() for column in table.columns]
+        with (
+            psycopg.connect(
+                _get_conninfo(store),
+                connect_timeout=timeout_s,
+                keepalives_idle=store.keepalives_idle,
+                **kwargs,
+            ) as conn,
+            conn.cursor() as cursor,
+            cursor.copy(statement) as copy,
+        ):
+            for row in zip(*columns, strict=True):
+                copy.write_row(row)
+        if progress:
+            progress(table.num_rows)

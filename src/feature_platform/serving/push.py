@@ -1,0 +1,208 @@
+"""`POST /push`: pushed rows reach training as well as serving.
+
+Feast's app writes the online store first and the offline store after it, and Feast's
+PostgreSQL store cannot write at all: a push `to: online_and_offline` answered 500 with the
+value already served, and no training set ever saw it. Here the offline write comes first,
+in one transaction (the platform's offline stores), then the online write: a failed
+offline write leaves both stores as they were. Every row's creation time is the time the
+server received it, whatever the client sent: a creation time in the past would let a
+training row see a value before it existed (`stores/training_rule.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import redis
+from feast import FeatureStore, FeatureView
+from feast.data_source import PushMode, PushSource
+from feast.value_type import ValueType
+
+from feature_platform.serving.errors import HTTPError, bad_request, not_found, unavailable
+
+log = logging.getLogger("feature_platform.server")
+
+MODES = {
+    "online": PushMode.ONLINE,
+    "offline": PushMode.OFFLINE,
+    "online_and_offline": PushMode.ONLINE_AND_OFFLINE,
+}
+# What a store raises when it is unreachable or refuses the write: a 503, not a 500.
+OFFLINE_STORE_ERRORS = (psycopg.Error, OSError, pa.ArrowException)
+ONLINE_STORE_ERRORS = (redis.RedisError, OSError, sqlite3.Error)
+
+_INTEGER_TYPES = {ValueType.INT64, ValueType.INT32}
+_FLOAT_TYPES = {ValueType.DOUBLE, ValueType.FLOAT}
+_INT64_RANGE = range(-(2**63), 2**63)
+
+
+async def write(store: FeatureStore, request: dict[str, Any]) -> None:
+    """Validate one push request (the body's JSON object) and write it: offline first,
+    then online."""
+    received = datetime.now(UTC)
+    source, mode, columns = _parse(request)
+    views = await asyncio.to_thread(_views_fed_by, store, source)
+    writes_offline = mode in (PushMode.OFFLINE, PushMode.ONLINE_AND_OFFLINE)
+    rows = _rows(views, columns, received, writes_offline)
+    if writes_offline:
+        try:
+            await asyncio.to_thread(_write_offline, store, views, rows)
+        except OFFLINE_STORE_ERRORS as exc:
+            log.warning("offline write of a push to %s failed: %s", source, _failure(exc))
+            raise unavailable(f"offline store: {type(exc).__name__}; nothing was written") from None
+    if mode in (PushMode.ONLINE, PushMode.ONLINE_AND_OFFLINE):
+        try:
+            await asyncio.to_thread(store.push, source, rows, to=PushMode.ONLINE)
+        except ONLINE_STORE_ERRORS as exc:
+            log.warning("online write of a push to %s failed: %s", source, _failure(exc))
+            detail = f"online store: {type(exc).__name__}"
+            if writes_offline:
+                detail += "; the rows were written offline, a retry writes them again"
+            raise unavailable(detail) from None
+
+
+def _failure(exc: Exception) -> str:
+    """A store failure as the log shows it: never the pushed values. PostgreSQL's DETAIL
+    and CONTEXT lines and Arrow's cast errors quote them, so those are left out."""
+    if isinstance(exc, psycopg.Error):
+        return f"{type(exc).__name__}: {exc.diag.message_primary or exc}"
+    if isinstance(exc, pa.ArrowException):
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _parse(request: dict[str, Any]) -> tuple[str, PushMode, dict[str, Any]]:
+    source = request.get("push_source_name")
+    if not isinstance(source, str) or not source:
+        raise HTTPError(422, "unprocessable", "'push_source_name' must be a non-empty string")
+    to = request.get("to", "online")
+    if to not in MODES:
+        raise HTTPError(422, "unprocessable", f"'to' must be one of {', '.join(MODES)}")
+    columns = request.get("df")
+    if not isinstance(columns, dict) or not columns:
+        raise bad_request("'df' must be a non-empty object of column lists")
+    return source, MODES[to], columns
+
+
+def _views_fed_by(store: FeatureStore, source: str) -> list[FeatureView]:
+    views = [
+        view
+        for view in store.list_feature_views(allow_cache=True)
+        if isinstance(view.stream_source, PushSource) and view.stream_source.name == source
+    ]
+    if not views:
+        raise not_found(f"no feature view is fed by push source {source!r}")
+    return views
+
+
+def _write_offline(store: FeatureStore, views: list[FeatureView], rows: pd.DataFrame) -> None:
+    """Each view's rows to its batch source, through the platform's offline store (one
+    transaction each). Not Feast's `write_to_offline_store`: it first asks the table for
+    its columns on a connection without any timeout, so DDL holding the table would
+    hold the request too."""
+    provider = store._get_provider()
+    for view in views:
+        columns = [*_declared_columns(view), *_created_columns([view])]
+        provider.ingest_df_to_offline_store(
+            view, pa.Table.from_pandas(rows[columns], preserve_index=False)
+        )
+
+
+def _declared_columns(view: FeatureView) -> dict[str, ValueType]:
+    """What a push to `view` must carry, with the declared types: its join keys,
+    features and event time."""
+    declared = {
+        field.name: field.dtype.to_value_type() for field in (*view.entity_columns, *view.features)
+    }
+    if view.batch_source is not None:
+        declared[view.batch_source.timestamp_field] = ValueType.UNIX_TIMESTAMP
+    return declared
+
+
+def _created_columns(views: list[FeatureView]) -> list[str]:
+    """The creation-time columns of the views' batch sources: the server sets them."""
+    names = (view.batch_source.created_timestamp_column for view in views if view.batch_source)
+    return sorted({name for name in names if name})
+
+
+def _rows(
+    views: list[FeatureView], columns: dict[str, Any], received: datetime, writes_offline: bool
+) -> pd.DataFrame:
+    """The request's columns as typed rows, each creation time set to `received`."""
+    for name, column in columns.items():
+        if not isinstance(column, list):
+            raise bad_request(f"df.{name} must be a list")
+    lengths = sorted({len(column) for column in columns.values()})
+    if len(lengths) > 1:
+        raise bad_request(f"df columns differ in length: {lengths}")
+    if lengths == [0]:
+        raise bad_request("df columns are empty")
+    declared = {name: kind for view in views for name, kind in _declared_columns(view).items()}
+    created_columns = _created_columns(views)
+    missing = [name for name in declared if name not in columns]
+    if missing:
+        raise bad_request(f"missing columns: {', '.join(missing)}")
+    for key in {key for view in views for key in view.join_keys}:
+        if None in columns[key]:
+            raise bad_request(f"df.{key}[{columns[key].index(None)}] is null: a join key needs one")
+    unknown = [name for name in columns if name not in declared and name not in created_columns]
+    if unknown and writes_offline:
+        raise bad_request(f"columns the offline table does not have: {', '.join(unknown)}")
+    rows = pd.DataFrame(
+        {
+            name: _typed(name, column, declared.get(name))
+            for name, column in columns.items()
+            if name not in created_columns
+        }
+    )
+    for name in created_columns:
+        rows[name] = pd.Series([received] * len(rows), dtype="datetime64[us, UTC]")
+    return rows
+
+
+def _typed(name: str, values: list[Any], kind: ValueType | None) -> Any:
+    """One column in its declared type; the first value that does not fit is a 400."""
+
+    def refuse(i: int, expected: str) -> HTTPError:
+        return bad_request(f"df.{name}[{i}] = {values[i]!r} is not {expected}")
+
+    if kind in _INTEGER_TYPES:
+        for i, value in enumerate(values):
+            fits = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and not (fits and value in _INT64_RANGE):
+                raise refuse(i, "an integer")
+        return pd.array(values, dtype="Int64")
+    if kind in _FLOAT_TYPES:
+        for i, value in enumerate(values):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and not number:
+                raise refuse(i, "a number")
+        return pd.Series(values, dtype="float64")
+    if kind == ValueType.STRING:
+        for i, value in enumerate(values):
+            if value is not None and not isinstance(value, str):
+                raise refuse(i, "a string")
+        return values
+    if kind == ValueType.BOOL:
+        for i, value in enumerate(values):
+            if value is not None and not isinstance(value, bool):
+                raise refuse(i, "a boolean")
+        return pd.array(values, dtype="boolean")
+    if kind == ValueType.UNIX_TIMESTAMP:
+        times = []
+        for i, value in enumerate(values):
+            try:
+                stamp = datetime.fromisoformat(value)
+            except (TypeError, ValueError):
+                raise refuse(i, "an ISO 8601 timestamp") from None
+            # A time without an offset is UTC; microseconds, as the stores keep them.
+            times.append(stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp)
+        return pd.Series(pd.to_datetime(times, utc=True), dtype="datetime64[us, UTC]")
+    return values
