@@ -62,7 +62,7 @@ check-config: install ## Check that ENV's configuration has every variable it ne
 generate: install ## Write the generated data set to ENV's offline store
 	$(PLATFORM) generate $(ENV)
 
-materialize: install ## materialize-incremental up to now for ENV
+materialize: install ## Load the rows created since the last run into ENV's online store
 	$(PLATFORM) materialize $(ENV)
 
 clean: ## Remove the local data directory and caches

@@ -60,8 +60,9 @@ def cmd_feast(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    end = (args.end or datetime.now(UTC)).isoformat()
-    return feast_commands.run(args.env, ["materialize-incremental", end], check=False).returncode
+    from feature_platform import materialize
+
+    return materialize.cli(args.env, args.end, say)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -143,7 +144,12 @@ def parser() -> argparse.ArgumentParser:
     fst = sub("feast", "run a Feast CLI command for the environment", cmd_feast)
     fst.add_argument("feast_args", nargs=argparse.REMAINDER, help="-- then Feast's arguments")
 
-    mat = sub("materialize", "materialize-incremental up to now (or --end)", cmd_materialize)
+    mat = sub(
+        "materialize",
+        "load rows created since the last run (and Feast's event-time window) into the "
+        "online store, up to now (or --end)",
+        cmd_materialize,
+    )
     mat.add_argument("--end", type=_timestamp, default=None)
 
     sub("serve", "run the feature server in the foreground (FEATURE_SERVER_* settings)", cmd_serve)

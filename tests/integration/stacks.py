@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import redis
 from feast import FeatureStore
 from psycopg import sql
 
-from feature_platform import environments, feast_commands, offline_tables, training
+from feature_platform import environments, feast_commands, materialize, offline_tables, training
 from feature_platform.server import FeatureServer
 
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
@@ -69,8 +70,12 @@ class Stack:
         with self.active():
             feast_commands.run(self.env, list(args))
 
-    def materialize(self, end: datetime) -> None:
-        self.feast("materialize-incremental", end.isoformat())
+    def materialize(self, end: datetime | None = None) -> None:
+        """`feature-platform materialize ENV [--end END]` (the CronJob's command), in this
+        process."""
+        with self.active():
+            code = materialize.cli(self.env, end, lambda line: print(line, file=sys.stderr))
+        assert code == 0, f"materialize {self.env} exited {code}"
 
     def store(self) -> FeatureStore:
         with self.active():

@@ -1,4 +1,4 @@
-"""materialize-incremental into Redis: repeatable, and exactly what is new."""
+"""`feature-platform materialize` into Redis: repeatable, and exactly what is new."""
 
 from __future__ import annotations
 

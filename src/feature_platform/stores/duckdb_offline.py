@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,8 @@ from feast.data_source import DataSource
 from feast.infra.offline_stores import duckdb as feast_duckdb
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.ibis import (
+    IbisRetrievalJob,
+    deduplicate,
     get_historical_features_ibis,
     pull_latest_from_table_or_query_ibis,
 )
@@ -37,6 +39,7 @@ from feast.repo_config import RepoConfig
 from ibis.expr.types import Table
 from pydantic import StrictBool
 
+from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import filter_by_created
 
 TYPE = "feature_platform.stores.duckdb_offline.DuckDBOfflineStore"
@@ -132,6 +135,40 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             data_source_writer=feast_duckdb._write_data_source,
             staging_location=store.staging_location,
             staging_location_endpoint_override=store.staging_location_endpoint_override,
+        )
+
+    @staticmethod
+    def pull_latest_created_since(
+        config: RepoConfig, data_source: DataSource, columns: SourceColumns, window: LoadWindow
+    ) -> RetrievalJob:
+        """The rows PostgreSQLOfflineStore.pull_latest_created_since returns, from parquet."""
+        store = config.offline_store
+        table = _read_created_or_event(data_source, str(config.repo_path))
+        table = table.select(
+            *columns.join_keys, *columns.features, columns.timestamp, columns.created
+        )
+        event = table[columns.timestamp].cast("timestamp")
+        created = table[columns.created].cast("timestamp")
+
+        def naive_utc(ts: datetime) -> Any:
+            # Feast's ibis queries compare naive UTC times, as here.
+            return ibis.literal(ts.astimezone(UTC).replace(tzinfo=None))
+
+        end = naive_utc(window.end)
+        table = table.filter(
+            event <= end,
+            created <= end,
+            (created >= naive_utc(window.created_since)) | (event >= naive_utc(window.event_since)),
+        )
+        return IbisRetrievalJob(
+            table=deduplicate(table, columns.join_keys, columns.timestamp, columns.created),
+            on_demand_feature_views=[],
+            full_feature_names=False,
+            metadata=None,
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=store.staging_location,
+            staging_location_endpoint_override=store.staging_location_endpoint_override,
+            repo_path=str(config.repo_path),
         )
 
     @staticmethod

@@ -29,6 +29,7 @@ from feast.repo_config import RepoConfig
 from psycopg import sql
 from pydantic import PositiveInt, StrictBool
 
+from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import CREATED_OR_EVENT, filter_by_created
 
 TYPE = "feature_platform.stores.postgres_offline.PostgreSQLOfflineStore"
@@ -120,6 +121,37 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
             source.created_timestamp_column or None,
             start_date,
             end_date,
+        )
+
+    @staticmethod
+    def pull_latest_created_since(
+        config: RepoConfig, data_source: DataSource, columns: SourceColumns, window: LoadWindow
+    ) -> RetrievalJob:
+        """The newest row per entity among the rows `window` loads (`load_window`), the
+        creation column holding the creation time or, where NULL, the event time."""
+        source = created_or_event(data_source)
+        assert isinstance(source, PostgreSQLSource)
+        event, created = f'a."{columns.timestamp}"', f'a."{CREATED_OR_EVENT}"'
+        selected = [*columns.join_keys, *columns.features, columns.timestamp]
+        end, since = f"'{window.end}'::timestamptz", f"'{window.created_since}'::timestamptz"
+        query = f"""
+            SELECT {", ".join(f'b."{c}"' for c in [*selected, columns.created])}
+            FROM (
+                SELECT {", ".join(f'a."{c}"' for c in selected)},
+                    {created} AS "{columns.created}",
+                    ROW_NUMBER() OVER (
+                        PARTITION BY {", ".join(f'a."{c}"' for c in columns.join_keys)}
+                        ORDER BY {event} DESC, {created} DESC
+                    ) AS _feast_row
+                FROM {source.get_table_query_string()} a
+                WHERE {event} <= {end} AND {created} <= {end}
+                    AND ({created} >= {since}
+                         OR {event} >= '{window.event_since}'::timestamptz)
+            ) b
+            WHERE _feast_row = 1
+        """
+        return feast_postgres.PostgreSQLRetrievalJob(
+            query=query, config=config, full_feature_names=False, on_demand_feature_views=None
         )
 
     @staticmethod

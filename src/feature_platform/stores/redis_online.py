@@ -7,8 +7,10 @@ says NOT_FOUND for the same request. Clients must be able to tell "no data" from
 that is null", in every environment, so a view's values without their write timestamp
 are reported as not found here.
 
-Every write also records the view's newest event time (`freshness`), which the feature
-server exposes as a metric an operator can alert on.
+Every write keeps each entity's newest row by event time and then creation time, as the
+offline join picks it (`redis_write`: a restated value replaces the online one), and
+records the view's newest event time (`freshness`), which the feature server exposes as a
+metric an operator can alert on.
 
 Select it in feature_store.yaml with
 `type: feature_platform.stores.redis_online.RedisOnlineStore`; every other setting is Feast's.
@@ -26,7 +28,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 
-from feature_platform.stores import freshness, online_ttl
+from feature_platform.stores import freshness, online_ttl, redis_write
 
 OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 
@@ -59,8 +61,10 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         data: OnlineRows,
         progress: Callable[[int], Any] | None,
     ) -> None:
-        super().online_write_batch(config, table, data, progress)
         client = self._get_client(config.online_store)
+        redis_write.write_newer(client, config, table, data)
+        if progress:
+            progress(len(data))
         freshness.record(client, config.project, table.name, data)
 
     async def online_write_batch_async(
@@ -71,8 +75,10 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         progress: Callable[[int], Any] | None,
     ) -> None:
         # Feast's /push writes through this one.
-        await super().online_write_batch_async(config, table, data, progress)
         client = await self._get_client_async(config.online_store)
+        await redis_write.write_newer_async(client, config, table, data)
+        if progress:
+            progress(len(data))
         await freshness.record_async(client, config.project, table.name, data)
 
     def update(

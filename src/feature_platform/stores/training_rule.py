@@ -15,6 +15,11 @@ feature_store.yaml restores Feast's rule, for comparison with older training set
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import pandas as pd
+from feast.utils import make_tzaware
+
 CREATED_OR_EVENT = "__created_or_event"
 
 
@@ -22,3 +27,11 @@ def filter_by_created(config: object, requested: bool) -> bool:
     """The flag to hand Feast's join: on unless the configuration says otherwise."""
     include = getattr(config, "include_values_created_after_label", False)
     return requested or not include
+
+
+def row_version(event: datetime, created: datetime | None) -> tuple[datetime, datetime]:
+    """Which of an entity's rows supersedes which: the later event time, then the later
+    creation time, a missing one (None, NaT) counting as the event time; naive times are
+    UTC. The join picks the newest row this way; the online stores keep it this way."""
+    event = make_tzaware(event)
+    return event, event if created is None or pd.isna(created) else make_tzaware(created)
