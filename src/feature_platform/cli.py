@@ -110,6 +110,22 @@ def cmd_skew_check(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_training_set(args: argparse.Namespace) -> int:
+    from feature_platform.training import command
+
+    request = command.Request(
+        env=args.env,
+        output=args.output,
+        labels_path=args.labels,
+        labels_sql=args.labels_sql,
+        feature_service=args.feature_service,
+        features=[f.strip() for f in (args.features or "").split(",") if f.strip()] or None,
+        chunk_rows=args.chunk_rows,
+        engine=args.engine,
+    )
+    return command.cli(request, say)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feature-platform", description=__doc__)
     subs = top.add_subparsers(dest="command", required=True)
@@ -192,6 +208,25 @@ def parser() -> argparse.ArgumentParser:
         "--pushgateway",
         default=None,
         help="push the result to this Pushgateway (default: SKEW_CHECK_PUSHGATEWAY_URL)",
+    )
+    tset = sub(
+        "training-set",
+        "point-in-time training set for labels (file or SQL) as parquet, in bounded chunks",
+        cmd_training_set,
+    )
+    source = tset.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labels", type=Path, help="labels as a .parquet or .csv file")
+    source.add_argument("--labels-sql", help="labels as a SQL query over the offline store")
+    wanted = tset.add_mutually_exclusive_group()
+    wanted.add_argument("--feature-service", default="fraud_detection_v1", help="(default)")
+    wanted.add_argument("--features", help="comma-separated view:feature references")
+    tset.add_argument("--output", type=Path, required=True, help="the parquet file to write")
+    tset.add_argument("--chunk-rows", type=_positive, default=200_000, help="labels per chunk")
+    tset.add_argument(
+        "--engine",
+        choices=["auto", "fast", "feast"],
+        default="auto",
+        help="fast: DuckDB ASOF joins; feast: get_historical_features; auto: fast where it applies",
     )
     return top
 

@@ -22,6 +22,7 @@ from feature_platform import (
     training,
 )
 from feature_platform.server import FeatureServer, online_request, response_rows
+from feature_platform.training import command as training_command
 
 STEPS = 9
 
@@ -135,12 +136,20 @@ def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
         print(_vector_table(response, ["customer_id", "merchant_id"]))
         _done(started)
 
-        started = _step(7, "building a point-in-time training set for 5 labelled transactions")
-        store = feast_commands.open_store(env)
-        sample = labels.sort_values("event_timestamp").iloc[:: max(1, len(labels) // 5)].head(5)
-        train = training.training_set(store, sample)
+        started = _step(
+            7, "feature-platform training-set: every labelled transaction, point in time"
+        )
+        labels_path = log_path.parent / f"labels-{env}.parquet"
+        output = log_path.parent / f"training-set-{env}.parquet"
+        labels.to_parquet(labels_path, index=False)
+        _detail(f"feature-platform training-set {env} --labels {labels_path} --output {output}")
+        training_command.build(
+            training_command.Request(env=env, labels_path=labels_path, output=output), _detail
+        )
+        train = pd.read_parquet(output)
+        sample = train.iloc[:: max(1, len(train) // 5)].head(5)
         print("\nTraining rows: features as they were at each transaction's time")
-        print(train.set_index("transaction_id").T.to_string())
+        print(sample.set_index("transaction_id").T.to_string())
         _done(started)
 
         started = _step(8, "skew check: the server's vectors against training rows, same keys")

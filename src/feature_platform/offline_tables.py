@@ -110,11 +110,12 @@ def write(
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
             conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, definition))
             _copy_frame(conn, name, df, progress)
-            conn.execute(
-                sql.SQL("CREATE INDEX ON {} ({}, event_timestamp)").format(
-                    ident, sql.Identifier(_KEYS[name])
+            if name in _KEYS:
+                conn.execute(
+                    sql.SQL("CREATE INDEX ON {} ({}, event_timestamp)").format(
+                        ident, sql.Identifier(_KEYS[name])
+                    )
                 )
-            )
             conn.execute(sql.SQL("ANALYZE {}").format(ident))
             conn.commit()
             progress(f"  {name}: {len(df):,} rows -> table {name} in {env['OFFLINE_DB']}")

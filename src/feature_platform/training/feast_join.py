@@ -1,4 +1,5 @@
-"""Point-in-time training sets: the labelled transactions joined with their features."""
+"""Point-in-time training sets through Feast: the labelled transactions joined with their
+features by `get_historical_features`."""
 
 from __future__ import annotations
 

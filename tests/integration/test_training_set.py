@@ -1,0 +1,249 @@
+"""`feature-platform training-set`: the fast engine equals Feast's Postgres path value for
+value and type for type, whatever the chunk size; bad labels get one line and exit 2.
+
+Generated histories hold ttl boundaries (labels exactly one ttl after a value's event
+time, and a second later), event-time ties broken by creation time, late rows (created
+after labels that would otherwise see them), NULL creation times and label entities with
+no rows at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from stacks import Stack
+
+from feature_platform import cli
+from feature_platform.training import command
+
+D0 = pd.Timestamp("2026-01-10", tz="UTC")
+TTL = {
+    "customer_stats": pd.Timedelta(days=2),
+    "merchant_stats": pd.Timedelta(days=3),
+    "customer_txn_1h": pd.Timedelta(hours=2),
+}
+STAMPS = {"event_timestamp": "datetime64[us, UTC]", "created_timestamp": "datetime64[us, UTC]"}
+
+# (entity 1..4, event hour, creation lag in hours or None for NULL, value); few hours and
+# lags, so ties on event time and on the label boundaries are common.
+_row = st.tuples(
+    st.integers(1, 4),
+    st.sampled_from([0, 1, 24, 25, 48, 49, 72]),
+    st.one_of(st.none(), st.sampled_from([0, 1, 6, 30])),
+    st.integers(1, 1000).map(lambda v: v / 10),
+)
+
+
+def _history(rows: list[tuple[int, int, int | None, float]], key: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=[key, "hour", "lag", "value"])
+    # One row per (entity, event time, creation time): an exact tie has no winner.
+    df = df.drop_duplicates([key, "hour", "lag"]).reset_index(drop=True)
+    df["event_timestamp"] = D0 + pd.to_timedelta(df["hour"], unit="h")
+    lag = pd.to_timedelta(df["lag"].astype("float64"), unit="h")
+    created = (df["event_timestamp"] + lag).where(df["lag"].notna(), pd.NaT)
+    df["created_timestamp"] = pd.to_datetime(created, utc=True)
+    return df.drop(columns=["hour", "lag"]).astype({key: "int64", "value": "float64", **STAMPS})
+
+
+def _tables(customers: pd.DataFrame, merchants: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    stats = customers.rename(columns={"value": "avg_purchase_30d"})
+    n = len(stats)
+    return {
+        "customer_stats": stats.assign(
+            n_purchases_7d=range(n),
+            n_purchases_30d=4,
+            account_age_days=30,
+            home_country=["FR", "", "NA", "DE"] * (n // 4) + ["FR", "", "NA", "DE"][: n % 4],
+        ),
+        "merchant_stats": merchants.rename(columns={"value": "avg_rating"}).assign(
+            n_disputes_30d=1, n_sales_30d=range(len(merchants)), category="grocery"
+        ),
+        "customer_txn_1h": customers.rename(columns={"value": "sum_amount_1h"}).assign(n_txn_1h=2),
+    }
+
+
+def _labels(tables: dict[str, pd.DataFrame], hours: list[int]) -> pd.DataFrame:
+    """Labels on a grid, at every row's event and creation time, one ttl after each
+    event time and a second past that; customers 5 and merchants 5 have no rows."""
+    times = [D0 + pd.Timedelta(hours=h) for h in hours]
+    for name, ttl in TTL.items():
+        df = tables[name]
+        times += df["event_timestamp"].tolist() + df["created_timestamp"].dropna().tolist()
+        times += (df["event_timestamp"] + ttl).tolist()
+        times += (df["event_timestamp"] + ttl + pd.Timedelta(seconds=1)).tolist()
+    rows = [(c, (c % 5) + 1, t) for c in range(1, 6) for t in dict.fromkeys(times)]
+    labels = pd.DataFrame(rows, columns=["customer_id", "merchant_id", "event_timestamp"])
+    labels["event_timestamp"] = labels["event_timestamp"].astype("datetime64[us, UTC]")
+    amounts = [12.5, 0.0, 99.0]
+    labels["amount"] = [amounts[i % 3] for i in range(len(labels))]
+    return labels.assign(label_id=range(len(labels)))
+
+
+@pytest.fixture(scope="module")
+def dev(stack_factory: Callable[..., Stack]) -> Stack:
+    stack = stack_factory("dev", "tset")
+    first = _history([(1, 0, None, 1.0)], "customer_id")
+    stack.write(_tables(first, _history([(1, 0, None, 1.0)], "merchant_id")))
+    stack.feast("apply")
+    return stack
+
+
+def _fast(stack: Stack, labels: pd.DataFrame, tmp: Path, chunk_rows: int) -> pd.DataFrame:
+    path = tmp / "labels.parquet"
+    labels.to_parquet(path, index=False)
+    output = tmp / f"fast-{chunk_rows}.parquet"
+    request = command.Request(
+        env="dev", output=output, labels_path=path, chunk_rows=chunk_rows, engine="fast"
+    )
+    with stack.active():
+        command.build(request, lambda _line: None)
+    return pq.read_table(output).to_pandas()
+
+
+def _feast(stack: Stack, labels: pd.DataFrame) -> pd.DataFrame:
+    return stack.training_set(labels).sort_values("label_id").reset_index(drop=True)
+
+
+def assert_same(fast: pd.DataFrame, feast: pd.DataFrame) -> None:
+    """Value for value and type for type. One allowance: where Feast's python-mode
+    on-demand transformation returns only nulls, Arrow types the column `null` (pandas
+    object); the fast engine keeps the view's declared type. Both must be all null."""
+    assert list(fast.columns) == list(feast.columns)
+    for name in ("amount_to_avg_30d", "amount_over_avg_30d"):
+        if feast[name].dtype == object and feast[name].isna().all():
+            assert fast[name].isna().all(), name
+            feast[name] = fast[name]
+    pd.testing.assert_frame_equal(fast, feast, check_exact=True)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    customers=st.lists(_row, min_size=1, max_size=14),
+    merchants=st.lists(_row, min_size=0, max_size=8),
+    hours=st.lists(st.integers(0, 130), min_size=1, max_size=4),
+)
+def test_fast_engine_equals_feasts_postgres_path(
+    dev: Stack,
+    tmp_path_factory: pytest.TempPathFactory,
+    customers: list,
+    merchants: list,
+    hours: list,
+) -> None:
+    tables = _tables(_history(customers, "customer_id"), _history(merchants, "merchant_id"))
+    dev.write(tables)
+    labels = _labels(tables, hours)
+    fast = _fast(dev, labels, tmp_path_factory.mktemp("prop"), chunk_rows=10_000)
+    feast = _feast(dev, labels)
+    assert len(fast) == len(labels)
+    assert_same(fast, feast)
+
+
+@pytest.fixture(scope="module")
+def written(dev: Stack) -> dict[str, pd.DataFrame]:
+    """A fixed history for the tests below (the property test rewrites the tables)."""
+    customers = [
+        (c, h, lag, c * 10 + h / 10)
+        for c in (1, 2, 3)
+        for h in (0, 24, 48)
+        for lag in (None, 1, 30)
+    ]
+    tables = _tables(_history(customers, "customer_id"), _history([(1, 0, 2, 4.5)], "merchant_id"))
+    dev.write(tables)
+    return tables
+
+
+def test_same_rows_whatever_the_chunking(
+    dev: Stack, written: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    labels = _labels(written, [3, 50, 100]).sample(frac=1, random_state=3)  # not in time order
+    results = [_fast(dev, labels, tmp_path, chunk_rows=n) for n in (1, 7, 10_000)]
+    for other in results[1:]:
+        pd.testing.assert_frame_equal(results[0], other, check_exact=True)
+    assert results[0]["label_id"].tolist() == labels["label_id"].tolist(), "label order kept"
+    assert results[0]["avg_purchase_30d"].notna().any()
+    # Feast's path in chunks too, through the command: the same rows.
+    path = tmp_path / "labels.parquet"
+    labels.to_parquet(path, index=False)
+    request = command.Request(
+        env="dev",
+        output=tmp_path / "feast.parquet",
+        labels_path=path,
+        chunk_rows=25,
+        engine="feast",
+    )
+    with dev.active():
+        command.build(request, lambda _line: None)
+    assert_same(results[0], pq.read_table(tmp_path / "feast.parquet").to_pandas())
+
+
+def _run_cli(dev: Stack, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with dev.active():
+        code = cli.main(["training-set", "dev", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("dropped", "named"),
+    [("customer_id", "customer_id"), ("event_timestamp", "event_timestamp"), ("amount", "amount")],
+)
+def test_labels_lacking_a_column_get_one_line_and_exit_2(
+    dev: Stack,
+    written: dict[str, pd.DataFrame],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    dropped: str,
+    named: str,
+) -> None:
+    path = tmp_path / "labels.csv"
+    _labels(written, [3]).drop(columns=[dropped]).to_csv(path, index=False)
+    output = tmp_path / "out.parquet"
+    code, err = _run_cli(dev, ["--labels", str(path), "--output", str(output)], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("training-set: ") and named in last, err
+    assert "Traceback" not in err
+    assert not output.exists()
+
+
+def test_labels_from_sql_and_csv(
+    dev: Stack, written: dict[str, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--labels-sql runs on the offline store; a CSV file gives the same rows."""
+    labels = _labels(written, [3, 50])
+    dev.write({"labels": labels})
+    csv = tmp_path / "labels.csv"
+    labels.to_csv(csv, index=False)
+    by_sql, by_csv = tmp_path / "sql.parquet", tmp_path / "csv.parquet"
+    code, err = _run_cli(
+        dev,
+        ["--labels-sql", "SELECT * FROM labels ORDER BY label_id", "--output", str(by_sql)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "rows/s" in err
+    code, err = _run_cli(dev, ["--labels", str(csv), "--output", str(by_csv)], capsys)
+    assert code == 0, err
+    from_sql, from_csv = pq.read_table(by_sql).to_pandas(), pq.read_table(by_csv).to_pandas()
+    assert_same(from_sql, _feast(dev, labels))
+    pd.testing.assert_frame_equal(from_csv, from_sql, check_exact=True)
+
+    code, err = _run_cli(
+        dev,
+        ["--labels-sql", "SELECT * FROM no_such_table", "--output", str(tmp_path / "x.parquet")],
+        capsys,
+    )
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("training-set: --labels-sql failed")
+    assert "password" not in err and "host=" not in err
