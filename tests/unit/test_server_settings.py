@@ -11,6 +11,15 @@ def test_defaults_serve_read_only_without_recycling() -> None:
     assert settings.write_mode == "off"
     assert settings.max_requests == 0
     assert settings.workers >= 1
+    assert not settings.serves_feast_path("/docs")
+
+
+def test_feast_endpoints_are_served_only_when_named() -> None:
+    named = ServerSettings.from_env({"FEATURE_SERVER_FEAST_ENDPOINTS": " /materialize, /search"})
+    assert named.serves_feast_path("/materialize") and named.serves_feast_path("/search")
+    assert not named.serves_feast_path("/chat")
+    every = ServerSettings.from_env({"FEATURE_SERVER_FEAST_ENDPOINTS": "all"})
+    assert every.serves_feast_path("/chat")
 
 
 def test_values_are_read_from_the_environment() -> None:
@@ -41,6 +50,7 @@ def test_values_are_read_from_the_environment() -> None:
         ({"FEATURE_SERVER_WRITE_MODE": "maybe"}, "must be one of off, token, open"),
         ({"FEATURE_SERVER_WRITE_MODE": "token"}, "needs FEATURE_SERVER_WRITE_TOKEN"),
         ({"FEATURE_SERVER_LOG_FORMAT": "xml"}, "json or text"),
+        ({"FEATURE_SERVER_FEAST_ENDPOINTS": "materialize"}, "paths starting with /"),
     ],
 )
 def test_bad_values_stop_with_the_name(env: dict[str, str], message: str) -> None:

@@ -1,12 +1,13 @@
 """The feature server: Feast's HTTP app behind the platform's own front door.
 
-Every request passes here first. `/health`, `/ready` and `/metrics` are answered here;
-`/get-online-features` is validated here and, on Redis, served by the fast path in
-`online.py`; write endpoints are gated by the write mode, and `/push` is written here
-(`push.py`: offline first, then online); everything else, and any
-request the fast path cannot describe exactly, goes to Feast's own app. Client mistakes
-get a 4xx JSON body naming the problem, a dependency failure a 503, and an unexpected
-error a 500 without the exception text.
+Every request passes here first, and only the endpoints in `contract.py` are answered
+(others 404, unless a setting turns on one of Feast's own). `/health`, `/ready`,
+`/metrics` and `/openapi.json` are answered here; `/get-online-features` is validated
+here and, on Redis, served by the fast path in `online.py`; write endpoints are gated by
+the write mode and written here (`writes.py`: validated, and for `/push` offline first,
+then online). A read the fast path cannot describe exactly goes to Feast's own app.
+Client mistakes get a 4xx JSON body naming the problem, a dependency failure a 503, and
+an unexpected error a 500 without the exception text.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from feast import FeatureStore
 from feast.feature_server import get_app
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 
-from feature_platform.serving import metrics, push
-from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
+from feature_platform.serving import contract, metrics, writes
+from feature_platform.serving.errors import (
+    HTTPError,
+    bad_request,
+    not_found,
+    store_timed_out,
+    unavailable,
+)
 from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
 from feature_platform.serving.online import Fallback, OnlineReader, entity_columns
@@ -43,7 +50,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("feature_platform.server")
 
-WRITE_PATHS = {"/push", "/write-to-online-store", "/materialize", "/materialize-incremental"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -98,6 +104,7 @@ class FeatureServerApp:
             else None
         )
         self.freshness = FreshnessReader(store, settings.store_timeout_s)
+        self._document: tuple[Any, bytes] = (None, b"")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,7 +120,7 @@ class FeatureServerApp:
             status = await self._route(scope, receive, send, path)
         except HTTPError as exc:
             status = exc.status
-            await _send_json(send, exc.status, exc.body())
+            await _send(send, exc.status, orjson.dumps(exc.body()), [*JSON_HEADERS, *exc.headers])
         except Exception:
             log.exception("unexpected error on %s", path)
             await _send_json(send, 500, {"error": "internal error", "detail": "see server log"})
@@ -122,23 +129,48 @@ class FeatureServerApp:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
         method = scope["method"]
-        if path == "/health" and method == "GET":
+        methods = contract.ENDPOINTS.get(path)
+        if methods is None:
+            if not self.settings.serves_feast_path(path):
+                raise not_found(f"this server has no endpoint {path[:100]}; see /openapi.json")
+            if path in contract.WRITE_PATHS:
+                self._authorize_write(scope)
+            body = await _read_body(scope, receive, self.settings.max_body_bytes)
+            return await self._to_feast(scope, body, receive, send)
+        if method not in methods:
+            allow = ", ".join(methods)
+            raise HTTPError(
+                405, "method not allowed", f"{path} answers {allow}", [(b"allow", allow.encode())]
+            )
+        if path == "/health":
             return await _send_json(send, 200, {"status": "ok"})
-        if path == "/ready" and method == "GET":
+        if path == "/ready":
             return await self._ready(send)
-        if path == "/metrics" and method == "GET":
+        if path == "/metrics":
             body, content_type = metrics.exposition(await self.freshness.read())
             return await _send(send, 200, body, [(b"content-type", content_type.encode())])
-        if path == "/get-online-features" and method == "POST":
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-            return await self._online_features(scope, body, receive, send)
-        if path in WRITE_PATHS:
+        if path == "/openapi.json":
+            return await _send(send, 200, await self._openapi(), JSON_HEADERS)
+        if path in contract.WRITE_PATHS:
             self._authorize_write(scope)
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        if path == "/push" and method == "POST":
-            await push.write(self.store, _json_object(body))
-            return await _send(send, 200, b"", [])
-        return await self._to_feast(scope, body, receive, send)
+        if path == "/get-online-features":
+            return await self._online_features(scope, body, receive, send)
+        if path == "/push":
+            await writes.push(self.store, _json_object(body))
+        else:
+            await writes.write_to_online_store(self.store, _json_object(body))
+        return await _send(send, 200, b"", [])
+
+    async def _openapi(self) -> bytes:
+        """The document, rebuilt when the registry snapshot changes (its examples)."""
+        snapshot = getattr(self.store.registry, "cached_registry_proto", None)
+        cached_for, document = self._document
+        if snapshot is None or snapshot is not cached_for:
+            built = await asyncio.to_thread(contract.document, self.store, self.settings.write_mode)
+            document = orjson.dumps(built)
+            self._document = (snapshot, document)
+        return document
 
     async def _ready(self, send: Send) -> int:
         if draining():
@@ -176,13 +208,16 @@ class FeatureServerApp:
     ) -> int:
         request = _json_object(body)
         service = request.get("feature_service")
-        features = request.get("features") or []
+        features = request.get("features", [])
         if service is not None and not isinstance(service, str):
             raise HTTPError(422, "unprocessable", "'feature_service' must be a string")
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise HTTPError(422, "unprocessable", "'features' must be a list of strings")
         if not service and not features:
             raise HTTPError(422, "unprocessable", "give 'feature_service' or 'features'")
+        for flag in ("full_feature_names", "include_feature_view_version_metadata"):
+            if not isinstance(request.get(flag, False), bool):
+                raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
         try:
             plan = self.plans.get(service or None, () if service else tuple(features))
         except Unsupported:

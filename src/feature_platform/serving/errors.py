@@ -8,11 +8,18 @@ from typing import Any
 class HTTPError(Exception):
     """A client or dependency problem, phrased for the response body."""
 
-    def __init__(self, status: int, error: str, detail: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str = "",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = headers or []
 
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "detail": self.detail}

@@ -62,6 +62,12 @@ class ServerSettings:
     write_mode: str = "off"
     write_token: str = ""
     log_format: str = "json"
+    # Feast's own endpoints served as well as the platform's (contract.ENDPOINTS): exact
+    # paths such as /materialize, or "all". None by default.
+    feast_endpoints: frozenset[str] = frozenset()
+
+    def serves_feast_path(self, path: str) -> bool:
+        return "all" in self.feast_endpoints or path in self.feast_endpoints
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
@@ -82,6 +88,15 @@ class ServerSettings:
         log_format = env.get("FEATURE_SERVER_LOG_FORMAT", defaults.log_format) or "json"
         if log_format not in ("json", "text"):
             raise ConfigError(f"FEATURE_SERVER_LOG_FORMAT must be json or text, got {log_format!r}")
+        feast_endpoints = frozenset(
+            p.strip() for p in env.get("FEATURE_SERVER_FEAST_ENDPOINTS", "").split(",") if p.strip()
+        )
+        bad = sorted(p for p in feast_endpoints if p != "all" and not p.startswith("/"))
+        if bad:
+            raise ConfigError(
+                "FEATURE_SERVER_FEAST_ENDPOINTS takes paths starting with / or 'all', "
+                f"got {', '.join(bad)}"
+            )
         return cls(
             host=env.get("FEATURE_SERVER_HOST", defaults.host) or defaults.host,
             port=_int(env, "FEATURE_SERVER_PORT", defaults.port, minimum=1),
@@ -106,4 +121,5 @@ class ServerSettings:
             write_mode=write_mode,
             write_token=token,
             log_format=log_format,
+            feast_endpoints=feast_endpoints,
         )

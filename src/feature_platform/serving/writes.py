@@ -1,4 +1,6 @@
-"""`POST /push`: pushed rows reach training as well as serving.
+"""The write endpoints: `POST /push` (rows reach training as well as serving) and
+`POST /write-to-online-store` (rows of one feature view, online only), both validated
+before any store sees them.
 
 Feast's app writes the online store first and the offline store after it, and Feast's
 PostgreSQL store cannot write at all: a push `to: online_and_offline` answered 500 with the
@@ -7,6 +9,8 @@ in one transaction (the platform's offline stores), then the online write: a fai
 offline write leaves both stores as they were. Every row's creation time is the time the
 server received it, whatever the client sent: a creation time in the past would let a
 training row see a value before it existed (`stores/training_rule.py`).
+`/write-to-online-store` follows the same rules for one view's rows: every column the view
+needs, in its declared type, the creation time the server's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pyarrow as pa
 import redis
 from feast import FeatureStore, FeatureView
 from feast.data_source import PushMode, PushSource
+from feast.errors import FeatureViewNotFoundException
 from feast.value_type import ValueType
 
 from feature_platform.serving.errors import HTTPError, bad_request, not_found, unavailable
@@ -43,11 +48,11 @@ _FLOAT_TYPES = {ValueType.DOUBLE, ValueType.FLOAT}
 _INT64_RANGE = range(-(2**63), 2**63)
 
 
-async def write(store: FeatureStore, request: dict[str, Any]) -> None:
+async def push(store: FeatureStore, request: dict[str, Any]) -> None:
     """Validate one push request (the body's JSON object) and write it: offline first,
     then online."""
     received = datetime.now(UTC)
-    source, mode, columns = _parse(request)
+    source, mode, columns = _parse_push(request)
     views = await asyncio.to_thread(_views_fed_by, store, source)
     writes_offline = mode in (PushMode.OFFLINE, PushMode.ONLINE_AND_OFFLINE)
     rows = _rows(views, columns, received, writes_offline)
@@ -68,6 +73,38 @@ async def write(store: FeatureStore, request: dict[str, Any]) -> None:
             raise unavailable(detail) from None
 
 
+async def write_to_online_store(store: FeatureStore, request: dict[str, Any]) -> None:
+    """Validate one `/write-to-online-store` request and write its rows online."""
+    received = datetime.now(UTC)
+    name = request.get("feature_view_name")
+    if not isinstance(name, str) or not name:
+        raise HTTPError(422, "unprocessable", "'feature_view_name' must be a non-empty string")
+    for flag in ("allow_registry_cache", "transform_on_write"):
+        if not isinstance(request.get(flag, True), bool):
+            raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
+    columns = _df(request)
+    view = await asyncio.to_thread(_feature_view, store, name)
+    rows = _rows([view], columns, received, writes_offline=False)
+    try:
+        await asyncio.to_thread(store.write_to_online_store, view.name, df=rows)
+    except ONLINE_STORE_ERRORS as exc:
+        log.warning("online write to %s failed: %s", name, _failure(exc))
+        raise unavailable(f"online store: {type(exc).__name__}") from None
+
+
+def _feature_view(store: FeatureStore, name: str) -> FeatureView:
+    try:
+        return store.get_feature_view(name, allow_registry_cache=True)
+    except FeatureViewNotFoundException:
+        pass
+    on_demand = {view.name for view in store.list_on_demand_feature_views(allow_cache=True)}
+    if name in on_demand:
+        raise HTTPError(
+            422, "unprocessable", f"{name!r} is an on-demand view: computed at read time"
+        )
+    raise not_found(f"no feature view named {name!r}")
+
+
 def _failure(exc: Exception) -> str:
     """A store failure as the log shows it: never the pushed values. PostgreSQL's DETAIL
     and CONTEXT lines and Arrow's cast errors quote them, so those are left out."""
@@ -78,17 +115,24 @@ def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _parse(request: dict[str, Any]) -> tuple[str, PushMode, dict[str, Any]]:
+def _parse_push(request: dict[str, Any]) -> tuple[str, PushMode, dict[str, Any]]:
     source = request.get("push_source_name")
     if not isinstance(source, str) or not source:
         raise HTTPError(422, "unprocessable", "'push_source_name' must be a non-empty string")
     to = request.get("to", "online")
-    if to not in MODES:
+    if not isinstance(to, str) or to not in MODES:
         raise HTTPError(422, "unprocessable", f"'to' must be one of {', '.join(MODES)}")
+    for flag in ("allow_registry_cache", "transform_on_write"):
+        if not isinstance(request.get(flag, True), bool):
+            raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
+    return source, MODES[to], _df(request)
+
+
+def _df(request: dict[str, Any]) -> dict[str, Any]:
     columns = request.get("df")
     if not isinstance(columns, dict) or not columns:
         raise bad_request("'df' must be a non-empty object of column lists")
-    return source, MODES[to], columns
+    return columns
 
 
 def _views_fed_by(store: FeatureStore, source: str) -> list[FeatureView]:
