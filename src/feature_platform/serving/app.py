@@ -21,12 +21,10 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import hiredis
 import orjson
 import redis.asyncio as aioredis
 from feast import FeatureStore
 from feast.feature_server import get_app
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 
 from feature_platform.serving import contract, metrics, writes
 from feature_platform.serving.errors import (
@@ -40,6 +38,7 @@ from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
 from feature_platform.serving.online import Fallback, OnlineReader, entity_columns
 from feature_platform.serving.plans import PlanCache, Unsupported
+from feature_platform.serving.redis_clients import redis_client
 from feature_platform.serving.registry_refresh import RegistryRefresher
 from feature_platform.serving.settings import ServerSettings
 
@@ -51,37 +50,6 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("feature_platform.server")
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def redis_client(store: FeatureStore) -> aioredis.Redis | None:
-    """An async client on the store's own Redis settings; None where the fast path
-    does not apply (not Redis, or cluster and sentinel deployments)."""
-    config = store.config.online_store
-    if not isinstance(config, RedisOnlineStoreConfig) or config.redis_type != RedisType.redis:
-        return None
-    nodes, kwargs = RedisOnlineStore._parse_connection_string(config.connection_string)
-    # One deadline bounds the whole read (settings.store_timeout_s); a per-reply socket
-    # timeout on top would cost a timer per command.
-    kwargs.pop("socket_timeout", None)
-    node = nodes[0]
-    host, port = node["host"], int(node.get("port", 6379))
-    if kwargs.pop("ssl", False):
-        return aioredis.Redis(host=host, port=port, ssl=True, **kwargs)
-    pool = aioredis.ConnectionPool(
-        connection_class=_HiredisPackingConnection, host=host, port=port, **kwargs
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-class _HiredisPackingConnection(aioredis.Connection):
-    """redis-py's async connection packs commands in Python, about 5 us an argument;
-    a 100-entity read has hundreds. hiredis packs them in C."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " in args[0]:
-            # redis-py names some commands with their subcommand: "SCRIPT EXISTS"
-            args = (*args[0].split(), *args[1:])
-        return [hiredis.pack_command(args)]
 
 
 class FeatureServerApp:

@@ -3,7 +3,8 @@
 The response has Feast's JSON shape, values, statuses and timestamps (tests compare it
 with Feast's own for the same requests). What differs is the work per request: the
 plan comes from a cache, every view's rows come back in one pipelined HMGET batch on an
-async connection bounded by a deadline, and the JSON is encoded once with orjson.
+async connection bounded by a deadline (on a cluster: one batch per node, all at once),
+and the JSON is encoded once with orjson.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
 from feature_platform.serving.plans import JOIN_KEY_TYPES, ReadPlan
+from feature_platform.serving.redis_clients import AsyncRedis
 from feature_platform.stores.online_ttl import is_expired
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -108,13 +110,17 @@ class OnlineReader:
     """Reads a plan's features for a batch of entity rows from Redis."""
 
     def __init__(
-        self, client: aioredis.Redis, project: str, key_version: int, timeout_s: float
+        self, client: AsyncRedis, project: str, key_version: int, timeout_s: float
     ) -> None:
         self.client = client
         self.project = project.encode()
         self.key_version = key_version
         self.timeout_s = timeout_s
-        self._hmget_many = client.register_script(HMGET_MANY)
+        self._hmget_many = (
+            None
+            if isinstance(client, aioredis.RedisCluster)
+            else client.register_script(HMGET_MANY)
+        )
         # Bounded caches of work that repeats across requests: hot entities, and the
         # few distinct write timestamps a materialization produces.
         self._ts_json: dict[bytes, tuple[str, float]] = {}
@@ -142,6 +148,24 @@ class OnlineReader:
             self._ts_json[raw] = cached
         return cached
 
+    async def _fetch(self, batches: list[tuple[Any, list[bytes], list[int]]]) -> list[Any]:
+        """Per view, the HMGET reply of each of its keys, in one round trip (per node)."""
+        if isinstance(self.client, aioredis.RedisCluster):
+            # A script may touch the keys of one slot only, and Feast's keys carry no
+            # hash tag, so a view's keys spread over every slot: one HMGET per key, which
+            # redis-py sends as one pipeline per node, all nodes at once.
+            async with self.client.pipeline(transaction=False) as cluster_pipe:
+                for view, keys, _ in batches:
+                    for key in keys:
+                        cluster_pipe.hmget(key, view.fields)  # type: ignore[arg-type]
+                replies = iter(await cluster_pipe.execute())
+            return [[next(replies) for _ in keys] for _, keys, _ in batches]
+        assert self._hmget_many is not None
+        async with self.client.pipeline(transaction=False) as pipe:
+            for view, keys, _ in batches:
+                await self._hmget_many(keys=keys, args=view.fields, client=pipe)
+            return list(await pipe.execute())
+
     async def read(
         self, plan: ReadPlan, entities: dict[str, list[Any]], n_rows: int
     ) -> tuple[dict[str, Any], dict[str, float], float]:
@@ -164,10 +188,7 @@ class OnlineReader:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for view, keys, _ in batches:
-                        await self._hmget_many(keys=keys, args=view.fields, client=pipe)
-                    per_view = await pipe.execute()
+                per_view = await self._fetch(batches)
         except TimeoutError:
             raise store_timed_out(self.timeout_s) from None
         except (aioredis.RedisError, OSError) as exc:

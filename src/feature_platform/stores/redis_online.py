@@ -41,7 +41,28 @@ class RedisOnlineStoreConfig(feast_redis.RedisOnlineStoreConfig):
     type: Literal["feature_platform.stores.redis_online.RedisOnlineStore"] = TYPE  # type: ignore[assignment]
 
 
+def cluster_config(store: feast_redis.RedisOnlineStoreConfig) -> Any:
+    """A cluster's config without `db=0`: one connection string serves every topology,
+    and redis-py's cluster client refuses any `db` argument (a cluster has db 0 only)."""
+    items = store.connection_string.split(",")
+    dbs = [item.split("=", 1)[1].strip() for item in items if item.startswith("db=")]
+    if any(db not in ("", "0") for db in dbs):
+        raise ValueError(f"a Redis Cluster has database 0 only, not db={dbs[0]}")
+    kept = ",".join(item for item in items if not item.startswith("db="))
+    return store.model_copy(update={"connection_string": kept})
+
+
 class RedisOnlineStore(feast_redis.RedisOnlineStore):
+    def _get_client(self, online_store_config: Any) -> Any:
+        if online_store_config.redis_type == feast_redis.RedisType.redis_cluster:
+            online_store_config = cluster_config(online_store_config)
+        return super()._get_client(online_store_config)
+
+    async def _get_client_async(self, online_store_config: Any) -> Any:
+        if online_store_config.redis_type == feast_redis.RedisType.redis_cluster:
+            online_store_config = cluster_config(online_store_config)
+        return await super()._get_client_async(online_store_config)
+
     def _get_features_for_entity(
         self,
         values: Sequence[bytes | bytearray | memoryview | None],

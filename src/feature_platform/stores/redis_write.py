@@ -22,6 +22,7 @@ from feast.infra.online_stores.redis import _versioned_fv_name
 from feast.repo_config import RepoConfig
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feature_platform.stores import redis_scripts
 from feature_platform.stores.training_rule import row_version
 
 CREATED_FIELD_PREFIX = "_created:"
@@ -106,26 +107,13 @@ def script_calls(
 
 def write_newer(client: Any, config: RepoConfig, table: FeatureView, data: Sequence[Any]) -> int:
     """Write the rows newer than what Redis holds; the number written."""
-    calls = script_calls(config, table, data)
-    if not calls:
-        return 0
-    # Loaded on every node of a cluster, and again after a restart of Redis.
-    sha = client.script_load(WRITE_IF_NEWER)
-    with client.pipeline(transaction=False) as pipe:
-        for key, args in calls:
-            pipe.evalsha(sha, 1, key, *args)
-        return sum(pipe.execute())
+    calls = [([key], args) for key, args in script_calls(config, table, data)]
+    return sum(redis_scripts.evalsha_all(client, WRITE_IF_NEWER, calls))
 
 
 async def write_newer_async(
     client: Any, config: RepoConfig, table: FeatureView, data: Sequence[Any]
 ) -> int:
     """`write_newer` on Feast's async client (the feature server's /push)."""
-    calls = script_calls(config, table, data)
-    if not calls:
-        return 0
-    sha = await client.script_load(WRITE_IF_NEWER)
-    async with client.pipeline(transaction=False) as pipe:
-        for key, args in calls:
-            pipe.evalsha(sha, 1, key, *args)
-        return sum(await pipe.execute())
+    calls = [([key], args) for key, args in script_calls(config, table, data)]
+    return sum(await redis_scripts.evalsha_all_async(client, WRITE_IF_NEWER, calls))

@@ -1,0 +1,161 @@
+"""The fast path on a Redis Cluster and on Sentinel: Feast's answers, and a failover.
+
+Each topology runs once for the module (redis_topologies.py), with a dev stack deployed
+on it: materialized through the platform's store (its compare-and-set script on every
+node), served by the platform's server and by stock `feast serve`. Then its primary is
+killed under a bounded read loop: errors are 503s inside the failover window, every
+request afterwards is a 200 with the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import deploy
+from redis_topologies import Topology, available, cluster, sentinel, topology_stack
+from stacks import WRITABLE, WRITE_TOKEN, Stack
+from test_stock_equality import _by_name, _requests
+
+from feature_platform.server import FeatureServer
+from feature_platform.training import FEATURE_SERVICE
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+READ = {
+    "feature_service": FEATURE_SERVICE,
+    "entities": {
+        "customer_id": list(range(1, 41)),
+        "merchant_id": [1 + i % 30 for i in range(40)],
+        "amount": [10.5] * 40,
+    },
+}
+
+
+@dataclass
+class Deployed:
+    topology: Topology
+    stack: Stack
+    server: FeatureServer
+    stock: FeatureServer
+
+
+@pytest.fixture(scope="module", params=["cluster", "sentinel"])
+def deployed(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    generated_tables: dict[str, Any],
+) -> Iterator[Deployed]:
+    start: Callable[[Path], Any] = {"cluster": cluster, "sentinel": sentinel}[request.param]
+    with start(tmp_path_factory.mktemp(f"redis_{request.param}")) as topology:
+        stack = topology_stack(topology, f"topo_{request.param}")
+        try:
+            deploy(stack, generated_tables)
+            server = stack.server(settings=WRITABLE)
+            with stack.active():
+                stock = FeatureServer(stack.env, stock=True).start()
+            stack.cleanups.append(stock.stop)
+            yield Deployed(topology, stack, server, stock)
+        finally:
+            stack.close()
+
+
+def _post(server: FeatureServer, body: dict[str, Any], timeout_s: float = 10) -> requests.Response:
+    return requests.post(f"{server.url}/get-online-features", json=body, timeout=timeout_s)
+
+
+def test_answers_equal_stock_feast(deployed: Deployed) -> None:
+    # The stock-equality request set: 1 to 100 entities, unseen ones, repeated rows.
+    for body in _requests():
+        ours, theirs = _post(deployed.server, body), _post(deployed.stock, body)
+        assert ours.status_code == theirs.status_code == 200
+        assert _by_name(ours.json()) == _by_name(theirs.json())
+    present = _by_name(_post(deployed.server, READ).json())["avg_purchase_30d"][1]
+    assert present.count("PRESENT") > 30, "the topology must hold the materialized rows"
+
+
+def test_ready_and_push_reach_the_topology(deployed: Deployed) -> None:
+    assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
+    now = datetime.now(UTC).isoformat()
+    customers = [101, 102, 103, 104]  # spread over the cluster's slots
+    body = {
+        "push_source_name": "customer_txn_1h_push",
+        "to": "online",
+        "df": {
+            "customer_id": customers,
+            "event_timestamp": [now] * 4,
+            "created": [now] * 4,
+            "n_txn_1h": [71, 72, 73, 74],
+            "sum_amount_1h": [1.0, 2.0, 3.0, 4.0],
+        },
+    }
+    headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+    pushed = requests.post(f"{deployed.server.url}/push", json=body, headers=headers, timeout=10)
+    assert pushed.status_code == 200, pushed.text
+    read = {"features": ["customer_txn_1h:n_txn_1h"], "entities": {"customer_id": customers}}
+    for server in (deployed.server, deployed.stock):
+        assert _by_name(_post(server, read).json())["n_txn_1h"][0] == [71, 72, 73, 74]
+
+
+def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> None:
+    expected = _by_name(_post(deployed.server, READ).json())
+    results: list[tuple[float, float, int, bool]] = []
+    stop = threading.Event()
+
+    def read_loop() -> None:
+        session = requests.Session()
+        deadline = time.monotonic() + 40
+        while not stop.is_set() and len(results) < 20_000 and time.monotonic() < deadline:
+            sent = time.monotonic()
+            try:
+                response = session.post(
+                    f"{deployed.server.url}/get-online-features", json=READ, timeout=5
+                )
+                status = response.status_code
+                equal = status == 200 and _by_name(response.json()) == expected
+            except requests.RequestException:
+                status, equal = 0, False
+            results.append((sent, time.monotonic(), status, equal))
+
+    loop = threading.Thread(target=read_loop)
+    loop.start()
+    try:
+        time.sleep(1)
+        killed = time.monotonic()
+        deployed.topology.fail_over()
+        promoted = time.monotonic()
+        time.sleep(4)  # the loop keeps reading after the promotion
+    finally:
+        stop.set()
+        loop.join()
+
+    failures = [r for r in results if not r[3]]
+    before = [r for r in results if r[1] < killed]
+    assert before and all(r[3] for r in before), "every read before the failover is served"
+    assert all(r[2] == 503 for r in failures), f"failures are 503s: {failures[:5]}"
+    # Errors end within 2 s of the promotion; every read sent after the last is served.
+    last_failure = max((r[1] for r in failures), default=killed)
+    assert last_failure < promoted + 2, f"errors {last_failure - promoted:.1f}s after promotion"
+    after = [r for r in results if r[0] > last_failure]
+    assert len(after) > 20 and all(r[3] for r in after)
+
+    figures = {
+        "topology": deployed.topology.kind,
+        "requests": len(results),
+        "errors": len(failures),
+        "promotion_s": round(promoted - killed, 2),
+        "error_window_s": round(last_failure - min(r[0] for r in failures), 2) if failures else 0,
+        "recovered_after_kill_s": round(min(r[1] for r in after) - killed, 2),
+        "served_after_recovery": len(after),
+    }
+    print(json.dumps(figures))
+    path = tmp_path_factory.getbasetemp() / f"failover_{deployed.topology.kind}.json"
+    path.write_text(json.dumps(figures))
