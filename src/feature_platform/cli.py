@@ -32,6 +32,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"not a port: {value}")
+    return value
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     feast_commands.prepare(args.env)
     say(f"{args.env}: {environments.feature_store_yaml(args.env).name} has every variable it needs")
@@ -72,6 +79,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The workers read the environment's settings from this process's environment.
     os.environ.update(feast_commands.prepare(args.env))
     serve(ServerSettings.from_env())
+    return 0
+
+
+def cmd_serve_registry(args: argparse.Namespace) -> int:
+    from feature_platform.servers import registry
+
+    store = feast_commands.open_store(args.env)
+    rest_port = None if args.no_rest else args.rest_port
+    registry.serve(store, args.host, args.port, rest_port, say)
+    return 0
+
+
+def cmd_serve_offline(args: argparse.Namespace) -> int:
+    from feature_platform.servers import offline
+
+    offline.serve(feast_commands.open_store(args.env), args.host, args.port, say)
+    return 0
+
+
+def cmd_client_config(args: argparse.Namespace) -> int:
+    from feature_platform import client_config
+
+    print(client_config.cli(args.env, args), end="")
     return 0
 
 
@@ -169,6 +199,37 @@ def parser() -> argparse.ArgumentParser:
     mat.add_argument("--end", type=_timestamp, default=None)
 
     sub("serve", "run the feature server in the foreground (FEATURE_SERVER_* settings)", cmd_serve)
+
+    reg = sub(
+        "serve-registry",
+        "run Feast's registry server (gRPC, and REST under /api/v1), read-only, in the foreground",
+        cmd_serve_registry,
+    )
+    reg.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    reg.add_argument("--port", type=_port, default=6570, help="gRPC port (default 6570)")
+    reg.add_argument("--rest-port", type=_port, default=6572, help="REST port (default 6572)")
+    reg.add_argument("--no-rest", action="store_true", help="serve gRPC only")
+    off = sub(
+        "serve-offline",
+        "run Feast's offline server (Arrow Flight), read-only, in the foreground",
+        cmd_serve_offline,
+    )
+    off.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    off.add_argument("--port", type=_port, default=8815, help="Flight port (default 8815)")
+    cfg = sub(
+        "client-config",
+        "print a feature_store.yaml for a client without database or Redis credentials",
+        cmd_client_config,
+    )
+    cfg.add_argument("--registry", default=None, help="registry server host:port (gRPC)")
+    cfg.add_argument("--offline", default=None, help="offline server host:port (Arrow Flight)")
+    cfg.add_argument("--online", default=None, help="feature server URL (http://host:port)")
+    cfg.add_argument(
+        "--write-token-env",
+        default=None,
+        metavar="VAR",
+        help="send the bearer token in this environment variable (writes to the feature server)",
+    )
 
     demo = sub("demo", "generate, apply, materialize, serve, fetch, train, check skew", cmd_demo)
     size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))

@@ -1,0 +1,113 @@
+"""The feature_store.yaml of a thin client: Feast's SDK without database or Redis credentials.
+
+Everything goes through the platform's servers: the registry server (gRPC), the offline
+server (Arrow Flight) and the feature server (HTTP). The chart renders the same file as
+the ConfigMap `<release>-client` (templates/configmap-client.yaml); the chart tests check
+that both agree for the same addresses.
+
+Tokens. With `auth: no_auth` Feast's clients send no Authorization header at all. The
+feature server's writes need its bearer token, so a writing client names an environment
+variable holding it: the file then says `type: oidc` with `token_env_var`, Feast's
+client-side mechanism that sends `Authorization: Bearer $VAR` on every call (HTTP, gRPC
+and Flight) without any identity provider. The registry and offline servers run
+`no_auth` and ignore the header; the feature server checks it on writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import yaml
+
+from feature_platform import environments
+from feature_platform.config_guard import ConfigError
+
+DEFAULT_REGISTRY = "localhost:6570"
+DEFAULT_OFFLINE = "localhost:8815"
+DEFAULT_ONLINE = "http://localhost:6566"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    project: str
+    registry: str  # host:port of the registry server's gRPC
+    offline_host: str
+    offline_port: int
+    online: str  # the feature server's URL
+    write_token_env: str | None = None
+    entity_key_serialization_version: int = 3
+
+    def as_dict(self) -> dict[str, object]:
+        auth: dict[str, str] = {"type": "no_auth"}
+        if self.write_token_env:
+            auth = {"type": "oidc", "token_env_var": self.write_token_env}
+        return {
+            "project": self.project,
+            "provider": "local",
+            "registry": {"registry_type": "remote", "path": self.registry},
+            "offline_store": {
+                "type": "remote",
+                "host": self.offline_host,
+                "port": self.offline_port,
+            },
+            "online_store": {"type": "remote", "path": self.online},
+            "auth": auth,
+            "entity_key_serialization_version": self.entity_key_serialization_version,
+        }
+
+    def render(self) -> str:
+        header = (
+            f"# A Feast client of project {self.project}: every call goes through the\n"
+            "# platform's servers; this file holds no database or Redis credentials.\n"
+        )
+        return header + yaml.safe_dump(self.as_dict(), sort_keys=False)
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be host:port, got {text!r}")
+    return host, int(port)
+
+
+def _url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"the feature server must be an http(s) URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def for_environment(
+    env: str,
+    registry: str | None = None,
+    offline: str | None = None,
+    online: str | None = None,
+    write_token_env: str | None = None,
+) -> ClientConfig:
+    """The client file for `env`'s project, at the given addresses (default: localhost)."""
+    server_file = yaml.safe_load(environments.feature_store_yaml(env).read_text())
+    registry = registry or DEFAULT_REGISTRY
+    _host_port(registry, "the registry server")
+    offline_host, offline_port = _host_port(offline or DEFAULT_OFFLINE, "the offline server")
+    if write_token_env is not None and not write_token_env.isidentifier():
+        raise ConfigError(f"not an environment variable name: {write_token_env!r}")
+    return ClientConfig(
+        project=server_file["project"],
+        registry=registry,
+        offline_host=offline_host,
+        offline_port=offline_port,
+        online=_url(online or DEFAULT_ONLINE),
+        write_token_env=write_token_env,
+        entity_key_serialization_version=int(
+            server_file.get("entity_key_serialization_version", 3)
+        ),
+    )
+
+
+def cli(env: str, args: argparse.Namespace) -> str:
+    environments.settings(env)  # an unknown environment is a clear error
+    return for_environment(
+        env, args.registry, args.offline, args.online, args.write_token_env
+    ).render()

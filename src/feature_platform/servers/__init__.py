@@ -1,0 +1,1 @@
+"""Feast's own registry and offline servers, run read-only for clients without credentials."""

@@ -1,0 +1,245 @@
+"""The registry server: Feast's gRPC registry service, and its REST API, read-only.
+
+Definitions change only through the rollout (`feature-platform apply`), so every call
+that would change the registry is refused here, whatever the `auth` mode: gRPC with
+PERMISSION_DENIED, REST with 403 and a JSON body. The refusal runs before Feast's own
+interceptors and routes, so no permission or identity can let a write through.
+
+Feast's `serve_registry --rest-api` cannot start with the FastAPI this project locks:
+its `RestRegistryServer` passes `default_status_code` and `default_headers` to
+`FastAPI()`, keywords FastAPI never had, which older releases swallowed into `**extra`
+and 0.165 refuses. Its app is therefore built here from Feast's own pieces (routes,
+error handlers, auth), without those keywords and without Feast's visit-logging
+middleware, which writes every visited object to the registry's project metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, MutableMapping
+from concurrent import futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 6570
+DEFAULT_REST_PORT = 6572
+SERVICE = RegistryServer_pb2.DESCRIPTOR.services_by_name["RegistryServer"]
+# Reads, and Refresh (it reloads the server's cached copy; it changes no definition).
+READ_METHODS = frozenset(
+    m.name for m in SERVICE.methods if m.name.startswith(("Get", "List")) or m.name == "Proto"
+) | {"Refresh"}
+REFUSED_DETAIL = "the registry is read-only here: definitions change through the rollout"
+REST_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What Feast meant to set with its `default_headers`.
+REST_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def _refuse(request: bytes, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.PERMISSION_DENIED, REFUSED_DETAIL)
+
+
+class ReadOnlyInterceptor(grpc.ServerInterceptor):
+    """Refuses every RegistryServer method that is not a read, before anything else runs."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        service, _, method = details.method.rpartition("/")
+        if service == f"/{SERVICE.full_name}" and method not in READ_METHODS:
+            logger.warning("refused registry call %s", method)
+            return grpc.unary_unary_rpc_method_handler(_refuse)
+        return continuation(details)
+
+
+@dataclass
+class GrpcRegistry:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+    def serving(self) -> None:
+        for name in ("", SERVICE.full_name):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float) -> None:
+        # Health first, so probes and clients see the server going before it goes.
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+
+
+def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) -> GrpcRegistry:
+    """Feast's registry servicer behind the read-only interceptor, then Feast's own
+    (auth, error mapping); the gRPC health service; reflection."""
+    from feast.permissions.server.utils import (
+        ServerType,
+        init_auth_manager,
+        init_security_manager,
+        str_to_auth_manager_type,
+    )
+    from feast.registry_server import RegistryServer, _grpc_interceptors
+
+    auth_type = str_to_auth_manager_type(store.config.auth_config.type)
+    init_security_manager(auth_type=auth_type, fs=store)
+    init_auth_manager(
+        auth_type=auth_type, server_type=ServerType.GRPC, auth_config=store.config.auth_config
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=[ReadOnlyInterceptor(), *(_grpc_interceptors(auth_type) or [])],
+    )
+    RegistryServer_pb2_grpc.add_RegistryServerServicer_to_server(
+        RegistryServer(store.registry, store=store), server
+    )
+    checker = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    reflection.enable_server_reflection(
+        (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    # NOT_SERVING until the caller has every listener up (see GrpcRegistry.serving).
+    checker.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    return GrpcRegistry(server, checker, bound)
+
+
+class ReadOnlyMiddleware:
+    """403 JSON for any method but GET, HEAD and OPTIONS; security headers on every answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in REST_READ_METHODS:
+            body = json.dumps({"error": "read_only", "detail": REFUSED_DETAIL}).encode()
+            headers = [(b"content-type", b"application/json"), *REST_HEADERS]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *REST_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def rest_app(store: FeatureStore) -> ASGIApp:
+    """Feast's REST registry API (under /api/v1), read-only."""
+    from fastapi import Depends, FastAPI
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from feast.api.registry.rest.rest_registry_server import RestRegistryServer
+    from feast.permissions.server.rest import inject_user_details
+    from feast.registry_server import RegistryServer
+
+    # Feast's class supplies the routes, handlers and auth set-up; its __init__ is the
+    # part that fails (see the module docstring), so the instance is assembled here.
+    rest = RestRegistryServer.__new__(RestRegistryServer)
+    rest.store = store
+    rest.registry = store.registry
+    rest.grpc_handler = RegistryServer(store.registry, store=store)
+    # read by Feast's metrics routes; no visit is recorded here
+    rest.recent_visits_limit = 100
+    rest.log_patterns = []
+    rest.app = FastAPI(
+        title="Feast REST Registry Server (read-only)",
+        dependencies=[Depends(inject_user_details)],
+        version="1.0.0",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    rest._add_exception_handlers()
+    rest._add_openapi_security()
+    rest._init_auth()
+    rest._register_routes()
+    # Under /api/v1, where Feast's UI and clients look (Feast's `root_path` is deprecated).
+    return ReadOnlyMiddleware(Starlette(routes=[Mount("/api/v1", app=rest.app)]))
+
+
+class RestRegistry:
+    """uvicorn serving `rest_app` in a thread of this process."""
+
+    def __init__(self, store: FeatureStore, host: str, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            rest_app(store), host=host, port=port, log_config=None, access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        # uvicorn installs no signal handlers outside the main thread: the caller stops it.
+        self.thread = threading.Thread(target=self.server.run, name="rest-registry", daemon=True)
+
+    def start(self, timeout_s: float = 30) -> None:
+        self.thread.start()
+        waited = 0.0
+        while not self.server.started:
+            if not self.thread.is_alive() or waited > timeout_s:
+                raise OSError("the REST registry server did not start (see the log above)")
+            self.thread.join(0.05)
+            waited += 0.05
+
+    def stop(self, timeout_s: float) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
+def serve(
+    store: FeatureStore,
+    host: str,
+    port: int,
+    rest_port: int | None,
+    say: Callable[[str], None],
+    grace_s: float = 10,
+) -> None:
+    """Serve until SIGTERM/SIGINT: gRPC on `port`, REST on `rest_port` when given."""
+    from feature_platform.servers.lifecycle import run_until_signalled
+
+    registry = grpc_server(store, host, port)
+    rest = None
+    if rest_port is not None:
+        rest = RestRegistry(store, host, rest_port)
+        try:
+            rest.start()
+        except OSError:
+            registry.stop(0)
+            raise
+    registry.serving()
+    say(
+        f"registry server (read-only) for project {store.project}: gRPC on {host}:{port}"
+        + (f", REST on {host}:{rest_port}/api/v1" if rest else "")
+    )
+
+    def stop() -> None:
+        if rest is not None:
+            rest.stop(grace_s)
+        registry.stop(grace_s)
+        say("registry server stopped")
+
+    run_until_signalled(stop, say)
