@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pandas as pd
 from compare import feature_types, offline_rows, online_rows
-from conftest import MAT_END, SIZES
+from conftest import SIZES
 from stacks import Stack
 
 from feature_platform.comparison import mismatches
@@ -34,16 +36,31 @@ def _online(server: FeatureServer, requests: pd.DataFrame) -> dict:
     return server.online_features(entities, feature_service=FEATURE_SERVICE)
 
 
-def _offline(stack: Stack, requests: pd.DataFrame) -> pd.DataFrame:
-    labels = requests.assign(event_timestamp=pd.Timestamp(MAT_END))
+def _offline(stack: Stack, requests: pd.DataFrame, at: datetime) -> pd.DataFrame:
+    labels = requests.assign(event_timestamp=pd.Timestamp(at))
     return stack.training_set(labels)
+
+
+def _read_and_train(
+    stack: Stack, server: FeatureServer, requests: pd.DataFrame, types: dict
+) -> tuple[list, list]:
+    """The served rows and the training rows at the instant of the read. Online values
+    expire by ttl at the read time, so training is asked for at the read's start and its
+    end; if a value expired in between, the read is repeated."""
+    for _ in range(3):
+        started = datetime.now(UTC)
+        served = online_rows(_online(server, requests), types)
+        finished = datetime.now(UTC)
+        trained = offline_rows(_offline(stack, requests, started), types)
+        if trained == offline_rows(_offline(stack, requests, finished), types):
+            return served, trained
+    raise AssertionError("values kept expiring during every read")
 
 
 def test_server_vectors_equal_training_rows(deployed: Stack, server: FeatureServer) -> None:
     requests = _requests()
     types = feature_types(deployed.store())
-    served = online_rows(_online(server, requests), types)
-    trained = offline_rows(_offline(deployed, requests), types)
+    served, trained = _read_and_train(deployed, server, requests, types)
 
     assert len(served) == len(trained) == len(requests)
     found = mismatches(served, trained, types)
