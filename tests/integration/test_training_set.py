@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import patch
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from stacks import Stack
 
-from feature_platform import cli
+from feature_platform import cli, offline_tables
 from feature_platform.training import command
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")
@@ -247,3 +248,28 @@ def test_labels_from_sql_and_csv(
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("training-set: --labels-sql failed")
     assert "password" not in err and "host=" not in err
+
+
+def test_offline_tables_keep_every_value_through_copy(dev: Stack) -> None:
+    """The generator's COPY keeps NULL apart from "" and "NA", NaN as NULL, times to the
+    microsecond in UTC, across chunks."""
+    frame = pd.DataFrame(
+        {
+            "customer_id": [1, 2, 3, 4],
+            "event_timestamp": pd.to_datetime(
+                ["2026-01-10 00:00:00.000001", "2026-06-30 23:59:59.999999"] * 2, utc=True
+            ),
+            "home_country": ["", "NA", None, 'say "hi", then\nleave'],
+            "avg_rating": [1.5, float("nan"), -0.1, 1e-300],
+            "is_new": [True, False, True, False],
+        }
+    )
+    settings = dev.settings()
+    with patch.object(offline_tables, "COPY_CHUNK_ROWS", 3):
+        offline_tables.write(settings, {"round_trip": frame})
+    back = offline_tables.read(settings, "round_trip").sort_values("customer_id")
+    assert back["home_country"].tolist() == ["", "NA", None, 'say "hi", then\nleave']
+    assert back["avg_rating"].isna().tolist() == [False, True, False, False]
+    assert back["avg_rating"].dropna().tolist() == [1.5, -0.1, 1e-300]
+    assert back["is_new"].tolist() == [True, False, True, False]
+    assert list(back["event_timestamp"]) == list(frame["event_timestamp"])
