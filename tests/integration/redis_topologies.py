@@ -2,8 +2,8 @@
 
 Each runs `redis-server` processes in a temp dir, with an ACL user (the default user off)
 so the username and password travel the way production's do, and stops them on `stop()`.
-`fail_over()` kills the primary the tests' keys live on and returns once its replica has
-taken over.
+`fail_over()` hands the primary's role over (or kills the primary) and returns once its
+replica has taken over.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Topology:
     password: str
     addresses: list[int] = field(default_factory=list)
     """Ports the connection string lists: cluster seed nodes, or the sentinels."""
+    data_ports: list[int] = field(default_factory=list)
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def overrides(self) -> dict[str, str]:
@@ -95,20 +96,43 @@ class Topology:
     def sentinel(self) -> redis.Sentinel:
         return redis.Sentinel([("127.0.0.1", p) for p in self.addresses], socket_timeout=1)
 
-    def fail_over(self, timeout_s: float = 30) -> tuple[int, int]:
-        """Kill the primary once its replica holds every write; (old, new) primary port."""
+    def settled(self) -> bool:
+        """Ready to fail over: every replica in sync, every sentinel knows the others."""
+        if self.kind == CLUSTER:
+            return _cluster_ready(self)
+        primary = self.primary_port()
+        replicas = [p for p in self.data_ports if p != primary and p in self.processes]
+        return all(_replica_linked(self.node(p)) for p in replicas) and all(
+            len(redis.Redis(port=p).execute_command("SENTINEL", "SENTINELS", MASTER)) == 2
+            and len(redis.Redis(port=p).execute_command("SENTINEL", "REPLICAS", MASTER)) >= 1
+            for p in self.addresses
+        )
+
+    def fail_over(self, graceful: bool = False, timeout_s: float = 30) -> tuple[int, int]:
+        """Hand the primary's role to its replica (`CLUSTER FAILOVER` on the replica, or
+        `SENTINEL FAILOVER`), or kill the primary once its replica holds every write; then
+        wait for the promotion. (old, new) primary port."""
+        _until(self.settled, "the topology to settle")
         old = self.primary_port()
         self.node(old).execute_command("WAIT", 1, 5000)
-        self.processes.pop(old).kill()
+        if not graceful:
+            self.processes.pop(old).kill()
+        elif self.kind == CLUSTER:
+            primary_id = self._cluster_nodes()[f"127.0.0.1:{old}"]["node_id"]
+            replica = next(
+                int(address.split(":")[1])
+                for address, node in self._cluster_nodes().items()
+                if node["master_id"] == primary_id
+            )
+            self.node(replica).execute_command("CLUSTER FAILOVER")
+        else:
+            redis.Redis(port=self.addresses[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
         if self.kind == CLUSTER:
             seed = next(p for p in self.processes if p in self.addresses)
-            _until(
-                lambda: self.primary_port() != old and self.cluster_ok(seed),
-                "the cluster to promote a replica",
-                timeout_s,
-            )
+            promoted = lambda: self.primary_port() != old and self.cluster_ok(seed)  # noqa: E731
         else:
-            _until(lambda: self.primary_port() != old, "the sentinels to promote", timeout_s)
+            promoted = lambda: self.primary_port() != old  # noqa: E731
+        _until(promoted, "the promotion of a replica", timeout_s)
         return old, self.primary_port()
 
     def stop(self) -> None:
@@ -157,8 +181,8 @@ def cluster(directory: Path) -> Iterator[Topology]:
                   "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                   "--cluster-replicas", "1", "--cluster-yes"]  # fmt: skip
         subprocess.run(create, check=True, capture_output=True, timeout=60)
-        topology.addresses = ports[:2]
-        _until(lambda: _cluster_ready(topology), "the cluster to form")
+        topology.addresses, topology.data_ports = ports[:2], ports
+        _until(lambda: all(topology.cluster_ok(port) for port in ports), "the cluster to form")
         yield topology
     finally:
         topology.stop()
@@ -177,7 +201,7 @@ def _cluster_ready(topology: Topology) -> bool:
 
 def _replica_linked(node: redis.Redis) -> bool:
     info = cast(dict[str, Any], node.info("replication"))
-    return bool(info["master_link_status"] == "up")
+    return bool(info.get("master_link_status") == "up")
 
 
 def _starts(slots: list[list[str]]) -> list[list[str]]:
@@ -192,10 +216,6 @@ def sentinel(directory: Path) -> Iterator[Topology]:
     try:
         topology.start_server(primary)
         topology.start_server(replica, "--replicaof", "127.0.0.1", str(primary))
-        _until(
-            lambda: _replica_linked(topology.node(replica)),
-            "the replica to sync",
-        )
         for port in sentinels:
             conf = directory / f"sentinel-{port}.conf"
             conf.write_text(
@@ -204,21 +224,16 @@ def sentinel(directory: Path) -> Iterator[Topology]:
                 f"sentinel auth-user {MASTER} {USER}\n"
                 f"sentinel auth-pass {MASTER} {topology.password}\n"
                 f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                f"sentinel failover-timeout {MASTER} 10000\n"
+                f"sentinel failover-timeout {MASTER} 2000\n"
             )
             log = (directory / f"sentinel-{port}.log").open("wb")
             topology.processes[port] = subprocess.Popen(
                 ["redis-server", str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
             )
-        topology.addresses = sentinels
-        _until(
-            lambda: all(
-                len(redis.Redis(port=p).execute_command("SENTINEL", "SENTINELS", MASTER)) == 2
-                and len(redis.Redis(port=p).execute_command("SENTINEL", "REPLICAS", MASTER)) == 1
-                for p in sentinels
-            ),
-            "the sentinels to find each other and the replica",
-        )
+        topology.addresses, topology.data_ports = sentinels, [primary, replica]
+        # Failing over waits for the sentinels to find each other (settled()); the
+        # stack deploys meanwhile.
+        _until(topology.primary_port, "a sentinel to name the primary")
         yield topology
     finally:
         topology.stop()

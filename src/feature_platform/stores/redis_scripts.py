@@ -3,8 +3,8 @@
 redis-py's cluster pipelines refuse EVALSHA, so on a Redis Cluster the calls go as one
 pipeline per node, each call to the node of its keys (a call's keys share one slot). The
 script is loaded first, on every primary of a cluster, so a restarted or newly promoted
-server has it. A slot that moves mid-batch fails the batch (MOVED); rerunning it is safe,
-as every write here compares before it writes.
+server has it. A call whose slot moved (MOVED, ASK) or whose node went away is sent again,
+with the script's text, through the cluster client, which follows the redirect.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import AskError, MovedError
 
 Call = tuple[Sequence[bytes], Sequence[Any]]
 
@@ -34,12 +35,25 @@ def evalsha_all(client: Any, script: str, calls: Sequence[Call]) -> list[Any]:
     replies: list[Any] = [None] * len(calls)
     for name, indexes in by_node.items():
         node = client.get_redis_connection(client.get_node(node_name=name))
-        with node.pipeline(transaction=False) as pipe:
-            for index in indexes:
+        try:
+            with node.pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    keys, args = calls[index]
+                    pipe.evalsha(sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+                node_replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            node_replies = [None] * len(indexes)  # the node is gone: each call is retried
+        for index, reply in zip(indexes, node_replies, strict=True):
+            if reply is None or isinstance(reply, (redis.ConnectionError, MovedError, AskError)):
+                # The slot moved (a failover, a resharding) or its node went away: the
+                # cluster client routes the call, follows the redirect and learns the
+                # new slot map; EVAL, as the new node may not have the script yet. Safe
+                # to repeat: the script compares before it writes.
                 keys, args = calls[index]
-                pipe.evalsha(sha, len(keys), *keys, *args)  # type: ignore[arg-type]
-            for index, reply in zip(indexes, pipe.execute(), strict=True):
-                replies[index] = reply
+                reply = client.eval(script, len(keys), *keys, *args)  # type: ignore[arg-type]
+            elif isinstance(reply, Exception):
+                raise reply
+            replies[index] = reply
     return replies
 
 
