@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 import requests
@@ -90,6 +91,14 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
                 "db": int(s["REDIS_DB"]),
             },
             "server": {"port": port, "workers": 1},
+            # The servers for clients without credentials, on ports of their own.
+            "registryServer": {
+                "enabled": True,
+                "replicas": 1,
+                "port": free_port(),
+                "restPort": free_port(),
+            },
+            "offlineServer": {"enabled": True, "replicas": 1, "port": free_port()},
         }
         values_file = SCENARIOS["ci/external-values"]
         objects = render(values_file, overrides)
@@ -119,14 +128,14 @@ def initialized(rendered: Rendered) -> subprocess.CompletedProcess[str]:
         for name in (s["REGISTRY_DB"], s["OFFLINE_DB"]):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
     assert not {s["REGISTRY_DB"], s["OFFLINE_DB"]} & _databases(s)
-    return run(rendered.command("Deployment", "init-db"))
+    return run(rendered.command("Deployment", "init-db", "-server"))
 
 
 @pytest.fixture(scope="module")
 def applied(rendered: Rendered, initialized: subprocess.CompletedProcess[str]) -> None:
     """Sample data and `feast apply`, as CI (and the kind tier) run them: a Job built from
     the server pod with other args."""
-    deployment = one(rendered.objects, "Deployment")
+    deployment = one(rendered.objects, "Deployment", "-server")
     for name, args in ci_load_steps("dev", SIZES):
         job = platform_job(deployment, name, args)
         done = run(rendered.command_of(job["spec"]["template"], name))
@@ -145,7 +154,7 @@ def test_init_container_creates_the_databases(
     s = rendered.settings
     assert {s["REGISTRY_DB"], s["OFFLINE_DB"]} <= _databases(s)
     # Idempotent: a second pod's init container finds them and succeeds.
-    assert run(rendered.command("Deployment", "init-db")).returncode == 0
+    assert run(rendered.command("Deployment", "init-db", "-server")).returncode == 0
 
 
 def test_cronjob_command_materializes_into_redis(
@@ -161,7 +170,7 @@ def test_server_command_serves_ready_and_live(
     rendered: Rendered, materialized: subprocess.CompletedProcess[str]
 ) -> None:
     assert materialized.returncode == 0
-    command = rendered.command("Deployment", "server")
+    command = rendered.command("Deployment", "server", "-server")
     log = rendered.root / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -229,3 +238,53 @@ def _wait_for(process: subprocess.Popen[bytes], url: str, log: Path) -> dict[str
             break
         time.sleep(0.5)
     return statuses
+
+
+@pytest.mark.parametrize("part", ["registry", "offline"])
+def test_client_server_commands_answer_their_probes(
+    rendered: Rendered, applied: None, part: str
+) -> None:
+    """The registry and offline servers' containers as processes: their probes' ports
+    answer (the gRPC health service; a Flight call), and SIGTERM ends them cleanly."""
+    from feature_platform.servers.local import flight_answers, grpc_health
+
+    deployment = one(rendered.objects, "Deployment", f"-{part}")
+    (container,) = pod_template(deployment)["spec"]["containers"]
+    probe = container["readinessProbe"]
+    port = (probe.get("grpc") or probe["tcpSocket"])["port"]
+    command = rendered.command("Deployment", part, f"-{part}")
+    log = rendered.root / f"{part}.log"
+    address = f"127.0.0.1:{port}"
+    with log.open("wb") as out:
+        # Loopback here; the pod listens on every address.
+        process = subprocess.Popen(
+            [*command.argv, "--host", "127.0.0.1"],
+            env=command.env,
+            cwd=command.cwd,
+            stdout=out,
+            stderr=out,
+        )
+        try:
+            answered = False
+            deadline = time.monotonic() + 120
+            while not answered and time.monotonic() < deadline:
+                assert process.poll() is None, f"{part} exited: {log.read_text()[-3000:]}"
+                try:
+                    answered = (
+                        grpc_health(address) == "SERVING"
+                        if "grpc" in probe
+                        else flight_answers(address)
+                    )
+                except grpc.RpcError:
+                    answered = False
+                if not answered:
+                    time.sleep(0.5)
+            assert answered, log.read_text()[-3000:]
+            if part == "registry":
+                rest = container["args"][container["args"].index("--rest-port") + 1]
+                listed = requests.get(f"http://127.0.0.1:{rest}/api/v1/projects", timeout=10).json()
+                assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+    assert code == 0, log.read_text()[-3000:]

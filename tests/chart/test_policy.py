@@ -152,19 +152,24 @@ def test_every_integer_setting_is_an_integer(objects: list[dict[str, Any]]) -> N
 
 
 def test_disruption_budget(scenario: str, objects: list[dict[str, Any]]) -> None:
-    deployment = one(objects, "Deployment", "-server")
     pdbs = find(objects, "PodDisruptionBudget")
     hpa = find(objects, "HorizontalPodAutoscaler")
-    replicas = hpa[0]["spec"]["minReplicas"] if hpa else deployment["spec"]["replicas"]
-    if replicas > 1:
-        assert len(pdbs) == 1, "more than one server pod and no disruption budget"
-    for pdb in pdbs:
-        assert _selector(pdb) == _selector(deployment)
-        # A budget that allows no eviction blocks node drains for ever.
-        if "maxUnavailable" in pdb["spec"]:
-            assert pdb["spec"]["maxUnavailable"] not in (0, "0%")
-        else:
-            assert pdb["spec"]["minAvailable"] < replicas
+    budgeted = []
+    # Every Deployment: the feature server's, and the registry and offline servers'.
+    for deployment in find(objects, "Deployment"):
+        scaled = hpa and hpa[0]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        replicas = hpa[0]["spec"]["minReplicas"] if scaled else deployment["spec"]["replicas"]
+        budgets = [p for p in pdbs if _selector(p) == _selector(deployment)]
+        budgeted += budgets
+        if replicas > 1:
+            assert len(budgets) == 1, f"{deployment['metadata']['name']}: no disruption budget"
+        for pdb in budgets:
+            # A budget that allows no eviction blocks node drains for ever.
+            if "maxUnavailable" in pdb["spec"]:
+                assert pdb["spec"]["maxUnavailable"] not in (0, "0%")
+            else:
+                assert pdb["spec"]["minAvailable"] < replicas
+    assert len(budgeted) == len(pdbs), "a budget selecting no Deployment"
 
 
 def test_prod_has_autoscaling_budget_and_spread() -> None:
@@ -282,7 +287,10 @@ def test_no_secret_in_any_configmap(objects: list[dict[str, Any]]) -> None:
                 # Any password-like setting in a mounted file is a ${VAR} reference.
                 for line in value.splitlines():
                     m = re.match(r"\s*(\w*password\w*|\w*token\w*):\s*(.*)", line, re.I)
-                    if m:
+                    if m and m.group(1) == "token_env_var":
+                        # The client file names the variable that holds the token.
+                        assert re.fullmatch(r"[A-Za-z_]\w*", m.group(2)), line
+                    elif m:
                         assert re.fullmatch(r'"?\$\{\w+\}"?', m.group(2)), line
 
 
@@ -386,7 +394,13 @@ def test_store_access_is_limited_to_store_clients(scenario: str, objects: list[d
     jobs = {
         o["metadata"]["labels"]["app.kubernetes.io/component"] for o in find(objects, "CronJob")
     }
-    assert clients == {"server"} | jobs
+    # The registry and offline servers read the registry and offline databases.
+    servers = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]
+        for o in find(objects, "Deployment")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] in ("registry", "offline")
+    }
+    assert clients == {"server"} | jobs | servers
     for store in ("redis", "postgres"):
         sts = find(objects, "StatefulSet", f"-{store}")
         if not sts:

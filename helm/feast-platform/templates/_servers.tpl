@@ -1,0 +1,179 @@
+{{/*
+The Deployment of a server clients without credentials call (registry, offline): one pod
+shape for both, from the same named templates as the feature server's. Arguments: ctx
+(the root), part, values (registryServer or offlineServer), args, ports (name -> port)
+probe (the probe handler without its port: {"grpc": {}} or {"tcpSocket": {}}) and
+probePort.
+*/}}
+{{- define "feast-platform.clientServerDeployment" -}}
+{{- $ctx := .ctx }}
+{{- $values := .values }}
+{{- $probePort := .probePort }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "feast-platform.fullname" $ctx }}-{{ .part }}
+  namespace: {{ $ctx.Release.Namespace }}
+  labels:
+    {{- include "feast-platform.labels" (dict "ctx" $ctx "part" .part) | nindent 4 }}
+spec:
+  replicas: {{ $values.replicas }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "feast-platform.selectorLabels" (dict "ctx" $ctx "part" .part) | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        {{- include "feast-platform.labels" (dict "ctx" $ctx "part" .part) | nindent 8 }}
+        {{- include "feast-platform.storeClientLabel" $ctx | nindent 8 }}
+      annotations:
+        {{- include "feast-platform.configChecksum" $ctx | nindent 8 }}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      securityContext:
+        {{- include "feast-platform.podSecurityContext" $ctx | nindent 8 }}
+      {{- with $ctx.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      # SIGTERM stops the server (health NOT_SERVING first, in-flight calls get the grace).
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: {{ .part }}
+          image: {{ include "feast-platform.image" $ctx }}
+          imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+          command: ["feature-platform"]
+          args:
+            {{- toYaml .args | nindent 12 }}
+          ports:
+            {{- range $name, $port := .ports }}
+            - name: {{ $name }}
+              containerPort: {{ $port }}
+              protocol: TCP
+            {{- end }}
+          envFrom:
+            {{- include "feast-platform.platformEnvFrom" $ctx | nindent 12 }}
+          env:
+            {{- include "feast-platform.secretEnv" $ctx | nindent 12 }}
+          startupProbe:
+            {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
+            periodSeconds: 2
+            failureThreshold: 60
+          readinessProbe:
+            {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
+            periodSeconds: 5
+            failureThreshold: 2
+          livenessProbe:
+            {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
+            periodSeconds: 10
+            failureThreshold: 3
+          volumeMounts:
+            {{- include "feast-platform.platformVolumeMounts" $ctx | nindent 12 }}
+          securityContext:
+            {{- include "feast-platform.containerSecurityContext" $ctx | nindent 12 }}
+          resources:
+            {{- toYaml $values.resources | nindent 12 }}
+      volumes:
+        {{- include "feast-platform.platformVolumes" $ctx | nindent 8 }}
+{{- end }}
+
+{{- define "feast-platform.clientServerProbe" -}}
+{{- range $kind, $handler := .probe }}
+{{ $kind }}:
+  port: {{ $.port }}
+{{- end }}
+timeoutSeconds: 3
+{{- end }}
+
+{{/* Its Service: every port of the pod, by name. */}}
+{{- define "feast-platform.clientServerService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "feast-platform.fullname" .ctx }}-{{ .part }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "feast-platform.labels" (dict "ctx" .ctx "part" .part) | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "feast-platform.selectorLabels" (dict "ctx" .ctx "part" .part) | nindent 4 }}
+  ports:
+    {{- range $name, $port := .ports }}
+    - name: {{ $name }}
+      port: {{ $port }}
+      targetPort: {{ $name }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+
+{{/* Its NetworkPolicy: in on its ports from ingressFrom (empty: anyone), out to the stores. */}}
+{{- define "feast-platform.clientServerNetworkPolicy" -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "feast-platform.fullname" .ctx }}-{{ .part }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "feast-platform.labels" (dict "ctx" .ctx "part" .part) | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "feast-platform.selectorLabels" (dict "ctx" .ctx "part" .part) | nindent 6 }}
+  policyTypes: ["Ingress", "Egress"]
+  ingress:
+    - ports:
+        {{- range $name, $port := .ports }}
+        - port: {{ $name }}
+          protocol: TCP
+        {{- end }}
+      {{- with .values.ingressFrom }}
+      from:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+  egress:
+    {{- include "feast-platform.storeEgress" .ctx | nindent 4 }}
+{{- end }}
+
+{{/* Its PodDisruptionBudget. */}}
+{{- define "feast-platform.clientServerPdb" -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "feast-platform.fullname" .ctx }}-{{ .part }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "feast-platform.labels" (dict "ctx" .ctx "part" .part) | nindent 4 }}
+spec:
+  maxUnavailable: {{ .ctx.Values.podDisruptionBudget.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "feast-platform.selectorLabels" (dict "ctx" .ctx "part" .part) | nindent 6 }}
+{{- end }}
+
+{{/* The arguments of each server's templates. */}}
+{{- define "feast-platform.registryServerArgs" -}}
+{{- $v := .Values.registryServer }}
+{{- $ports := dict "grpc" ($v.port | int) }}
+{{- $args := list "serve-registry" .Values.environment "--port" ($v.port | toString) }}
+{{- if $v.restPort }}
+{{- $_ := set $ports "http" ($v.restPort | int) }}
+{{- $args = concat $args (list "--rest-port" ($v.restPort | toString)) }}
+{{- else }}
+{{- $args = append $args "--no-rest" }}
+{{- end }}
+{{- toJson (dict "part" "registry" "values" $v "args" $args "ports" $ports "probe" (dict "grpc" (dict)) "probePort" ($v.port | int)) }}
+{{- end }}
+
+{{- define "feast-platform.offlineServerArgs" -}}
+{{- $v := .Values.offlineServer }}
+{{- $args := list "serve-offline" .Values.environment "--port" ($v.port | toString) }}
+{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int)) }}
+{{- end }}
