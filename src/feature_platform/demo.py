@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from feature_platform import (
     environments,
     feast_commands,
     generator,
+    materialize,
     offline_tables,
     skew_check,
     training,
@@ -116,8 +116,9 @@ def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
     _run_feast(env, ["apply"])
     _done(started)
 
-    started = _step(4, "feast materialize-incremental: offline store -> online store")
-    _run_feast(env, ["materialize-incremental", datetime.now(UTC).isoformat()])
+    started = _step(4, "feature-platform materialize: offline store -> online store")
+    if materialize.cli(env, None, _detail) != 0:
+        raise SystemExit("materialization failed (see the line above)")
     _done(started)
 
     started = _step(5, "starting the feature server")
