@@ -19,16 +19,18 @@ Select it in feature_store.yaml with
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pyarrow as pa
 from feast import Entity, FeatureView
 from feast.infra.online_stores import redis as feast_redis
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
+from feast.value_type import ValueType
 
-from feature_platform.stores import freshness, online_ttl, redis_write
+from feature_platform.stores import freshness, online_ttl, redis_encoding, redis_write
 
 OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 
@@ -87,6 +89,28 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         if progress:
             progress(len(data))
         freshness.record(client, config.project, table.name, data)
+
+    def online_write_arrow(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        batch: pa.RecordBatch,
+        join_keys: dict[str, ValueType],
+        timestamp: str,
+        created: str | None,
+    ) -> int:
+        """`online_write_batch` for offline rows as Arrow, its columns named as the view
+        names them, without Feast's conversion to protobufs; the number written."""
+        rows = redis_encoding.encode(
+            batch, table, join_keys, config.project, config.entity_key_serialization_version,
+            timestamp, created,
+        )  # fmt: skip
+        client = self._get_client(config.online_store)
+        written = redis_write.write_encoded(client, config, table, rows)
+        if len(rows):
+            newest = datetime.fromtimestamp(max(rows.event_micros) / 1e6, UTC)
+            freshness.record(client, config.project, table.name, [(None, None, newest, None)])
+        return written
 
     async def online_write_batch_async(
         self,

@@ -6,14 +6,19 @@ online one, although the offline join picks it. Here a Lua script compares, atom
 per key, the row's (event time, creation time) with the stored `_ts:<view>` and the
 platform's `_created:<view>` field, and writes the row only when it is newer
 (`training_rule.row_version`). A hash Feast wrote (no `_created:<view>`) and a row
-without a creation time count their event time as their creation time. One EVALSHA per
-row, pipelined: one round trip per batch, where Feast's needs two.
+without a creation time count their event time as their creation time.
+
+One EVALSHA writes a chunk of rows (the field names sent once per chunk), pipelined: one
+round trip per batch, where Feast's needs two, and far fewer commands to pack and run
+than one per row. A chunk's keys share a hash slot on a Redis Cluster (a script may only
+touch one slot); a chunk holds the script for at most about a millisecond.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from feast import FeatureView
@@ -22,15 +27,20 @@ from feast.infra.online_stores.redis import _versioned_fv_name
 from feast.repo_config import RepoConfig
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from feature_platform.stores import redis_scripts
+from feature_platform.stores import redis_encoding, redis_scripts
+from feature_platform.stores.redis_encoding import EncodedRows
 from feature_platform.stores.training_rule import row_version
 
 CREATED_FIELD_PREFIX = "_created:"
+# Rows per EVALSHA: large enough to pay the call once for many rows, small enough that
+# readers never wait long behind one.
+CHUNK_ROWS = 200
 
-# KEYS[1] the entity's hash. ARGV: the `_ts` field, the `_created` field, the row's event
-# and creation times in epoch microseconds (exact in Lua's doubles until the year 2255),
-# both as serialized Timestamps, the key's expiry in seconds (0: none), 1 to write
-# without comparing (Feast's `skip_dedup`), then feature field/value pairs.
+# KEYS: the entities' hashes. ARGV: the `_ts` field, the `_created` field, the keys' expiry
+# in seconds (0: none), 1 to write without comparing (Feast's `skip_dedup`), the number of
+# features n and their n hash fields; then per key: its row's event and creation times in
+# epoch microseconds (exact in Lua's doubles until the year 2255), both as serialized
+# Timestamps, and its n serialized values. Returns the number of rows written.
 WRITE_IF_NEWER = """
 local function micros(raw)
   -- a serialized google.protobuf.Timestamp: varint field 1 seconds, field 2 nanos
@@ -50,22 +60,85 @@ local function micros(raw)
   end
   return (fields[8] or 0) * 1000000 + math.floor((fields[16] or 0) / 1000)
 end
-if ARGV[8] ~= '1' then
-  local stored = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])
-  local stored_event = micros(stored[1])
-  if stored_event then
-    local stored_created = micros(stored[2]) or stored_event
-    local event, created = tonumber(ARGV[3]), tonumber(ARGV[4])
-    if event < stored_event or (event == stored_event and created <= stored_created) then
-      return 0
+local ts_field, created_field = ARGV[1], ARGV[2]
+local expiry, force, n = tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
+local hset = {ts_field, '', created_field, ''}
+for f = 1, n do hset[3 + 2 * f] = ARGV[5 + f] end
+local width, written = 4 + n, 0
+for k = 1, #KEYS do
+  local at = 5 + n + (k - 1) * width
+  local newer = true
+  if not force then
+    local stored = redis.call('HMGET', KEYS[k], ts_field, created_field)
+    local stored_event = micros(stored[1])
+    if stored_event then
+      local stored_created = micros(stored[2]) or stored_event
+      local event, created = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+      newer = event > stored_event or (event == stored_event and created > stored_created)
     end
   end
+  if newer then
+    hset[2], hset[4] = ARGV[at + 3], ARGV[at + 4]
+    for f = 1, n do hset[4 + 2 * f] = ARGV[at + 4 + f] end
+    redis.call('HSET', KEYS[k], unpack(hset))
+    if expiry > 0 then redis.call('EXPIRE', KEYS[k], expiry) end
+    written = written + 1
+  end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[5], ARGV[2], ARGV[6], unpack(ARGV, 9))
-local expiry = tonumber(ARGV[7])
-if expiry > 0 then redis.call('EXPIRE', KEYS[1], expiry) end
-return 1
+return written
 """
+
+
+def _chunks(client: Any, keys: Sequence[bytes]) -> list[range] | list[list[int]]:
+    """Row indexes per EVALSHA, in order; on a cluster client, one slot per chunk."""
+    keyslot = getattr(client, "keyslot", None)
+    if keyslot is None:
+        return [range(i, min(i + CHUNK_ROWS, len(keys))) for i in range(0, len(keys), CHUNK_ROWS)]
+    by_slot: dict[int, list[int]] = {}
+    for index, key in enumerate(keys):
+        by_slot.setdefault(keyslot(key), []).append(index)
+    return [
+        rows[i : i + CHUNK_ROWS]
+        for rows in by_slot.values()
+        for i in range(0, len(rows), CHUNK_ROWS)
+    ]
+
+
+def script_calls(
+    client: Any, config: RepoConfig, table: FeatureView, rows: EncodedRows
+) -> list[tuple[list[bytes], list[Any]]]:
+    """(KEYS, ARGV) of each WRITE_IF_NEWER call writing `rows`."""
+    store = config.online_store
+    view = _versioned_fv_name(table, config)
+    header: list[Any] = [
+        f"_ts:{view}",
+        f"{CREATED_FIELD_PREFIX}{view}",
+        store.key_ttl_seconds or 0,
+        1 if store.skip_dedup else 0,
+        len(rows.features),
+        *(_mmh3(f"{view}:{name}") for name in rows.features),
+    ]
+    width = 4 + len(rows.features)
+    flat = list(chain.from_iterable(zip(rows.event_micros, rows.created_micros,
+        rows.event_stamps, rows.created_stamps, *rows.values, strict=True)))  # fmt: skip
+    calls = []
+    for chunk in _chunks(client, rows.keys):
+        if isinstance(chunk, range):
+            keys = rows.keys[chunk.start : chunk.stop]
+            args = flat[chunk.start * width : chunk.stop * width]
+        else:
+            keys = [rows.keys[i] for i in chunk]
+            args = [x for i in chunk for x in flat[i * width : (i + 1) * width]]
+        calls.append((keys, header + args))
+    return calls
+
+
+def write_encoded(client: Any, config: RepoConfig, table: FeatureView, rows: EncodedRows) -> int:
+    """Write the rows newer than what Redis holds; the number written."""
+    if not len(rows):
+        return 0
+    calls = script_calls(client, config, table, rows)
+    return sum(redis_scripts.evalsha_all(client, WRITE_IF_NEWER, calls))
 
 
 def _micros(ts: datetime) -> int:
@@ -74,46 +147,45 @@ def _micros(ts: datetime) -> int:
     return stamp.seconds * 1_000_000 + stamp.nanos // 1_000
 
 
-def _serialized(ts: datetime) -> bytes:
-    stamp = Timestamp()
-    stamp.FromDatetime(ts)
-    return stamp.SerializeToString()
-
-
-def script_calls(
-    config: RepoConfig, table: FeatureView, data: Sequence[Any]
-) -> list[tuple[bytes, list[Any]]]:
-    """(key, ARGV) of WRITE_IF_NEWER for each row: fields and values as Feast writes them."""
-    store = config.online_store
-    view = _versioned_fv_name(table, config)
-    ts_field, created_field = f"_ts:{view}", f"{CREATED_FIELD_PREFIX}{view}"
-    expiry = store.key_ttl_seconds or 0
-    force = 1 if store.skip_dedup else 0
-    calls = []
-    for entity_key, values, event_time, created_time in data:
-        event, created = row_version(event_time, created_time)
-        args: list[Any] = [ts_field, created_field, _micros(event), _micros(created),
-                           _serialized(event), _serialized(created), expiry, force]  # fmt: skip
-        for name, value in values.items():
-            args += [_mmh3(f"{view}:{name}"), value.SerializeToString()]
-        key = _redis_key(
-            config.project,
-            entity_key,
-            entity_key_serialization_version=config.entity_key_serialization_version,
+def encode_protos(config: RepoConfig, data: Sequence[Any]) -> list[EncodedRows]:
+    """Feast's online rows (entity key, values, event time, creation time) as encoded
+    rows, one group per run of rows with the same features."""
+    groups: list[EncodedRows] = []
+    start = 0
+    while start < len(data):
+        features = list(data[start][1])
+        stop = start + 1
+        while stop < len(data) and list(data[stop][1]) == features:
+            stop += 1
+        rows = data[start:stop]
+        versions = [row_version(event, created) for _, _, event, created in rows]
+        version = config.entity_key_serialization_version
+        keys = [_redis_key(config.project, row[0], entity_key_serialization_version=version)
+                for row in rows]  # fmt: skip
+        groups.append(
+            redis_encoding.from_protos(
+                rows,
+                features,
+                keys=keys,
+                event_micros=[_micros(event) for event, _ in versions],
+                created_micros=[_micros(created) for _, created in versions],
+            )
         )
-        calls.append((key, args))
-    return calls
+        start = stop
+    return groups
 
 
 def write_newer(client: Any, config: RepoConfig, table: FeatureView, data: Sequence[Any]) -> int:
-    """Write the rows newer than what Redis holds; the number written."""
-    calls = [([key], args) for key, args in script_calls(config, table, data)]
-    return sum(redis_scripts.evalsha_all(client, WRITE_IF_NEWER, calls))
+    """`write_encoded` for rows Feast converted (pushes, Feast's materialization)."""
+    return sum(write_encoded(client, config, table, rows) for rows in encode_protos(config, data))
 
 
 async def write_newer_async(
     client: Any, config: RepoConfig, table: FeatureView, data: Sequence[Any]
 ) -> int:
     """`write_newer` on Feast's async client (the feature server's /push)."""
-    calls = [([key], args) for key, args in script_calls(config, table, data)]
-    return sum(await redis_scripts.evalsha_all_async(client, WRITE_IF_NEWER, calls))
+    written = 0
+    for rows in encode_protos(config, data):
+        calls = script_calls(client, config, table, rows)
+        written += sum(await redis_scripts.evalsha_all_async(client, WRITE_IF_NEWER, calls))
+    return written
