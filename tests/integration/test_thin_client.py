@@ -144,7 +144,8 @@ def thin(stack_factory: Callable[..., Stack], tmp_path_factory: pytest.TempPathF
     )
 
 
-READ, WRONG_REGISTRY, WRONG_ONLINE, WRITE_WITHOUT_TOKEN, WRITE_WITH_TOKEN = range(5)
+READ, WRONG_REGISTRY, WRONG_ONLINE, WRITE_WITHOUT_TOKEN, WRITE_WITH_TOKEN, TOKEN_UNSET = range(6)
+UNSET_VARIABLE = "FEATURE_PLATFORM_TOKEN_NOBODY_SET"
 WRITTEN, PUSHED, REFUSED = [9_001, 9_002], [9_003], [9_101, 9_102]
 
 
@@ -194,6 +195,7 @@ def calls(thin: Thin, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, l
             "push_source": "customer_txn_1h_push",
             "pushed": _txn_rows(PUSHED, [43]),
         },
+        {"config": thin.config(write_token_env=UNSET_VARIABLE), "operation": "list"},
     ]
     return work, thin.clients(work, steps)
 
@@ -282,6 +284,11 @@ def test_a_client_without_the_token_cannot_write(thin: Thin, calls: tuple) -> No
     assert _served_counts(thin.server, REFUSED) == [None, None]
 
 
+def test_a_client_whose_token_variable_is_unset_is_told_which(calls: tuple) -> None:
+    error = calls[1][TOKEN_UNSET]["error"]
+    assert error.startswith("PermissionError") and UNSET_VARIABLE in error, error
+
+
 @pytest.mark.parametrize(
     ("step", "expected"),
     [(WRONG_REGISTRY, "StatusCode.UNAVAILABLE"), (WRONG_ONLINE, "Connection refused")],
@@ -347,6 +354,55 @@ def test_client_config_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["client-config", "dev", "--offline", "no-port"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "host:port" in error, error
+
+
+def test_writes_are_refused_before_feasts_auth_runs(tmp_path: Path) -> None:
+    """Under OIDC (an identity provider that cannot be reached, no token sent) a read
+    fails in Feast's auth, while a write is refused as read-only before auth runs: no
+    identity or permission can let one through."""
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    config = RepoConfig(
+        project="p",
+        provider="local",
+        registry=str(tmp_path / "registry.db"),
+        online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+        auth={
+            "type": "oidc",
+            "client_id": "platform",
+            "auth_discovery_url": f"http://{_closed_address()}/.well-known/openid-configuration",
+        },
+        entity_key_serialization_version=3,
+        repo_path=tmp_path,
+    )
+    store = FeatureStore(config=config)
+    served = registry.grpc_server(store, "127.0.0.1", 0)
+    rest = registry.RestRegistry(store, "127.0.0.1", free_port())
+    rest.start()
+    served.serving()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            stub = RegistryServer_pb2_grpc.RegistryServerStub(channel)
+            with pytest.raises(grpc.RpcError) as read:
+                stub.ListFeatureViews(
+                    RegistryServer_pb2.ListFeatureViewsRequest(project="p"), timeout=10
+                )
+            assert read.value.code() != grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.RpcError) as write:
+                stub.DeleteFeatureView(
+                    RegistryServer_pb2.DeleteFeatureViewRequest(name="x", project="p"),
+                    timeout=10,
+                )
+            assert write.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        base = f"http://127.0.0.1:{rest.server.config.port}/api/v1"
+        assert requests.get(f"{base}/projects", timeout=10).status_code in (401, 403, 500)
+        refused = requests.delete(f"{base}/entities/x", timeout=10)
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "read_only"
+    finally:
+        rest.stop(5)
+        served.stop(0)
 
 
 @pytest.fixture(autouse=True)
