@@ -129,6 +129,7 @@ serve: install ## Run the feature server in the foreground for ENV (FEATURE_SERV
 
 bench: install services ## Benchmark the server against stock feast serve, no-op and raw Redis
 	$(BIN)/python loadtests/bench.py
+	$(BIN)/python loadtests/bench_training.py
 
 LOAD_HOST ?= http://127.0.0.1:6566
 loadtest: install ## locust against LOAD_HOST, headless; thresholds set the exit code

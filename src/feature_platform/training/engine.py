@@ -226,7 +226,7 @@ class Stage:
         else:
             self._rows_from_parquet(table, view, store, lo, hi)
         (n_rows,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
-        self._winners(i, view)
+        self.reduce_to_winners(i, view)
         say(f"  {view.name}: {n_rows:,} rows staged in {time.monotonic() - started:.1f}s")
 
     def _columns(self, view: ViewJoin) -> list[str]:
@@ -317,7 +317,9 @@ class Stage:
         not_null = " AND ".join(f"{_ident(k)} IS NOT NULL" for k in view.label_keys)
         return self.con.execute(f"SELECT DISTINCT {keys} FROM labels WHERE {not_null}").fetchall()
 
-    def _winners(self, i: int, view: ViewJoin) -> None:
+    def reduce_to_winners(self, i: int, view: ViewJoin) -> None:
+        """`rows_{i}` (keys, __event, __created, features as epoch microseconds and
+        values) to `win_{i}`: per entity and visibility time, the winning row."""
         keys = [f"__k{j}" for j in range(len(view.source_keys))]
         feats = [f"__f{j}" for j in range(len(view.features))]
         best = ", ".join(f"{f} := {f}" for f in ["__event", *feats])

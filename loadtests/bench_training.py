@@ -1,0 +1,278 @@
+"""`make bench` (training sets): label rows per second and peak memory, end to end.
+
+One generated data set (100 k customers, 2 000 merchants, 30 days: about 2.8 M
+customer_stats rows), written to dev's Postgres and, for the floor, to parquet. Then, for
+each label count, in the same run, each as its own child process (its peak resident
+memory read with `os.wait4`):
+
+- `feature-platform training-set dev` (the fast engine): labels parquet in, parquet out;
+- the same command with `--engine feast`: Feast's Postgres store, chunk by chunk; at the
+  smallest count only unless --feast-everywhere (it runs at about 10 k rows/s, so 1 M
+  labels would take minutes);
+- a raw DuckDB ASOF join of the labels with the same rows from parquet, in memory, on
+  event time only (no creation-time rule, no ttl): the floor.
+
+Also timed: writing the data set to Postgres (COPY) against writing it to parquet.
+Results: loadtests/results/bench_training.{json,md,png}. `--quick` runs a tenth of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from feature_platform import environments, feast_commands, generator, offline_tables
+
+RESULTS = Path(__file__).parent / "results"
+WORK = environments.PROJECT_ROOT / ".data" / "bench_training"
+ENV = "dev"
+# The benchmark's own databases: nothing else uses them.
+BENCH_SETTINGS = {
+    "REGISTRY_DB": "feast_bench_training_registry",
+    "OFFLINE_DB": "feast_bench_training_offline",
+    "REDIS_DB": "15",
+    "POSTGRES_PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
+    "REDIS_PASSWORD": os.environ.get("REDIS_PASSWORD", ""),
+}
+FULL = (generator.Sizes(100_000, 2_000, 30, 1_000_000), [100_000, 1_000_000])
+QUICK = (generator.Sizes(10_000, 200, 30, 100_000), [10_000, 100_000])
+PLATFORM = Path(sys.executable).parent / "feature-platform"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def child(argv: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
+    """Run one measured process: its wall time, peak resident memory and, for the
+    command, its own time after the imports (its last line: "wrote N rows ... in Xs")."""
+    started = time.monotonic()
+    mark = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} failed; see {log}")
+    with log.open("rb") as out:
+        out.seek(mark)
+        wrote = re.findall(rb"wrote [\d,]+ rows to .* in ([\d.]+)s", out.read())
+    command = float(wrote[-1]) if wrote else seconds
+    return {"seconds": seconds, "command_seconds": command, "peak_mib": usage.ru_maxrss / 1024}
+
+
+RAW_ASOF = """
+import sys, duckdb
+labels, offline, output = sys.argv[1:]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+for t in ("customer_stats", "merchant_stats", "customer_txn_1h"):
+    con.execute(f"CREATE TABLE {t} AS SELECT * FROM read_parquet('{offline}/{t}.parquet')")
+con.execute(f'''COPY (
+  SELECT l.*, c.avg_purchase_30d, c.n_purchases_7d, c.n_purchases_30d, c.account_age_days,
+         c.home_country, m.avg_rating, m.n_disputes_30d, m.n_sales_30d, m.category,
+         h.n_txn_1h, h.sum_amount_1h
+  FROM read_parquet('{labels}') l
+  ASOF LEFT JOIN customer_stats c
+    ON l.customer_id = c.customer_id AND l.event_timestamp >= c.event_timestamp
+  ASOF LEFT JOIN merchant_stats m
+    ON l.merchant_id = m.merchant_id AND l.event_timestamp >= m.event_timestamp
+  ASOF LEFT JOIN customer_txn_1h h
+    ON l.customer_id = h.customer_id AND l.event_timestamp >= h.event_timestamp
+) TO '{output}' (FORMAT parquet)''')
+"""
+
+
+def prepare(sizes: generator.Sizes, settings: dict[str, str]) -> dict[str, Any]:
+    """Generate, write to Postgres and to parquet (both timed), apply."""
+    say(f"generating {sizes}")
+    tables = generator.generate(sizes, seed=7)
+    offline_tables.ensure_databases(settings, say)
+    timings = {}
+    local = {**settings, "OFFLINE_SOURCE": "file", "PLATFORM_DATA_DIR": str(WORK / "local")}
+    for kind, target in (("parquet", local), ("postgres", settings)):
+        started = time.monotonic()
+        offline_tables.write(target, tables, progress=say)
+        timings[kind] = time.monotonic() - started
+        say(f"  wrote the data set to {kind} in {timings[kind]:.1f}s")
+    labels = tables["transactions"]
+    del tables
+    os.environ.update(BENCH_SETTINGS)
+    feast_commands.run(ENV, ["apply"])
+    return {
+        "write_seconds": timings,
+        "labels": labels,
+        "offline_dir": str(offline_tables.parquet_path(local, "x").parent),
+    }
+
+
+def measure(
+    counts: list[int], data: dict[str, Any], rounds: int, feast_everywhere: bool
+) -> list[dict[str, Any]]:
+    env = {**os.environ, **BENCH_SETTINGS}
+    log = WORK / "bench_training.log"
+    rows = []
+    # Python and Feast's imports alone, on this machine now: part of every fast and
+    # feast figure below, most of it at small label counts.
+    startup = child([sys.executable, "-c", "import feature_platform.training.command"], env, log)
+    say(f"startup (imports): {startup['seconds']:.1f}s")
+    rows.append({"engine": "startup_imports", "seconds": startup["seconds"]})
+    for n in counts:
+        labels_path = WORK / f"labels-{n}.parquet"
+        # A random sample of the transactions: labels spread over the whole period.
+        sample = data["labels"]
+        if n < len(sample):
+            sample = sample.sample(n, random_state=7).sort_index()
+        sample.to_parquet(labels_path, index=False, coerce_timestamps="us")
+        output = WORK / f"out-{n}.parquet"
+        runs = {
+            "fast": [str(PLATFORM), "training-set", ENV, "--labels", str(labels_path),
+                     "--output", str(output)],
+            "feast": [str(PLATFORM), "training-set", ENV, "--labels", str(labels_path),
+                      "--output", str(output), "--engine", "feast", "--chunk-rows", "100000"],
+            "raw_duckdb_asof": [sys.executable, "-c", RAW_ASOF, str(labels_path),
+                                data["offline_dir"], str(output)],
+        }  # fmt: skip
+        for name, argv in runs.items():
+            if name == "feast" and n != counts[0] and not feast_everywhere:
+                continue
+            times, inner, peaks = [], [], []
+            for r in range(1 if name == "feast" else rounds):
+                say(f"{name}: {n:,} labels, round {r + 1}")
+                result = child(argv, env, log)
+                assert pq.read_metadata(output).num_rows == n, f"{name} wrote the wrong rows"
+                times.append(result["seconds"])
+                inner.append(result["command_seconds"])
+                peaks.append(result["peak_mib"])
+                say(f"  {n / result['seconds']:,.0f} rows/s, peak {result['peak_mib']:,.0f} MiB")
+            rates = [n / t for t in times]
+            rows.append(
+                {
+                    "engine": name,
+                    "labels": n,
+                    "rounds": len(times),
+                    "rows_per_s_median": statistics.median(rates),
+                    "rows_per_s_min": min(rates),
+                    "rows_per_s_max": max(rates),
+                    # the same runs, without Python's and Feast's imports
+                    "rows_per_s_after_imports_median": statistics.median(n / t for t in inner),
+                    "peak_mib_max": max(peaks),
+                }
+            )
+    return rows
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        "# Training-set throughput",
+        "",
+        f"{result['machine']}, {result['when']}, data: {result['sizes']}",
+        "",
+        "| engine | labels | rows/s (median) | spread (min-max) | rows/s after imports "
+        "| rounds | peak MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        if "labels" not in r:
+            continue
+        lines.append(
+            f"| {r['engine']} | {r['labels']:,} | {r['rows_per_s_median']:,.0f} | "
+            f"{r['rows_per_s_min']:,.0f}-{r['rows_per_s_max']:,.0f} | "
+            f"{r['rows_per_s_after_imports_median']:,.0f} | {r['rounds']} | "
+            f"{r['peak_mib_max']:,.0f} |"
+        )
+    by = {
+        (r["engine"], r["labels"]): r["rows_per_s_median"] for r in result["rows"] if "labels" in r
+    }
+    lines.append("")
+    for r in result["rows"]:
+        if r["engine"] == "startup_imports":
+            lines.append(f"- Python and Feast imports in each run: {r['seconds']:.1f}s")
+    for n in sorted({n for _, n in by}):
+        if ("feast", n) in by:
+            lines.append(f"- {n:,} labels: fast / Feast = {by['fast', n] / by['feast', n]:.1f}x")
+        lines.append(
+            f"- {n:,} labels: fast / raw DuckDB ASOF = "
+            f"{by['fast', n] / by['raw_duckdb_asof', n]:.2f}x"
+        )
+    w = result["write_seconds"]
+    lines.append(
+        f"- writing the data set: Postgres {w['postgres']:.1f}s, parquet {w['parquet']:.1f}s"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    measured = [r for r in result["rows"] if "labels" in r]
+    for engine in dict.fromkeys(r["engine"] for r in measured):
+        points = [r for r in measured if r["engine"] == engine]
+        ax.errorbar(
+            [p["labels"] for p in points],
+            [p["rows_per_s_median"] for p in points],
+            yerr=[
+                [p["rows_per_s_median"] - p["rows_per_s_min"] for p in points],
+                [p["rows_per_s_max"] - p["rows_per_s_median"] for p in points],
+            ],
+            marker="o",
+            capsize=3,
+            label=engine,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("label rows")
+    ax.set_ylabel("rows/s, end to end")
+    ax.set_title("Training sets from dev's Postgres")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the data and labels")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per measurement")
+    parser.add_argument(
+        "--feast-everywhere", action="store_true", help="Feast's store at every label count"
+    )
+    args = parser.parse_args()
+    sizes, counts = QUICK if args.quick else FULL
+    rounds = args.rounds or (2 if args.quick else 3)
+    WORK.mkdir(parents=True, exist_ok=True)
+    settings = {**environments.settings(ENV), **BENCH_SETTINGS}
+    data = prepare(sizes, settings)
+    result = {
+        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sizes": str(sizes),
+        "write_seconds": data["write_seconds"],
+        "rows": measure(counts, data, rounds, args.feast_everywhere),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_training.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = report(result)
+    (RESULTS / "bench_training.md").write_text(markdown)
+    plot(result, RESULTS / "bench_training.png")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
