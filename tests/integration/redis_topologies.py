@@ -108,11 +108,14 @@ class Topology:
             for p in self.addresses
         )
 
+    def settle(self) -> None:
+        _until(self.settled, "the topology to settle", 30)
+
     def fail_over(self, graceful: bool = False, timeout_s: float = 30) -> tuple[int, int]:
         """Hand the primary's role to its replica (`CLUSTER FAILOVER` on the replica, or
         `SENTINEL FAILOVER`), or kill the primary once its replica holds every write; then
         wait for the promotion. (old, new) primary port."""
-        _until(self.settled, "the topology to settle")
+        self.settle()
         old = self.primary_port()
         self.node(old).execute_command("WAIT", 1, 5000)
         if not graceful:

@@ -2,9 +2,10 @@
 
 Each topology runs once for the module (redis_topologies.py), with a dev stack deployed
 on it: materialized through the platform's store (its compare-and-set script on every
-node), served by the platform's server and by stock `feast serve`. Then its primary is
-killed under a bounded read loop: errors are 503s inside the failover window, every
-request afterwards is a 200 with the same values.
+node), served by the platform's server and by stock `feast serve`. A planned failover
+must lose no write or read; then the primary is killed under a bounded read loop: errors
+are 503s inside the failover window, every request afterwards is a 200 with the same
+values.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import deploy
+from conftest import AS_OF, SEED, deploy
 from redis_topologies import Topology, available, cluster, sentinel, topology_stack
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 from test_stock_equality import _by_name, _requests
 
+from feature_platform import generator
 from feature_platform.server import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
+# Small: what is tested is the topology, not the data.
+SIZES = generator.Sizes(customers=60, merchants=10, days=3, transactions=600)
 READ = {
     "feature_service": FEATURE_SERVICE,
     "entities": {
         "customer_id": list(range(1, 41)),
-        "merchant_id": [1 + i % 30 for i in range(40)],
+        "merchant_id": [1 + i % 10 for i in range(40)],
         "amount": [10.5] * 40,
     },
 }
@@ -52,17 +56,20 @@ class Deployed:
 def deployed(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    generated_tables: dict[str, Any],
 ) -> Iterator[Deployed]:
     start: Callable[[Path], Any] = {"cluster": cluster, "sentinel": sentinel}[request.param]
     with start(tmp_path_factory.mktemp(f"redis_{request.param}")) as topology:
         stack = topology_stack(topology, f"topo_{request.param}")
         try:
-            deploy(stack, generated_tables)
-            server = stack.server(settings=WRITABLE)
+            deploy(stack, generator.generate(SIZES, seed=SEED, as_of=AS_OF))
             with stack.active():
-                stock = FeatureServer(stack.env, stock=True).start()
+                stock = FeatureServer(stack.env, stock=True)
+                booting = threading.Thread(target=stock.start)
+                booting.start()  # both servers boot at once
             stack.cleanups.append(stock.stop)
+            server = stack.server(settings={**WRITABLE, "FEATURE_SERVER_DRAIN_SECONDS": "0"})
+            booting.join()
+            stock.wait_ready()
             yield Deployed(topology, stack, server, stock)
         finally:
             stack.close()
@@ -79,30 +86,50 @@ def test_answers_equal_stock_feast(deployed: Deployed) -> None:
         assert ours.status_code == theirs.status_code == 200
         assert _by_name(ours.json()) == _by_name(theirs.json())
     present = _by_name(_post(deployed.server, READ).json())["avg_purchase_30d"][1]
-    assert present.count("PRESENT") > 30, "the topology must hold the materialized rows"
+    assert present.count("PRESENT") > 20, "the topology must hold the materialized rows"
 
 
-def test_ready_and_push_reach_the_topology(deployed: Deployed) -> None:
-    assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
+def _push(server: FeatureServer, customers: list[int], counts: list[int]) -> requests.Response:
     now = datetime.now(UTC).isoformat()
-    customers = [101, 102, 103, 104]  # spread over the cluster's slots
     body = {
         "push_source_name": "customer_txn_1h_push",
         "to": "online",
         "df": {
             "customer_id": customers,
-            "event_timestamp": [now] * 4,
-            "created": [now] * 4,
-            "n_txn_1h": [71, 72, 73, 74],
-            "sum_amount_1h": [1.0, 2.0, 3.0, 4.0],
+            "event_timestamp": [now] * len(customers),
+            "n_txn_1h": counts,
+            "sum_amount_1h": [float(c) for c in counts],
         },
     }
     headers = {"Authorization": f"Bearer {WRITE_TOKEN}"}
-    pushed = requests.post(f"{deployed.server.url}/push", json=body, headers=headers, timeout=10)
-    assert pushed.status_code == 200, pushed.text
+    return requests.post(f"{server.url}/push", json=body, headers=headers, timeout=10)
+
+
+def _served_counts(server: FeatureServer, customers: list[int]) -> list[Any]:
     read = {"features": ["customer_txn_1h:n_txn_1h"], "entities": {"customer_id": customers}}
+    return list(_by_name(_post(server, read).json())["n_txn_1h"][0])
+
+
+CUSTOMERS = [101, 102, 103, 104, 105, 106]  # spread over the cluster's slots
+
+
+def test_ready_and_push_reach_the_topology(deployed: Deployed) -> None:
+    assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
+    pushed = _push(deployed.server, CUSTOMERS, [71, 72, 73, 74, 75, 76])
+    assert pushed.status_code == 200, pushed.text
     for server in (deployed.server, deployed.stock):
-        assert _by_name(_post(server, read).json())["n_txn_1h"][0] == [71, 72, 73, 74]
+        assert _served_counts(server, CUSTOMERS) == [71, 72, 73, 74, 75, 76]
+
+
+def test_writes_and_reads_follow_a_switchover(deployed: Deployed) -> None:
+    """A planned failover (the old primary stays up, as a replica): the next push goes to
+    the new primary, and reads serve it."""
+    deployed.topology.fail_over(graceful=True)
+    pushed = _push(deployed.server, CUSTOMERS, [81, 82, 83, 84, 85, 86])
+    assert pushed.status_code == 200, pushed.text
+    for server in (deployed.server, deployed.stock):
+        assert _served_counts(server, CUSTOMERS) == [81, 82, 83, 84, 85, 86]
+    assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
 
 
 def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -127,6 +154,7 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
 
     loop = threading.Thread(target=read_loop)
     loop.start()
+    deployed.topology.settle()  # replicas in sync, sentinels acquainted
     try:
         time.sleep(1)
         killed = time.monotonic()
@@ -146,6 +174,7 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
     assert last_failure < promoted + 2, f"errors {last_failure - promoted:.1f}s after promotion"
     after = [r for r in results if r[0] > last_failure]
     assert len(after) > 20 and all(r[3] for r in after)
+    assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
 
     figures = {
         "topology": deployed.topology.kind,
