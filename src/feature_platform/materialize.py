@@ -34,12 +34,17 @@ from feast import FeatureStore, FeatureView
 from feast import utils as feast_utils
 from feast.feature_view import DUMMY_ENTITY_NAME
 
-from feature_platform import feast_commands
+from feature_platform import feast_commands, materialize_ray
 from feature_platform.config_guard import ConfigError, one_line_error
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
+from feature_platform.stores.redis_online import TYPE as REDIS_STORE
+from feature_platform.stores.redis_online import RedisOnlineStore
 from feature_platform.watermarks import Watermarks
 
 OVERLAP_VAR = "MATERIALIZE_OVERLAP_SECONDS"
+ENGINE_VAR = "MATERIALIZE_ENGINE"
+ENGINES = ("local", "ray.engine")
+ENGINE_HELP = 'local, or a JSON mapping of ray.engine settings ({"type": "ray.engine", ...})'
 DEFAULT_OVERLAP = timedelta(minutes=10)
 # Rows converted and written at a time unless feature_store.yaml sets
 # `materialization: online_write_batch_size`.
@@ -119,10 +124,24 @@ def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) ->
     batch_rows = (
         store.config.materialization_config.online_write_batch_size or DEFAULT_WRITE_BATCH_ROWS
     )
+    online = provider.online_store
+    # The columns Feast's conversion reads the times from.
+    source = view.batch_source
+    if materialize_ray.enabled(store.config):
+        if not isinstance(online, RedisOnlineStore):
+            raise ConfigError(f"batch_engine ray.engine needs the online store {REDIS_STORE}")
+        say(f"  {view.name}: {table.num_rows:,} rows to write from Ray workers")
+        materialize_ray.write(store.config, view, table, key_types, source.timestamp_field,
+                              source.created_timestamp_column, batch_rows)  # fmt: skip
+        return int(table.num_rows)
     written = 0
     for batch in table.to_batches(max_chunksize=batch_rows):
-        data = feast_utils._convert_arrow_to_proto(batch, view, key_types)
-        provider.online_write_batch(store.config, view, data, progress=None)
+        if isinstance(online, RedisOnlineStore):
+            online.online_write_arrow(store.config, view, batch, key_types,
+                source.timestamp_field, source.created_timestamp_column)  # fmt: skip
+        else:
+            data = feast_utils._convert_arrow_to_proto(batch, view, key_types)
+            provider.online_write_batch(store.config, view, data, progress=None)
         written += batch.num_rows
         if written < table.num_rows:
             say(f"  {view.name}: {written:,}/{table.num_rows:,} rows written")
@@ -153,13 +172,25 @@ def _load_by_creation_time(
     store._precompute_affected_services([view.name for view in views])
 
 
+def engine_name(store: FeatureStore) -> str:
+    """`local` or `ray.engine`: which engine the configuration selects (MATERIALIZE_ENGINE)."""
+    try:
+        name = str(store.config.batch_engine.type)
+    except Exception as exc:
+        raise ConfigError(f"{ENGINE_VAR}: {ENGINE_HELP}: {one_line_error(exc, {})}") from exc
+    if name not in ENGINES:
+        raise ConfigError(f"{ENGINE_VAR}: {ENGINE_HELP}, not {name!r}")
+    return name
+
+
 def _run(store: FeatureStore, env: str, margin: timedelta, end: datetime, say: Say) -> None:
+    engine = engine_name(store)
     views = store._get_feature_views_to_materialize(None)
     ours = [view for view in views if by_creation_time(view)]
     feasts = [view.name for view in views if not by_creation_time(view)]
     say(
         f"materialize {env} up to {end.isoformat()}: {len(ours)} view(s) by creation time "
-        f"(overlap {int(margin.total_seconds())} s)"
+        f"(overlap {int(margin.total_seconds())} s, engine {engine})"
         + (f", {len(feasts)} by Feast's event-time window" if feasts else "")
     )
     if ours:
