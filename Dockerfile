@@ -39,6 +39,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FEAST_USAGE=False
 USER 10001:10001
-EXPOSE 6566
+# The feature server; the registry server (gRPC, REST); the offline server (Arrow Flight).
+EXPOSE 6566 6570 6572 8815
 ENTRYPOINT ["feature-platform"]
 CMD ["--help"]

@@ -152,11 +152,11 @@ class ReadOnlyMiddleware:
 def rest_app(store: FeatureStore) -> ASGIApp:
     """Feast's REST registry API (under /api/v1), read-only."""
     from fastapi import Depends, FastAPI
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
     from feast.api.registry.rest.rest_registry_server import RestRegistryServer
     from feast.permissions.server.rest import inject_user_details
     from feast.registry_server import RegistryServer
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
 
     # Feast's class supplies the routes, handlers and auth set-up; its __init__ is the
     # part that fails (see the module docstring), so the instance is assembled here.
