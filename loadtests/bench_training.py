@@ -55,22 +55,38 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# Runs the measured process and reports its peak resident memory. Linux counts a forked
+# child's memory from before its exec: forked straight from this process (which holds
+# the data set) every child would report at least this process's size. This launcher
+# is small when it forks.
+LAUNCH = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(proc.pid, 0)
+print(f"peak_kib={usage.ru_maxrss}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def child(argv: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
     """Run one measured process: its wall time, peak resident memory and, for the
     command, its own time after the imports (its last line: "wrote N rows ... in Xs")."""
     started = time.monotonic()
     mark = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = subprocess.run(
+            [sys.executable, "-c", LAUNCH, *argv], env=env, stdout=out, stderr=out, check=False
+        ).returncode
     seconds = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if code != 0:
         raise SystemExit(f"{' '.join(argv[:3])} failed; see {log}")
     with log.open("rb") as out:
         out.seek(mark)
-        wrote = re.findall(rb"wrote [\d,]+ rows to .* in ([\d.]+)s", out.read())
+        text = out.read()
+    wrote = re.findall(rb"wrote [\d,]+ rows to .* in ([\d.]+)s", text)
+    (peak,) = re.findall(rb"peak_kib=(\d+)", text)
     command = float(wrote[-1]) if wrote else seconds
-    return {"seconds": seconds, "command_seconds": command, "peak_mib": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "command_seconds": command, "peak_mib": int(peak) / 1024}
 
 
 RAW_ASOF = """

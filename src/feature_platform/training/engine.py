@@ -373,9 +373,18 @@ def on_demand(plan: Plan, table: pa.Table) -> pa.Table:
     """Feast's on-demand transformations over a joined chunk, their columns appended as
     Feast's retrieval job appends them, in their declared types (a chunk whose values
     are all null would otherwise get Arrow's null type)."""
+    keys = {k for view in plan.views for k in view.label_keys} | {TIMESTAMP}
     for odfv, requested in plan.odfvs:
         declared = {f.name: feast_value_type_to_pa(f.dtype.to_value_type()) for f in odfv.features}
-        transformed = odfv.transform_arrow(table, full_feature_names=False)
+        # Only the transformation's inputs (its sources' features, its request data, the
+        # keys and the label time): a python-mode transformation converts every column
+        # it is given to Python objects, five times the work on the whole row.
+        inputs = keys | set(odfv.get_request_data_schema())
+        for projection in odfv.source_feature_view_projections.values():
+            inputs |= {f.name for f in projection.features}
+            inputs |= {f"{projection.name}__{f.name}" for f in projection.features}
+        given = table.select([name for name in table.column_names if name in inputs])
+        transformed = odfv.transform_arrow(given, full_feature_names=False)
         for name in transformed.column_names:
             if name in requested:
                 table = table.append_column(name, transformed[name].cast(declared[name]))
