@@ -356,6 +356,25 @@ def test_client_config_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert error.count("\n") == 1 and "host:port" in error, error
 
 
+def test_offline_writes_are_refused(thin: Thin) -> None:
+    """Feast's own client writing through the offline server: refused, nothing written."""
+    import pyarrow as pa
+    import pyarrow.flight as fl
+    from feast.infra.offline_stores.remote import RemoteOfflineStore
+    from feast.repo_config import RepoConfig
+
+    config = RepoConfig(**thin.config().as_dict())
+    view = thin.stack.store().get_feature_view("customer_txn_1h")
+    rows = pd.DataFrame(_txn_rows([9_201], [5]))
+    for column in ("event_timestamp", "created_timestamp"):
+        rows[column] = pd.to_datetime(rows[column], utc=True)
+    with pytest.raises(fl.FlightUnauthorizedError, match="read-only"):
+        RemoteOfflineStore.offline_write_batch(config, view, pa.Table.from_pandas(rows), None)
+    table = offline_tables.read(thin.stack.settings(), "customer_txn_1h")
+    assert 9_201 not in set(table["customer_id"])
+    assert len(table) > 0
+
+
 def test_writes_are_refused_before_feasts_auth_runs(tmp_path: Path) -> None:
     """Under OIDC (an identity provider that cannot be reached, no token sent) a read
     fails in Feast's auth, while a write is refused as read-only before auth runs: no
