@@ -91,9 +91,9 @@ chart-test: install services ## Render, lint, validate and police the chart; run
 	$(BIN)/pytest tests/chart
 
 # The Debian tools the tests run, as command:package.
-TEST_TOOLS := promtool:prometheus prometheus-pushgateway:prometheus-pushgateway
+TEST_TOOLS := promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium
 
-test-tools: ## Install the Debian tools the tests run (promtool, prometheus-pushgateway) if missing
+test-tools: ## Install the Debian tools the tests run (promtool, prometheus-pushgateway, chromium) if missing
 	@missing=""; for tool in $(TEST_TOOLS); do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \

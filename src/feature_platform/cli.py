@@ -87,14 +87,34 @@ def cmd_serve_registry(args: argparse.Namespace) -> int:
 
     store = feast_commands.open_store(args.env)
     rest_port = None if args.no_rest else args.rest_port
-    registry.serve(store, args.host, args.port, rest_port, say)
+    try:
+        registry.serve(store, args.host, args.port, rest_port, say)
+    except OSError as exc:
+        say(f"serve-registry: {exc}")
+        return 1
     return 0
 
 
 def cmd_serve_offline(args: argparse.Namespace) -> int:
     from feature_platform.servers import offline
 
-    offline.serve(feast_commands.open_store(args.env), args.host, args.port, say)
+    try:
+        offline.serve(feast_commands.open_store(args.env), args.host, args.port, say)
+    except OSError as exc:
+        say(f"serve-offline: {exc}")
+        return 1
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from feature_platform.servers import ui
+
+    store = feast_commands.open_store(args.env)
+    try:
+        ui.serve(store, args.host, args.port, say)
+    except OSError as exc:
+        say(f"ui: {exc}")
+        return 1
     return 0
 
 
@@ -216,6 +236,13 @@ def parser() -> argparse.ArgumentParser:
     )
     off.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     off.add_argument("--port", type=_port, default=8815, help="Flight port (default 8815)")
+    fui = sub(
+        "ui",
+        "run Feast's UI over the environment's registry, read-only, in the foreground",
+        cmd_ui,
+    )
+    fui.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    fui.add_argument("--port", type=_port, default=8888, help="HTTP port (default 8888)")
     cfg = sub(
         "client-config",
         "print a feature_store.yaml for a client without database or Redis credentials",

@@ -1,0 +1,118 @@
+"""The Feast UI: Feast's React app and its REST registry API (under /api/v1), read-only.
+
+Feast's UI server (feast.ui_server) serves, beside the pages, routes that change things
+with no credential asked under `auth: no_auth`: POST and DELETE of entities, views,
+services, data sources, permissions and saved datasets (straight into the registry), and
+label pushes into the stores. Here every request but GET, HEAD and OPTIONS is refused
+with 403 and a JSON body before Feast's app sees it; the one POST let through is the
+page's "refresh" button (/api/v1/registry/refresh), which reloads this server's cached
+copy of the registry and changes no definition. Definitions change through the rollout
+(`feature-platform apply`) only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+DEFAULT_PORT = 8888
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REFRESH = ("POST", "/api/v1/registry/refresh")
+REFUSED_DETAIL = "the Feast UI is read-only here: definitions change through the rollout"
+# The pages are never framed by another site, and answers are what they say they are.
+HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
+
+
+class ReadOnlyUi:
+    """403 JSON for any method but GET, HEAD and OPTIONS (and the cache refresh)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in READ_METHODS and (scope["method"], scope["path"]) != REFRESH:
+            body = json.dumps({"error": "read_only", "detail": REFUSED_DETAIL}).encode()
+            headers = [(b"content-type", b"application/json"), *HEADERS]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def ui_app(store: FeatureStore) -> ASGIApp:
+    """Feast's UI app for the store's project (no CORS: the pages call their own origin)."""
+    from feast.ui_server import get_app
+
+    return ReadOnlyUi(get_app(store, project_id=store.project))
+
+
+class UiServer:
+    """uvicorn serving `ui_app` in a thread of this process, so stopping the command
+    stops the server: there is no child process to leave behind."""
+
+    def __init__(self, store: FeatureStore, host: str, port: int) -> None:
+        import uvicorn
+
+        # Bound here, so a taken port is an OSError naming it, not a log line in a thread.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self.socket = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(f"cannot listen on {host}:{port}: {reason}") from exc
+        config = uvicorn.Config(
+            ui_app(store), log_config=None, access_log=False, timeout_graceful_shutdown=10
+        )
+        self.server = uvicorn.Server(config)
+        # uvicorn installs no signal handlers outside the main thread: `stop` ends it.
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="feast-ui", daemon=True
+        )
+
+    def start(self, timeout_s: float = 30) -> None:
+        self.thread.start()
+        waited = 0.0
+        while not self.server.started:
+            if not self.thread.is_alive() or waited > timeout_s:
+                self.socket.close()
+                raise OSError("the Feast UI did not start (see the log above)")
+            self.thread.join(0.05)
+            waited += 0.05
+
+    def stop(self, timeout_s: float = 15) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        self.socket.close()
+
+
+def serve(store: FeatureStore, host: str, port: int, say: Callable[[str], None]) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    from feature_platform.servers.lifecycle import run_until_signalled
+
+    server = UiServer(store, host, port)
+    server.start()
+    say(f"Feast UI (read-only) for project {store.project} on http://{host}:{port}/")
+
+    def stop() -> None:
+        server.stop()
+        say("Feast UI stopped")
+
+    run_until_signalled(stop, say)
