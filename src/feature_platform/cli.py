@@ -306,10 +306,14 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--labels", type=Path, help="labels as a .parquet or .csv file")
     source.add_argument("--labels-sql", help="labels as a SQL query over the offline store")
     wanted = tset.add_mutually_exclusive_group()
-    wanted.add_argument("--feature-service", default="fraud_detection_v1", help="(default)")
+    wanted.add_argument(
+        "--feature-service", default="fraud_detection_v1", help="default: fraud_detection_v1"
+    )
     wanted.add_argument("--features", help="comma-separated view:feature references")
     tset.add_argument("--output", type=Path, required=True, help="the parquet file to write")
-    tset.add_argument("--chunk-rows", type=_positive, default=200_000, help="labels per chunk")
+    tset.add_argument(
+        "--chunk-rows", type=_positive, default=200_000, help="labels per chunk (default 200000)"
+    )
     tset.add_argument(
         "--engine",
         choices=["auto", "fast", "feast"],
