@@ -99,6 +99,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
                 "restPort": free_port(),
             },
             "offlineServer": {"enabled": True, "replicas": 1, "port": free_port()},
+            "ui": {"enabled": True, "replicas": 1, "port": free_port()},
         }
         values_file = SCENARIOS["ci/external-values"]
         objects = render(values_file, overrides)
@@ -284,6 +285,42 @@ def test_client_server_commands_answer_their_probes(
                 rest = container["args"][container["args"].index("--rest-port") + 1]
                 listed = requests.get(f"http://127.0.0.1:{rest}/api/v1/projects", timeout=10).json()
                 assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_ui_command_answers_its_probe(rendered: Rendered, applied: None) -> None:
+    """The UI's container as a process: its probe's GET answers, the API lists this
+    project, and SIGTERM ends it cleanly."""
+    (container,) = pod_template(one(rendered.objects, "Deployment", "-ui"))["spec"]["containers"]
+    probe = container["readinessProbe"]["httpGet"]
+    url = f"http://127.0.0.1:{probe['port']}"
+    command = rendered.command("Deployment", "ui", "-ui")
+    log = rendered.root / "ui.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command.argv, "--host", "127.0.0.1"],
+            env=command.env,
+            cwd=command.cwd,
+            stdout=out,
+            stderr=out,
+        )
+        try:
+            status = None
+            deadline = time.monotonic() + 120
+            while status != 200 and time.monotonic() < deadline:
+                assert process.poll() is None, f"ui exited: {log.read_text()[-3000:]}"
+                try:
+                    status = requests.get(url + probe.get("path", "/"), timeout=2).status_code
+                except (requests.ConnectionError, requests.Timeout):
+                    status = None
+                if status != 200:
+                    time.sleep(0.5)
+            assert status == 200, log.read_text()[-3000:]
+            listed = requests.get(f"{url}/api/v1/projects", timeout=10).json()
+            assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
         finally:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=60)

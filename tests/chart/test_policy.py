@@ -394,11 +394,12 @@ def test_store_access_is_limited_to_store_clients(scenario: str, objects: list[d
     jobs = {
         o["metadata"]["labels"]["app.kubernetes.io/component"] for o in find(objects, "CronJob")
     }
-    # The registry and offline servers read the registry and offline databases.
+    # The registry and offline servers read the registry and offline databases, the UI
+    # the registry database.
     servers = {
         o["metadata"]["labels"]["app.kubernetes.io/component"]
         for o in find(objects, "Deployment")
-        if o["metadata"]["labels"]["app.kubernetes.io/component"] in ("registry", "offline")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] in ("registry", "offline", "ui")
     }
     assert clients == {"server"} | jobs | servers
     for store in ("redis", "postgres"):
