@@ -1,5 +1,6 @@
-"""The fast point-in-time join: feature rows staged once in DuckDB, labels joined in
-chunks with `ASOF` joins, Feast's own on-demand transformations on each joined chunk.
+"""The fast point-in-time join: labels and feature rows staged in DuckDB, one `ASOF` join
+per view for all labels, read out in chunks, Feast's own on-demand transformations on
+each chunk.
 
 The platform's rule (`stores/training_rule.py`) as an ASOF join. A row with event time
 e and creation time c (NULL: e) is usable by a label at t once e <= t and c <= t, that
@@ -12,8 +13,9 @@ largest v <= t (an ASOF join). The ttl is then checked on the winner alone,
 Only what the labels need is staged: rows of the labels' entities whose event time can
 fall inside some label's ttl window and that were visible by the last label. Postgres
 rows come out with COPY (`postgres_copy`), parquet rows are read by DuckDB in place.
-DuckDB works in a database file under a memory limit, spilling to disk past it: memory
-depends on the chunk size, not on the label count.
+DuckDB works in a database file under a memory limit, spilling to disk past it; the
+Python side holds one chunk at a time: memory depends on the chunk size and that limit,
+not on the label count.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ class Stage:
         self.con.execute("SET TimeZone = 'UTC'")
         self.work_dir = work_dir
         self.rows = 0
+        self.joined: list[str] = []  # the joined table's columns, once joined
 
     def close(self) -> None:
         self.con.close()
@@ -344,7 +347,20 @@ class Stage:
 
     def join(self, plan: Plan, start: int, stop: int) -> pa.Table:
         """Labels [start, stop) with their features, in label order."""
+        if not self.joined:
+            self._join_all(plan)
+        columns = ", ".join(_ident(c) for c in self.joined)
+        table = self.con.sql(
+            f"SELECT {columns} FROM joined WHERE {ROW} >= {start} AND {ROW} < {stop} ORDER BY {ROW}"
+        ).to_arrow_table()
+        return on_demand(plan, table)
+
+    def _join_all(self, plan: Plan) -> None:
+        """The ASOF joins for every label at once, into the `joined` table: an ASOF join
+        sorts its right side, so one join beats one per chunk; DuckDB spills what does
+        not fit its memory limit. Chunks are then read out of it in label order."""
         selected = [f"l.{_ident(c)}" for c in self.label_columns()]
+        names = [*self.label_columns()]
         joins = []
         for i, view in enumerate(plan.views):
             on = " AND ".join(f"l.{_ident(k)} = w{i}.__k{j}" for j, k in enumerate(view.label_keys))
@@ -358,15 +374,14 @@ class Stage:
                         f"CASE WHEN w{i}.__event >= l.{LABEL_US} - {view.ttl_us} THEN {value} END"
                     )
                 selected.append(f"{value} AS {_ident(feature)}")
-        table = self.con.sql(
-            f"""
-            SELECT {", ".join(selected)}
-            FROM (SELECT * FROM labels WHERE {ROW} >= {start} AND {ROW} < {stop}) AS l
-            {" ".join(joins)}
-            ORDER BY l.{ROW}
-            """
-        ).to_arrow_table()
-        return on_demand(plan, table)
+                names.append(feature)
+        self.con.execute(
+            f"CREATE TABLE joined AS SELECT l.{ROW}, {', '.join(selected)} FROM labels AS l "
+            f"{' '.join(joins)}"
+        )
+        for i in range(len(plan.views)):
+            self.con.execute(f"DROP TABLE win_{i}")
+        self.joined = names
 
 
 def on_demand(plan: Plan, table: pa.Table) -> pa.Table:
