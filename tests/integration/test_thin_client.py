@@ -375,6 +375,18 @@ def test_offline_writes_are_refused(thin: Thin) -> None:
     assert len(table) > 0
 
 
+@pytest.mark.parametrize("kind", ["registry", "offline"])
+def test_a_taken_port_fails_the_start(thin: Thin, kind: str) -> None:
+    """Not a second server silently sharing the port (gRPC's SO_REUSEPORT default); the
+    commands print this OSError as one line and exit 1."""
+    from feature_platform.servers import offline
+
+    taken = thin.registry if kind == "registry" else thin.offline
+    start = registry.grpc_server if kind == "registry" else offline.flight_server
+    with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{taken.port} \(in use\?\)"):
+        start(thin.stack.store(), "127.0.0.1", taken.port)
+
+
 def test_writes_are_refused_before_feasts_auth_runs(tmp_path: Path) -> None:
     """Under OIDC (an identity provider that cannot be reached, no token sent) a read
     fails in Feast's auth, while a write is refused as read-only before auth runs: no

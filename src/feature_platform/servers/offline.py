@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.flight as fl
 from feast.offline_server import OfflineServer, _init_auth_manager
 
@@ -49,7 +50,10 @@ class ReadOnlyOfflineServer(OfflineServer):
 def flight_server(store: FeatureStore, host: str, port: int) -> ReadOnlyOfflineServer:
     """Listening once constructed (Arrow Flight binds in the constructor)."""
     _init_auth_manager(store)
-    return ReadOnlyOfflineServer(store, location=f"grpc+tcp://{host}:{port}", host=host)
+    try:
+        return ReadOnlyOfflineServer(store, location=f"grpc+tcp://{host}:{port}", host=host)
+    except pa.ArrowException as exc:  # Flight says only "Server did not start properly"
+        raise OSError(f"cannot listen on {host}:{port} (in use?)") from exc
 
 
 def serve(store: FeatureStore, host: str, port: int, say: Callable[[str], None]) -> None:

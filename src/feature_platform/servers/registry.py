@@ -105,6 +105,9 @@ def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) ->
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         interceptors=[ReadOnlyInterceptor(), *(_grpc_interceptors(auth_type) or [])],
+        # gRPC shares a port with any other listener by default (SO_REUSEPORT): a second
+        # server on a taken port would start and split the calls instead of failing.
+        options=[("grpc.so_reuseport", 0)],
     )
     RegistryServer_pb2_grpc.add_RegistryServerServicer_to_server(
         RegistryServer(store.registry, store=store), server
@@ -114,9 +117,12 @@ def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) ->
     reflection.enable_server_reflection(
         (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if not bound:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {host}:{port} (in use?)")
     server.start()
     # NOT_SERVING until the caller has every listener up (see GrpcRegistry.serving).
     checker.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
