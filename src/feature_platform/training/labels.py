@@ -80,7 +80,7 @@ def _duckdb_batches(
     for path in sorted(offline_dir.glob("*.parquet")):
         con.execute(f"CREATE VIEW \"{path.stem}\" AS SELECT * FROM read_parquet('{path}')")
     try:
-        reader = con.sql(query).fetch_record_batch(chunk_rows)
+        reader = con.sql(query).to_arrow_reader(chunk_rows)
     except duckdb.Error as exc:
         raise LabelError(f"--labels-sql failed: {str(exc).splitlines()[0]}") from None
     try:
