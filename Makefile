@@ -121,15 +121,21 @@ kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
 # --- serving: the feature server, its load test and benchmark ------------------------------
-.PHONY: serve bench loadtest
+.PHONY: serve bench bench-materialize loadtest
 
 serve: install ## Run the feature server in the foreground for ENV (FEATURE_SERVER_* settings)
 	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
 	$(PLATFORM) serve $(ENV)
 
-bench: install services ## Benchmark the server against stock feast serve, no-op and raw Redis
+# Options of the materialization benchmark: --rows N (default 1,000,000), --rounds N, --quick.
+BENCH_MATERIALIZE_ARGS ?=
+bench: install services ## Benchmark the server (stock feast serve, no-op, raw Redis) and materialization (raw writes)
 	$(BIN)/python loadtests/bench.py
 	$(BIN)/python loadtests/bench_training.py
+	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
+
+bench-materialize: install services ## Materialization against raw redis-py writes (BENCH_MATERIALIZE_ARGS=--quick)
+	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
 
 LOAD_HOST ?= http://127.0.0.1:6566
 loadtest: install ## locust against LOAD_HOST, headless; thresholds set the exit code

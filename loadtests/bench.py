@@ -11,8 +11,8 @@ CPU 1, so the generator never takes the server's CPU:
 
 For 1, 10 and 100 entities per request, the load steps through fixed rates; the result
 is the highest rate whose p99 stays within 10 ms with no errors, and p50/p99 at fixed
-rates. Materialization is measured against raw pipelined redis-py writes of the same
-rows. Results go to loadtests/results/ as JSON, a markdown table and a PNG plot.
+rates (materialization: loadtests/bench_materialize.py). Results go to loadtests/results/
+as JSON, a markdown table and a PNG plot.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,72 +243,6 @@ def raw_redis(settings: dict[str, str], body: bytes, seconds: float = 3.0) -> di
     }
 
 
-def materialization(settings: dict[str, str], rows: int) -> dict[str, Any]:
-    """Feast's materialization of one day of `rows` customer snapshots vs raw writes."""
-    from feast.infra.online_stores.helpers import _mmh3
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    sizes = generator.Sizes(customers=rows, merchants=10, days=1, transactions=10)
-    tables = generator.generate(sizes, seed=3, as_of=generator.default_as_of())
-    stats = tables["customer_stats"]
-    offline_tables.write(settings, {"customer_stats": stats}, progress=say)
-    client = _redis(settings)
-    client.flushdb()
-    store = feast_commands.open_store(ENV)
-    end = datetime.now(UTC)
-    say(f"  feast materialize: {len(stats):,} rows")
-    started = time.perf_counter()
-    store.materialize(end - timedelta(days=2), end, feature_views=["customer_stats"])
-    feast_s = time.perf_counter() - started
-
-    client.flushdb()
-    view = store.get_feature_view("customer_stats")
-    names = [f.name for f in view.features]
-    fields = [_mmh3(f"customer_stats:{n}") for n in names]
-    say(f"  raw pipelined HSET: {len(stats):,} rows")
-    started = time.perf_counter()
-    pipe = client.pipeline(transaction=False)
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.value_type import ValueType
-
-    from feature_platform.serving.online import _entity_key
-
-    key_types = {"customer_id": ValueType.INT64}
-    for i, row in enumerate(stats.itertuples(index=False)):
-        key = (
-            serialize_entity_key(
-                _entity_key(["customer_id"], (int(row.customer_id),), key_types), 3
-            )
-            + store.project.encode()
-        )
-        ts = Timestamp()
-        ts.FromDatetime(row.event_timestamp.to_pydatetime())
-        mapping: dict[Any, bytes] = {"_ts:customer_stats": ts.SerializeToString()}
-        for name, field_key in zip(names, fields, strict=True):
-            value = getattr(row, name)
-            proto = ValueProto()
-            if isinstance(value, str):
-                proto.string_val = value
-            elif isinstance(value, (int, np.integer)):
-                proto.int64_val = int(value)
-            elif value == value:
-                proto.double_val = float(value)
-            mapping[field_key] = proto.SerializeToString()
-        pipe.hset(key, mapping=mapping)
-        if i % 1000 == 999:
-            pipe.execute()
-            pipe = client.pipeline(transaction=False)
-    pipe.execute()
-    raw_s = time.perf_counter() - started
-    return {
-        "rows": len(stats),
-        "feast_rows_per_s": len(stats) / feast_s,
-        "raw_rows_per_s": len(stats) / raw_s,
-        "ratio": raw_s / feast_s,
-    }
-
-
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Feature server benchmark ({result['when']})",
@@ -339,15 +273,6 @@ def markdown(result: dict[str, Any]) -> str:
     for target in result["targets"]:
         lines.append(f"- {'met' if target['met'] else 'NOT met'}: {target['what']} "
                      f"({target['value']})")  # fmt: skip
-    m = result.get("materialization")
-    if m:
-        lines += [
-            "",
-            "## Materialization",
-            "",
-            f"{m['rows']:,} rows: Feast {m['feast_rows_per_s']:.0f} rows/s, raw pipelined "
-            f"redis-py {m['raw_rows_per_s']:.0f} rows/s ({m['ratio']:.0%} of raw).",
-        ]
     return "\n".join(lines) + "\n"
 
 
@@ -404,7 +329,6 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--step-seconds", type=float, default=4.0)
-    parser.add_argument("--materialize-rows", type=int, default=100_000)
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         say("needs 2 CPUs: one for the server, one for the load generator")
@@ -445,9 +369,6 @@ def main() -> int:
     for size, body in sizes.items():
         say(f"raw redis-py, {size} entities")
         result["raw_redis"][str(size)] = raw_redis(settings, body)
-    if args.materialize_rows:
-        say("materialization")
-        result["materialization"] = materialization(settings, args.materialize_rows)
     result["targets"] = targets(result)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2))

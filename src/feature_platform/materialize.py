@@ -18,6 +18,9 @@ the old watermark again. The overlap (MATERIALIZE_OVERLAP_SECONDS, default 600) 
 writers whose creation time precedes their commit, by up to their longest transaction,
 and clock skew between them and this job.
 
+The rows are written in process by default; with MATERIALIZE_ENGINE selecting Feast's
+`ray.engine`, from Ray's workers (`materialize_ray`), the same bytes either way.
+
 Views this cannot read by creation time (no creation column, no entities, derived or
 transformed views, on-demand views written online) go through `materialize-incremental`.
 The others are not flagged MATERIALIZING in the registry as it flags them: that stops

@@ -11,7 +11,7 @@ without a creation time count their event time as their creation time.
 One EVALSHA writes a chunk of rows (the field names sent once per chunk), pipelined: one
 round trip per batch, where Feast's needs two, and far fewer commands to pack and run
 than one per row. A chunk's keys share a hash slot on a Redis Cluster (a script may only
-touch one slot); a chunk holds the script for at most about a millisecond.
+touch one slot); a chunk holds Redis for about half a millisecond.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from feature_platform.stores.training_rule import row_version
 CREATED_FIELD_PREFIX = "_created:"
 # Rows per EVALSHA: large enough to pay the call once for many rows, small enough that
 # readers never wait long behind one.
-CHUNK_ROWS = 200
+CHUNK_ROWS = 100
 
 # KEYS: the entities' hashes. ARGV: the `_ts` field, the `_created` field, the keys' expiry
 # in seconds (0: none), 1 to write without comparing (Feast's `skip_dedup`), the number of
