@@ -4,7 +4,7 @@
 structured diff (`feast.diff.registry_diff.RegistryDiff`: each object with its current and
 desired definition) and classifies every change:
 
-- safe: a new entity, view, feature or service; a description, tag or owner change; a
+- safe: a new entity, view, feature or service; a description, tag, owner or logging change; a
   longer ttl; a shorter ttl on a view no service uses;
 - breaking: deleting or renaming an entity, view, feature or service; changing a feature's
   type; changing an entity's join key; shrinking the ttl of a view a service depends on.
@@ -35,8 +35,9 @@ BREAKING = "breaking"
 
 CREATE, UPDATE, DELETE = "create", "update", "delete"
 
-# Spec fields that describe an object without changing what it serves.
-METADATA_FIELDS = {"description", "tags", "owner"}
+# Spec fields that describe an object without changing what it serves (a feature
+# service's logging_config says where served vectors are recorded).
+METADATA_FIELDS = {"description", "tags", "owner", "logging_config"}
 # Bookkeeping Feast keeps in some protos; never a change of definition.
 IGNORED_FIELDS = {"project", "meta", "created_timestamp", "last_updated_timestamp"}
 VIEW_TYPES = {"feature view", "on demand feature view", "stream feature view", "label view"}

@@ -17,6 +17,7 @@ removes that data, and fails until it could.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from feast import FeatureService
 
 from feature_platform import environments, rollout_log
 from feature_platform.config_guard import one_line_error, redact
@@ -39,10 +41,12 @@ from feature_platform.rollout_plan import (
     connect,
     differences,
     in_repo,
+    logging_text,
     plan_in_repo,
     project_name,
     registry_state,
     settings,
+    with_logging_changes,
 )
 
 LOCK_TIMEOUT_VAR = "APPLY_LOCK_TIMEOUT_SECONDS"
@@ -211,17 +215,34 @@ def _apply_locked(
 
 
 def _feast_apply(planned: Planned) -> None:
+    from feast.diff.registry_diff import diff_between
     from feast.repo_operations import apply_total_with_repo_instance
 
     store = planned.store
+    project = planned.plan.project
     with contextlib.redirect_stdout(sys.stderr):
         apply_total_with_repo_instance(
-            store,
-            planned.plan.project,
-            store.registry,
-            planned.contents,
-            skip_source_validation=True,
+            store, project, store.registry, planned.contents, skip_source_validation=True
         )
+    # What Feast's apply skips: a feature service whose only change is its logging_config.
+    # The registry too keeps a stored object equal to the new one, by that same equality.
+    for service in with_logging_changes(diff_between(store.registry, project, planned.contents)):
+        compared = copy.copy(service)
+        compared.__class__ = _ComparedWithLogging
+        store.registry.apply_feature_service(compared, project)
+
+
+class _ComparedWithLogging(FeatureService):
+    """A feature service whose equality includes its logging_config."""
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            super().__eq__(other)
+            and isinstance(other, FeatureService)
+            and logging_text(self) == logging_text(other)
+        )
+
+    __hash__ = FeatureService.__hash__
 
 
 def _complete_cleanups(

@@ -176,6 +176,42 @@ class Planned:
     deleted_views: list[tuple[str, Any]]
 
 
+def logging_text(service: Any) -> str:
+    """A feature service's logging_config as text; empty without one."""
+    config = service.logging_config
+    return str(config.to_proto()) if config is not None else ""
+
+
+def with_logging_changes(registry_diff: Any) -> list[Any]:
+    """Feast compares feature services without their `logging_config`
+    (`FeatureService.__eq__`), so turning served-vector logging on or off for a service
+    that exists would be planned as no change and never applied. Each such service
+    becomes an update of `logging_config` here; returns the services to write."""
+    from feast.diff.property_diff import PropertyDiff, TransitionType
+    from feast.diff.registry_diff import FeastObjectDiff
+    from feast.infra.registry.registry import FeastObjectType
+
+    updated = []
+    for i, d in enumerate(registry_diff.feast_object_diffs):
+        if (
+            d.feast_object_type != FeastObjectType.FEATURE_SERVICE
+            or d.transition_type != TransitionType.UNCHANGED
+        ):
+            continue
+        old, new = logging_text(d.current_feast_object), logging_text(d.new_feast_object)
+        if old != new:
+            registry_diff.feast_object_diffs[i] = FeastObjectDiff(
+                d.name,
+                d.feast_object_type,
+                d.current_feast_object,
+                d.new_feast_object,
+                [PropertyDiff("logging_config", old, new)],
+                TransitionType.UPDATE,
+            )
+            updated.append(d.new_feast_object)
+    return updated
+
+
 def differences(planned: Planned) -> set[tuple[str, str, str]]:
     """(action, object type, name) of every object where the registry and the repository
     still differ; empty once the registry holds the repository."""
@@ -184,6 +220,7 @@ def differences(planned: Planned) -> set[tuple[str, str, str]]:
     from feast.feature_view import DUMMY_ENTITY_NAME
 
     diff = diff_between(planned.store.registry, planned.plan.project, planned.contents)
+    with_logging_changes(diff)
     return {
         (d.transition_type.name.lower(), d.feast_object_type.value, d.name)
         for d in diff.feast_object_diffs
@@ -214,6 +251,7 @@ def plan_in_repo(
             if view.batch_source is not None:
                 provider.validate_data_source(store.config, view.batch_source)
         registry_diff, _infra_diff, _ = store.plan(contents)
+    with_logging_changes(registry_diff)
     deleted_views: list[tuple[str, Any]] = [
         (str(d.feast_object_type.value), d.current_feast_object)
         for d in registry_diff.feast_object_diffs

@@ -114,9 +114,29 @@ def _redis_client(settings: Mapping[str, str], db: int) -> redis.Redis:
     )
 
 
+def _holder_is_gone(client: redis.Redis) -> bool:
+    """The db's claim belongs to a test run of this machine that no longer runs (killed
+    before it could release it)."""
+    holder = client.get(CLAIM_KEY)
+    if holder is None:
+        return False
+    pid = holder.decode().split("_")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _claim_redis_db(settings: Mapping[str, str]) -> int:
     for db in TEST_REDIS_DBS:
         client = _redis_client(settings, db)
+        if _holder_is_gone(client):
+            client.flushdb()
         if client.set(CLAIM_KEY, RUN_ID, nx=True, ex=6 * 3600):
             if client.dbsize() == 1:
                 return db

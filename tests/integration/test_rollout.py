@@ -481,6 +481,23 @@ def test_breaking_change_from_the_command_line(dev: Stack, tmp_path: Path, reset
     assert apply_log(dev)[-1][1] == "applied" and apply_log(dev)[-1][5:] == (True, True)
 
 
+def test_turning_served_vector_logging_on_is_planned_safe_and_applied(
+    dev: Stack, base_repo: Path, tmp_path: Path, reset: None
+) -> None:
+    # Feast's own diff calls this no change, so its apply would never write it.
+    with patched_environ({"SERVED_VECTORS_PATH": str(tmp_path / "vectors")}):
+        planned = plan_of(dev, base_repo)
+        assert change_kinds(planned) == {
+            ("feature service", "fraud_detection_v1", "metadata_changed")
+        }
+        assert not planned.breaking
+        assert apply_of(dev, base_repo).outcome == "applied"
+        assert plan_of(dev, base_repo).changes == []
+    service = dev.store().get_feature_service("fraud_detection_v1")
+    assert service.logging_config is not None
+    assert service.logging_config.destination.path == str(tmp_path / "vectors")
+
+
 def test_plan_leaves_the_registry_byte_identical(dev: Stack, tmp_path: Path) -> None:
     before = registry_rows(dev)
     redis = dev.redis()

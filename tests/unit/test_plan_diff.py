@@ -10,6 +10,8 @@ import pytest
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
 from feast.diff.property_diff import TransitionType
 from feast.diff.registry_diff import FeastObjectDiff, RegistryDiff, diff_registry_objects
+from feast.feature_logging import LoggingConfig
+from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.infra.registry.registry import FeastObjectType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
@@ -109,6 +111,16 @@ def test_description_and_tag_changes_are_safe() -> None:
         diff(updates=((entity(), entity(description="a card holder")), (old_view, new_view)))
     )
     assert got == {"customer": (SAFE, {"metadata_changed"}), "stats": (SAFE, {"metadata_changed"})}
+
+
+def test_turning_served_vector_logging_on_is_safe() -> None:
+    logged = FeatureService(
+        name="model_v1",
+        features=[view()],
+        logging_config=LoggingConfig(destination=FileLoggingDestination(path="/logs")),
+    )
+    got = findings(diff(updates=((service(view()), logged),)))
+    assert got == {"model_v1": (SAFE, {"metadata_changed"})}
 
 
 @pytest.mark.parametrize(

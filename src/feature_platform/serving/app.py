@@ -13,6 +13,7 @@ an unexpected error a 500 without the exception text.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import hmac
 import logging
@@ -41,6 +42,7 @@ from feature_platform.serving.plans import PlanCache, Unsupported
 from feature_platform.serving.redis_clients import redis_client
 from feature_platform.serving.registry_refresh import RegistryRefresher
 from feature_platform.serving.settings import ServerSettings
+from feature_platform.serving.vector_log import VectorLog
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,6 +74,9 @@ class FeatureServerApp:
             else None
         )
         self.freshness = FreshnessReader(store, settings.store_timeout_s)
+        self.vector_log = VectorLog(
+            store, settings.served_vectors_queue_rows, settings.served_vectors_flush_s
+        )
         self._document: tuple[Any, bytes] = (None, b"")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,28 +191,53 @@ class FeatureServerApp:
         for flag in ("full_feature_names", "include_feature_view_version_metadata"):
             if not isinstance(request.get(flag, False), bool):
                 raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
+        record = self._recorder(service, request.get("entities"))
         try:
             plan = self.plans.get(service or None, () if service else tuple(features))
         except Unsupported:
-            return await self._to_feast(scope, body, receive, send)
+            return await self._to_feast(scope, body, receive, send, record)
         entities, n_rows = entity_columns(request.get("entities"), plan, self.settings.max_entities)
         simple = not request.get("full_feature_names") and not request.get(
             "include_feature_view_version_metadata"
         )
         if self.reader is None or not simple:
-            return await self._to_feast(scope, body, receive, send)
+            return await self._to_feast(scope, body, receive, send, record)
         try:
             response, newest, read_s = await self.reader.read(plan, entities, n_rows)
         except Fallback:
-            return await self._to_feast(scope, body, receive, send)
+            return await self._to_feast(scope, body, receive, send, record)
         metrics.observe_read(n_rows, read_s, newest)
+        if record is not None:
+            record(response)
         return await _send(send, 200, orjson.dumps(response), JSON_HEADERS)
 
-    async def _to_feast(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> int:
-        """Feast's app answers; its 5xx bodies (raw exception text) are replaced."""
+    def _recorder(
+        self, service: str | None, entities: Any
+    ) -> Callable[[dict[str, Any] | bytes], None] | None:
+        """Where a served response of a logged feature service goes (vector_log.py)."""
+        if not service or not isinstance(entities, dict) or not self.vector_log.logs(service):
+            return None
+        rows = len(next(iter(entities.values()), []))
+
+        def record(response: dict[str, Any] | bytes) -> None:
+            self.vector_log.offer(service, entities, response, rows)
+
+        return record
+
+    async def _to_feast(
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        record: Callable[[bytes], None] | None = None,
+    ) -> int:
+        """Feast's app answers; its 5xx bodies (raw exception text) are replaced. With
+        `record`, a 200's body is handed to it once sent."""
         replayed = False
         status = 500
         suppressed = False
+        sent: list[bytes] = []
 
         async def replay() -> Message:
             # The body was read already: hand it over once, then wait on the client.
@@ -228,9 +258,13 @@ class FeatureServerApp:
                 if message["type"] == "http.response.body" and not message.get("more_body"):
                     await _send_json(send, status, _feast_failure(status))
                 return
+            if record is not None and status == 200 and message["type"] == "http.response.body":
+                sent.append(message.get("body", b""))
             await send(message)
 
         await self.feast_app(scope, replay, guarded_send)
+        if record is not None and status == 200:
+            record(b"".join(sent))
         return status
 
 
@@ -312,6 +346,8 @@ def create_app() -> FeatureServerApp:
     store = feast_commands.open_store(os.environ["PLATFORM_ENV"])
     app = FeatureServerApp(store, settings)
     app.registry_refresher.start()
+    app.vector_log.start()
+    atexit.register(app.vector_log.close)
     # Everything loaded so far (Feast, pandas, the registry) lives as long as the worker:
     # keep it out of the collector's way, so full collections stay short.
     gc.collect()

@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from feature_platform.serving import contract
+
 if TYPE_CHECKING:
     from feature_platform.serving.freshness import Freshness
 
@@ -60,16 +62,19 @@ REGISTRY_REFRESH_FAILURES = Counter(
     "feature_server_registry_refresh_failures_total",
     "Registry refreshes that failed; the server kept serving the registry it had.",
 )
+SERVED_VECTORS = Counter(
+    "feature_server_served_vectors_total",
+    "Served vector rows of logged feature services: written, or dropped (queue full, "
+    "write failed).",
+    ["outcome"],
+)
 REGISTRY_LAST_REFRESH = Gauge(
     "feature_server_registry_last_refresh_success_timestamp_seconds",
     "When the registry was last loaded; the stalest worker's time.",
     multiprocess_mode="livemin",
 )
 
-ENDPOINTS = {
-    "/get-online-features", "/push", "/write-to-online-store", "/materialize",
-    "/materialize-incremental", "/health", "/ready", "/metrics",
-}  # fmt: skip
+ENDPOINTS = {*contract.ENDPOINTS, *contract.FEAST_WRITE_PATHS}
 
 
 def endpoint_label(path: str) -> str:

@@ -62,6 +62,10 @@ class ServerSettings:
     write_mode: str = "off"
     write_token: str = ""
     log_format: str = "json"
+    # Served vectors of logged feature services (serving/vector_log.py): rows queued at
+    # most, beyond which they are dropped, and how often the queue is written.
+    served_vectors_queue_rows: int = 10_000
+    served_vectors_flush_s: float = 5.0
     # Feast's own endpoints served as well as the platform's (contract.ENDPOINTS): exact
     # paths such as /materialize, or "all". None by default.
     feast_endpoints: frozenset[str] = frozenset()
@@ -122,4 +126,13 @@ class ServerSettings:
             write_token=token,
             log_format=log_format,
             feast_endpoints=feast_endpoints,
+            served_vectors_queue_rows=_int(
+                env,
+                "FEATURE_SERVER_SERVED_VECTORS_QUEUE_ROWS",
+                defaults.served_vectors_queue_rows,
+                minimum=1,
+            ),
+            served_vectors_flush_s=_float(
+                env, "FEATURE_SERVER_SERVED_VECTORS_FLUSH_SECONDS", defaults.served_vectors_flush_s
+            ),
         )

@@ -1,7 +1,9 @@
 """Feast's PostgreSQL offline store under the platform's training rule
 (`training_rule`): no training row holds a value created after its label time, and a
 NULL creation time counts as the event time. It also writes (`offline_write_batch`, which
-Feast's store lacks): a push with `to: offline` or `online_and_offline` reaches training.
+Feast's store lacks): a push with `to: offline` or `online_and_offline` reaches training;
+and it records served vectors (`write_logged_features`, also missing) to a feature
+service's file destination.
 
 Select it in feature_store.yaml with
 `type: feature_platform.stores.postgres_offline.PostgreSQLOfflineStore`; every other
@@ -11,19 +13,25 @@ setting is Feast's.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 from feast import FeatureView
 from feast.data_source import DataSource
+from feast.feature_logging import LoggingConfig, LoggingSource
 from feast.infra.offline_stores.contrib.postgres_offline_store import postgres as feast_postgres
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
 )
+from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.infra.registry.base_registry import BaseRegistry
 from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
 from feast.repo_config import RepoConfig
 from psycopg import sql
@@ -195,3 +203,27 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
                 copy.write_row(row)
         if progress:
             progress(table.num_rows)
+
+    @staticmethod
+    def write_logged_features(
+        config: RepoConfig,
+        data: pa.Table | Path,
+        source: LoggingSource,
+        logging_config: LoggingConfig,
+        registry: BaseRegistry,
+    ) -> None:
+        """Served vectors as parquet files under the destination's directory (local or
+        s3://): one new file per batch, partitioned as the destination says."""
+        destination = logging_config.destination
+        if not isinstance(destination, FileLoggingDestination):
+            raise ValueError(
+                f"served vectors go to a file destination here, not {type(destination).__name__}"
+            )
+        table = pq.read_table(data) if isinstance(data, Path) else data
+        pq.write_to_dataset(
+            table,
+            root_path=destination.path,
+            partition_cols=destination.partition_by or None,
+            basename_template=f"{uuid.uuid4().hex}-{{i}}.parquet",
+        )
+
