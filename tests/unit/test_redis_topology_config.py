@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
 from feature_platform.serving.redis_clients import TopologyError, redis_client
-from feature_platform.stores.redis_online import cluster_config
+from feature_platform.stores.redis_online import RedisOnlineStore, cluster_config
+from feature_platform.stores.redis_sentinel import AsyncFollowingSentinelPool, FollowingSentinelPool
 
 OPTIONS = "username=app,password=pw,ssl=false,socket_timeout=2,socket_connect_timeout=2"
 
@@ -50,10 +51,11 @@ def test_the_server_builds_a_client_per_topology() -> None:
     sentinel = redis_client(_store(RedisType.redis_sentinel, f"s1:26379,s2:26379,db=1,{OPTIONS}"))
     assert isinstance(sentinel, aioredis.Redis)
     pool = sentinel.connection_pool
-    assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
+    assert isinstance(pool, AsyncFollowingSentinelPool)  # follows a failover
+    assert pool.service_name == "mymaster"
     # The primary gets the credentials; the sentinels only the socket options, as in Feast.
     assert pool.connection_kwargs["username"] == "app" and pool.connection_kwargs["db"] == 1
-    sentinels = pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+    sentinels = pool.sentinel_manager.sentinels
     assert [s.connection_pool.connection_kwargs.get("password") for s in sentinels] == [None] * 2
     assert isinstance(
         redis_client(_store(RedisType.redis, f"r1:6379,db=2,{OPTIONS}")), aioredis.Redis
@@ -63,3 +65,12 @@ def test_the_server_builds_a_client_per_topology() -> None:
 def test_no_address_is_a_topology_error() -> None:
     with pytest.raises(TopologyError, match="no host:port"):
         redis_client(_store(RedisType.redis, "db=2,password=pw"))
+
+
+def test_the_store_writes_through_a_pool_that_follows_a_failover() -> None:
+    config = RedisOnlineStoreConfig(
+        redis_type=RedisType.redis_sentinel, connection_string=f"s1:26379,db=1,{OPTIONS}"
+    )
+    client = RedisOnlineStore()._get_client(config)
+    assert isinstance(client.connection_pool, FollowingSentinelPool)
+    assert client.connection_pool.connection_kwargs["password"] == "pw"

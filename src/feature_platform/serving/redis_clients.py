@@ -5,8 +5,8 @@ connection string parser, same keyword arguments), for each of Feast's topologie
 
 - `redis`: one server; commands packed by hiredis.
 - `redis_sentinel`: the connection string lists the sentinels; connections go to the
-  primary they name for `sentinel_master` and, after a failover, to the new one (a
-  connection that finds its server demoted reconnects through the sentinels).
+  primary they name for `sentinel_master` and, within a second of a failover, to the
+  new one (`stores/redis_sentinel.py`).
 - `redis_cluster`: the connection string lists seed nodes; redis-py discovers the slots,
   routes each command by its key and follows MOVED and ASK as slots move.
 
@@ -26,6 +26,8 @@ from feast import FeatureStore
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+
+from feature_platform.stores.redis_sentinel import AsyncFollowingSentinelPool
 
 AsyncRedis = aioredis.Redis | aioredis.RedisCluster
 
@@ -81,9 +83,12 @@ def _sentinel(
 ) -> aioredis.Redis:
     sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     sentinels = Sentinel(addresses, sentinel_kwargs=sentinel_kwargs, **kwargs)
+    pool = AsyncFollowingSentinelPool
     if kwargs.get("ssl"):
-        return sentinels.master_for(master)
-    return sentinels.master_for(master, connection_class=_HiredisSentinelConnection)
+        return sentinels.master_for(master, connection_pool_class=pool)
+    return sentinels.master_for(
+        master, connection_pool_class=pool, connection_class=_HiredisSentinelConnection
+    )
 
 
 class _HiredisPacking:

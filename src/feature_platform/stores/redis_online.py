@@ -29,8 +29,16 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 from feast.value_type import ValueType
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
 
-from feature_platform.stores import freshness, online_ttl, redis_encoding, redis_write
+from feature_platform.stores import (
+    freshness,
+    online_ttl,
+    redis_encoding,
+    redis_sentinel,
+    redis_write,
+)
 
 OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 
@@ -54,15 +62,36 @@ def cluster_config(store: feast_redis.RedisOnlineStoreConfig) -> Any:
     return store.model_copy(update={"connection_string": kept})
 
 
+def sentinel_primary(store: feast_redis.RedisOnlineStoreConfig, asynchronous: bool) -> Any:
+    """Feast's Sentinel client (the same arguments), on a pool that follows a failover
+    within a second (`redis_sentinel`)."""
+    nodes, kwargs = feast_redis.RedisOnlineStore._parse_connection_string(store.connection_string)
+    hosts = [(node["host"], int(node["port"])) for node in nodes]
+    if asynchronous:
+        sentinels: Any = AsyncSentinel(hosts, **kwargs)
+        pool: Any = redis_sentinel.AsyncFollowingSentinelPool
+    else:
+        sentinels, pool = Sentinel(hosts, **kwargs), redis_sentinel.FollowingSentinelPool
+    return sentinels.master_for(store.sentinel_master, connection_pool_class=pool)
+
+
 class RedisOnlineStore(feast_redis.RedisOnlineStore):
     def _get_client(self, online_store_config: Any) -> Any:
         if online_store_config.redis_type == feast_redis.RedisType.redis_cluster:
             online_store_config = cluster_config(online_store_config)
+        if online_store_config.redis_type == feast_redis.RedisType.redis_sentinel:
+            if not self._client:
+                self._client = sentinel_primary(online_store_config, asynchronous=False)
+            return self._client
         return super()._get_client(online_store_config)
 
     async def _get_client_async(self, online_store_config: Any) -> Any:
         if online_store_config.redis_type == feast_redis.RedisType.redis_cluster:
             online_store_config = cluster_config(online_store_config)
+        if online_store_config.redis_type == feast_redis.RedisType.redis_sentinel:
+            if not self._client_async:
+                self._client_async = sentinel_primary(online_store_config, asynchronous=True)
+            return self._client_async
         return await super()._get_client_async(online_store_config)
 
     def _get_features_for_entity(
