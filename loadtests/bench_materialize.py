@@ -35,21 +35,24 @@ from typing import Any
 import pandas as pd
 import redis
 
-from feature_platform import feast_commands, generator, materialize, offline_tables
+from feature_platform import environments, feast_commands, generator, materialize, offline_tables
 from feature_platform.stores import freshness
 
 RESULTS = Path(__file__).parent / "results"
 ENV = "dev"
 VIEW = "customer_stats"
-# The benchmark's own databases and Redis db: nothing else uses them.
+# The benchmark's own databases: nothing else uses them.
 BENCH_SETTINGS = {
     "REGISTRY_DB": "feast_bench_mat_registry",
     "OFFLINE_DB": "feast_bench_mat_offline",
-    "REDIS_DB": "15",
     "POSTGRES_PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
     "REDIS_PASSWORD": os.environ.get("REDIS_PASSWORD", ""),
 }
 PIPELINE_ROWS = 1_000
+# Test runs claim an empty Redis db with this key (tests/integration/stacks.py) and skip
+# a db that holds it; the benchmark claims one the same way, so neither flushes the other.
+CLAIM_KEY = "feature-platform:test-claim"
+CLAIMABLE_DBS = range(15, 2, -1)
 SAMPLE_KEYS = 2_000
 
 
@@ -64,12 +67,25 @@ def _redis(settings: dict[str, str]) -> redis.Redis:
     )  # fmt: skip
 
 
+def claim_redis_db(settings: dict[str, str]) -> int:
+    """An empty Redis db, claimed for the run (released by `release`)."""
+    for db in CLAIMABLE_DBS:
+        client = _redis({**settings, "REDIS_DB": str(db)})
+        if client.set(CLAIM_KEY, "bench_materialize", nx=True, ex=6 * 3600):
+            if client.dbsize() == 1:
+                say(f"Redis db {db}")
+                return db
+            client.delete(CLAIM_KEY)
+    raise SystemExit(f"no empty Redis db among {list(CLAIMABLE_DBS)} to claim")
+
+
 def prepare(rows: int) -> dict[str, str]:
     """Fresh bench databases holding about `rows` snapshots of one day, applied."""
     import psycopg
     from psycopg import sql
 
     os.environ.update(BENCH_SETTINGS)
+    os.environ["REDIS_DB"] = str(claim_redis_db(environments.settings(ENV)))
     settings = feast_commands.prepare(ENV)
     with psycopg.connect(offline_tables.postgres_conninfo(settings, "postgres"),
                          autocommit=True) as conn:  # fmt: skip
@@ -112,6 +128,11 @@ class Bench:
         return job.to_df()
 
     def flush(self) -> None:
+        """Empty the claimed db, keeping the claim."""
+        self.client.flushdb()
+        self.client.set(CLAIM_KEY, "bench_materialize", ex=6 * 3600)
+
+    def release(self) -> None:
         self.client.flushdb()
 
     def platform(self) -> float:
@@ -184,8 +205,9 @@ class Bench:
         return dict(zip(keys, pipe.execute(), strict=True))
 
     def entity_keys(self) -> list[bytes]:
-        own = freshness.KEY_PREFIX.encode()
-        return [k for k in self.client.scan_iter(count=10_000) if not k.startswith(own)]
+        own, claim = freshness.KEY_PREFIX.encode(), CLAIM_KEY.encode()
+        return [k for k in self.client.scan_iter(count=10_000)
+                if k != claim and not k.startswith(own)]  # fmt: skip
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -196,26 +218,29 @@ def run(rows: int, rounds: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     settings = prepare(rows)
     bench = Bench(settings)
-    say("reading the rows materialization loads")
-    loaded = bench.loaded_rows()
-    n = len(loaded)
-    rounds_out = []
-    for r in range(1, rounds + 1):
-        say(f"round {r}/{rounds}: raw pipelined redis-py, {n:,} rows")
-        raw_s = bench.raw(loaded)
-        keys = bench.entity_keys()
-        assert len(keys) == n, f"raw wrote {len(keys):,} hashes for {n:,} rows"
-        expected = bench.sample(keys[:SAMPLE_KEYS])
-        say(f"round {r}/{rounds}: platform materialization, {n:,} rows")
-        platform_s = bench.platform()
-        assert bench.sample(keys[:SAMPLE_KEYS]) == expected, "platform and raw hashes differ"
-        assert len(bench.entity_keys()) == n
-        rounds_out.append({"raw_s": raw_s, "platform_s": platform_s, "ratio": raw_s / platform_s})
-        say(f"  raw {n / raw_s:,.0f} rows/s, platform {n / platform_s:,.0f} rows/s: "
-            f"{raw_s / platform_s:.0%}")  # fmt: skip
-    say(f"floor: pre-serialized HSETs, {n:,} rows")
-    floor_s = bench.floor(loaded)
-    bench.flush()
+    try:
+        say("reading the rows materialization loads")
+        loaded = bench.loaded_rows()
+        n = len(loaded)
+        rounds_out = []
+        for r in range(1, rounds + 1):
+            say(f"round {r}/{rounds}: raw pipelined redis-py, {n:,} rows")
+            raw_s = bench.raw(loaded)
+            keys = bench.entity_keys()
+            assert len(keys) == n, f"raw wrote {len(keys):,} hashes for {n:,} rows"
+            expected = bench.sample(keys[:SAMPLE_KEYS])
+            say(f"round {r}/{rounds}: platform materialization, {n:,} rows")
+            platform_s = bench.platform()
+            assert bench.sample(keys[:SAMPLE_KEYS]) == expected, "platform and raw hashes differ"
+            assert len(bench.entity_keys()) == n
+            ratio = raw_s / platform_s
+            rounds_out.append({"raw_s": raw_s, "platform_s": platform_s, "ratio": ratio})
+            say(f"  raw {n / raw_s:,.0f} rows/s, platform {n / platform_s:,.0f} rows/s: "
+                f"{raw_s / platform_s:.0%}")  # fmt: skip
+        say(f"floor: pre-serialized HSETs, {n:,} rows")
+        floor_s = bench.floor(loaded)
+    finally:
+        bench.release()
     return {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
