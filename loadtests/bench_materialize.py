@@ -53,6 +53,8 @@ PIPELINE_ROWS = 1_000
 # a db that holds it; the benchmark claims one the same way, so neither flushes the other.
 CLAIM_KEY = "feature-platform:test-claim"
 CLAIMABLE_DBS = range(15, 2, -1)
+# "<pid>_...": a test run reclaims the db of a benchmark that was killed.
+CLAIM_HOLDER = f"{os.getpid()}_bench_materialize"
 SAMPLE_KEYS = 2_000
 
 
@@ -71,7 +73,7 @@ def claim_redis_db(settings: dict[str, str]) -> int:
     """An empty Redis db, claimed for the run (released by `release`)."""
     for db in CLAIMABLE_DBS:
         client = _redis({**settings, "REDIS_DB": str(db)})
-        if client.set(CLAIM_KEY, "bench_materialize", nx=True, ex=6 * 3600):
+        if client.set(CLAIM_KEY, CLAIM_HOLDER, nx=True, ex=6 * 3600):
             if client.dbsize() == 1:
                 say(f"Redis db {db}")
                 return db
@@ -130,7 +132,7 @@ class Bench:
     def flush(self) -> None:
         """Empty the claimed db, keeping the claim."""
         self.client.flushdb()
-        self.client.set(CLAIM_KEY, "bench_materialize", ex=6 * 3600)
+        self.client.set(CLAIM_KEY, CLAIM_HOLDER, ex=6 * 3600)
 
     def release(self) -> None:
         self.client.flushdb()
