@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -20,18 +20,41 @@ SIZES = generator.Sizes(customers=300, merchants=30, days=10, transactions=3_000
 SEED = 11
 
 
-@pytest.fixture(scope="session")
-def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
-    stacks: list[Stack] = []
+class StackFactory:
+    """Stacks for tests. A stack lives until the end of the module that made it, so the
+    databases and Redis dbs it holds (there are 13 to share) are back before the next
+    module; the session's shared stacks (`session=True`) live until the end."""
 
-    def make(env: str, name: str, extra: dict[str, str] | None = None) -> Stack:
-        stack = make_stack(env, name, tmp_path_factory.mktemp(f"{env}_{name}"), extra)
-        stacks.append(stack)
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.module_stacks: list[Stack] = []
+        self.session_stacks: list[Stack] = []
+
+    def __call__(
+        self, env: str, name: str, extra: dict[str, str] | None = None, session: bool = False
+    ) -> Stack:
+        stack = make_stack(env, name, self.tmp_path_factory.mktemp(f"{env}_{name}"), extra)
+        (self.session_stacks if session else self.module_stacks).append(stack)
         return stack
 
-    yield make
-    for stack in stacks:
+    def close_module_stacks(self) -> None:
+        while self.module_stacks:
+            self.module_stacks.pop().close()
+
+
+@pytest.fixture(scope="session")
+def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
+    factory = StackFactory(tmp_path_factory)
+    yield factory
+    factory.close_module_stacks()
+    for stack in factory.session_stacks:
         stack.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_stacks_closed(stack_factory: StackFactory) -> Iterator[None]:
+    yield
+    stack_factory.close_module_stacks()
 
 
 @pytest.fixture(scope="session")
@@ -55,13 +78,13 @@ def deploy(stack: Stack, tables: dict[str, pd.DataFrame]) -> Stack:
 
 
 @pytest.fixture(scope="session")
-def deployed_local(stack_factory: Callable[..., Stack], generated_tables: dict) -> Stack:
-    return deploy(stack_factory("local", "gen"), generated_tables)
+def deployed_local(stack_factory: StackFactory, generated_tables: dict) -> Stack:
+    return deploy(stack_factory("local", "gen", session=True), generated_tables)
 
 
 @pytest.fixture(scope="session")
-def deployed_dev(stack_factory: Callable[..., Stack], generated_tables: dict) -> Stack:
-    return deploy(stack_factory("dev", "gen"), generated_tables)
+def deployed_dev(stack_factory: StackFactory, generated_tables: dict) -> Stack:
+    return deploy(stack_factory("dev", "gen", session=True), generated_tables)
 
 
 @pytest.fixture(scope="session")
