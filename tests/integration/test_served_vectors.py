@@ -103,7 +103,7 @@ def test_served_vectors_reach_the_destination_as_served(logged: Logged, path: st
             assert row[f"{column}__timestamp"] == served_at, (column, customer)
             checked += 1
     assert checked >= 10 * len(customers)
-    for i, customer in enumerate(customers):
+    for customer in customers:
         assert rows[customer]["amount"] == 10.0 + customer
         assert rows[customer]["__log_timestamp"] >= started
     if path == "feast":  # Feast leaves on-demand features out under full_feature_names

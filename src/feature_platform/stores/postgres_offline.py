@@ -226,4 +226,3 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
             partition_cols=destination.partition_by or None,
             basename_template=f"{uuid.uuid4().hex}-{{i}}.parquet",
         )
-
