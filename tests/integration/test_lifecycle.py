@@ -225,12 +225,15 @@ def _sigterm_under_load(
     return [o for slot in results for o in slot], terminated, ready
 
 
+SIGTERMS = 3
+
+
 def test_sigterm_under_load_loses_no_request(services: Services, tmp_path: Path) -> None:
-    """Five shutdowns under load. Lost: any request without a 200, except a refused
+    """Three shutdowns under load. Lost: any request without a 200, except a refused
     connection once the drain is over (the listener closes then; in Kubernetes the pod
     left the endpoints when it turned not-ready)."""
     sent = lost = during_drain = 0
-    for round_ in range(5):
+    for round_ in range(SIGTERMS):
         outcomes, terminated, ready = _sigterm_under_load(
             services.stack, tmp_path / f"{round_}.log"
         )
@@ -250,7 +253,7 @@ def test_sigterm_under_load_loses_no_request(services: Services, tmp_path: Path)
         assert drained, "the load did not overlap the drain"
         assert all(o.result == "ok" and o.closes for o in drained), "drain answers close"
         assert not lost_here, [o.result for o in lost_here][:5]
-    print(f"5 SIGTERMs: {sent} requests sent, {during_drain} during drains, {lost} lost")
+    print(f"{SIGTERMS} SIGTERMs: {sent} requests sent, {during_drain} during drains, {lost} lost")
 
 
 def _half_sent(url_port: int, request: bytes) -> socket.socket:
