@@ -133,6 +133,7 @@ bench: install services ## Benchmark the server (stock feast serve, no-op, raw R
 	$(BIN)/python loadtests/bench.py
 	$(BIN)/python loadtests/bench_training.py
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
+	$(BIN)/python loadtests/bench_served_vectors.py $(BENCH_SERVED_VECTORS_ARGS)
 
 bench-materialize: install services ## Materialization against raw redis-py writes (BENCH_MATERIALIZE_ARGS=--quick)
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
