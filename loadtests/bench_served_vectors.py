@@ -240,7 +240,7 @@ def main() -> int:
     bench.prepare_data()
     os.sched_setaffinity(0, bench.LOADGEN_CPUS)
     RESULTS.mkdir(exist_ok=True)
-    args.log = (RESULTS / "servers_served_vectors.log").open("wb")
+    args.log = (RESULTS / "servers.log").open("ab")  # after bench.py's, ignored by git
     bodies = {size: body for size, body in bench.bodies().items() if size in SIZES}
     fixed: dict[int, int] = {}
     rounds = []
