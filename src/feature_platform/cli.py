@@ -176,6 +176,11 @@ def cmd_training_set(args: argparse.Namespace) -> int:
     return command.cli(request, say)
 
 
+def _listener(parser: argparse.ArgumentParser, port: int, what: str) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=_port, default=port, help=f"{what} port (default {port})")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feature-platform", description=__doc__)
     subs = top.add_subparsers(dest="command", required=True)
@@ -225,8 +230,7 @@ def parser() -> argparse.ArgumentParser:
         "run Feast's registry server (gRPC, and REST under /api/v1), read-only, in the foreground",
         cmd_serve_registry,
     )
-    reg.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    reg.add_argument("--port", type=_port, default=6570, help="gRPC port (default 6570)")
+    _listener(reg, 6570, "gRPC")
     reg.add_argument("--rest-port", type=_port, default=6572, help="REST port (default 6572)")
     reg.add_argument("--no-rest", action="store_true", help="serve gRPC only")
     off = sub(
@@ -234,15 +238,13 @@ def parser() -> argparse.ArgumentParser:
         "run Feast's offline server (Arrow Flight), read-only, in the foreground",
         cmd_serve_offline,
     )
-    off.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    off.add_argument("--port", type=_port, default=8815, help="Flight port (default 8815)")
+    _listener(off, 8815, "Flight")
     fui = sub(
         "ui",
         "run Feast's UI over the environment's registry, read-only, in the foreground",
         cmd_ui,
     )
-    fui.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    fui.add_argument("--port", type=_port, default=8888, help="HTTP port (default 8888)")
+    _listener(fui, 8888, "HTTP")
     cfg = sub(
         "client-config",
         "print a feature_store.yaml for a client without database or Redis credentials",

@@ -15,13 +15,12 @@ middleware, which writes every visited object to the registry's project metadata
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,9 +28,11 @@ from grpc_reflection.v1alpha import reflection
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp
 
 from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_grpc
+
+from feature_platform.servers.read_only import ReadOnly
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ READ_METHODS = frozenset(
     m.name for m in SERVICE.methods if m.name.startswith(("Get", "List")) or m.name == "Proto"
 ) | {"Refresh"}
 REFUSED_DETAIL = "the registry is read-only here: definitions change through the rollout"
-REST_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# What Feast meant to set with its `default_headers`.
-REST_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-]
 
 
 def _refuse(request: bytes, context: grpc.ServicerContext) -> None:
@@ -129,32 +124,6 @@ def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) ->
     return GrpcRegistry(server, checker, bound)
 
 
-class ReadOnlyMiddleware:
-    """403 JSON for any method but GET, HEAD and OPTIONS; security headers on every answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] not in REST_READ_METHODS:
-            body = json.dumps({"error": "read_only", "detail": REFUSED_DETAIL}).encode()
-            headers = [(b"content-type", b"application/json"), *REST_HEADERS]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": 403, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-
-        async def with_headers(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *REST_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 def rest_app(store: FeatureStore) -> ASGIApp:
     """Feast's REST registry API (under /api/v1), read-only."""
     from fastapi import Depends, FastAPI
@@ -186,7 +155,7 @@ def rest_app(store: FeatureStore) -> ASGIApp:
     rest._init_auth()
     rest._register_routes()
     # Under /api/v1, where Feast's UI and clients look (Feast's `root_path` is deprecated).
-    return ReadOnlyMiddleware(Starlette(routes=[Mount("/api/v1", app=rest.app)]))
+    return ReadOnly(Starlette(routes=[Mount("/api/v1", app=rest.app)]), REFUSED_DETAIL)
 
 
 class RestRegistry:

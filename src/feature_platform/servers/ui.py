@@ -12,56 +12,28 @@ copy of the registry and changes no definition. Definitions change through the r
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
-from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from feature_platform.servers.read_only import ReadOnly
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp
 
 DEFAULT_PORT = 8888
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-REFRESH = ("POST", "/api/v1/registry/refresh")
+REFRESH = frozenset({("POST", "/api/v1/registry/refresh")})
 REFUSED_DETAIL = "the Feast UI is read-only here: definitions change through the rollout"
-# The pages are never framed by another site, and answers are what they say they are.
-HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
-
-
-class ReadOnlyUi:
-    """403 JSON for any method but GET, HEAD and OPTIONS (and the cache refresh)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] not in READ_METHODS and (scope["method"], scope["path"]) != REFRESH:
-            body = json.dumps({"error": "read_only", "detail": REFUSED_DETAIL}).encode()
-            headers = [(b"content-type", b"application/json"), *HEADERS]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": 403, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-
-        async def with_headers(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
 
 
 def ui_app(store: FeatureStore) -> ASGIApp:
     """Feast's UI app for the store's project (no CORS: the pages call their own origin)."""
     from feast.ui_server import get_app
 
-    return ReadOnlyUi(get_app(store, project_id=store.project))
+    return ReadOnly(get_app(store, project_id=store.project), REFUSED_DETAIL, REFRESH)
 
 
 class UiServer:

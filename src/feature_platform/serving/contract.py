@@ -92,6 +92,21 @@ def _get(summary: str, ok: dict[str, Any], unavailable: bool = False) -> dict[st
     return {"summary": summary, "responses": responses}
 
 
+def _write_request(name_field: str, **more: Any) -> dict[str, Any]:
+    """Rows for the object named by `name_field`, as columns."""
+    return {
+        "type": "object",
+        "required": [name_field, "df"],
+        "properties": {
+            name_field: {"type": "string", "minLength": 1},
+            "df": _COLUMNS,
+            **more,
+            "allow_registry_cache": _FLAG,
+            "transform_on_write": _FLAG,
+        },
+    }
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -141,31 +156,15 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "PushRequest": {
-        "type": "object",
-        "required": ["push_source_name", "df"],
-        "properties": {
-            "push_source_name": {"type": "string", "minLength": 1},
-            "df": _COLUMNS,
-            "to": {
-                "type": "string",
-                "enum": ["online", "offline", "online_and_offline"],
-                "default": "online",
-            },
-            "allow_registry_cache": _FLAG,
-            "transform_on_write": _FLAG,
+    "PushRequest": _write_request(
+        "push_source_name",
+        to={
+            "type": "string",
+            "enum": ["online", "offline", "online_and_offline"],
+            "default": "online",
         },
-    },
-    "WriteToOnlineStoreRequest": {
-        "type": "object",
-        "required": ["feature_view_name", "df"],
-        "properties": {
-            "feature_view_name": {"type": "string", "minLength": 1},
-            "df": _COLUMNS,
-            "allow_registry_cache": _FLAG,
-            "transform_on_write": _FLAG,
-        },
-    },
+    ),
+    "WriteToOnlineStoreRequest": _write_request("feature_view_name"),
 }
 
 
