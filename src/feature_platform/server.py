@@ -59,6 +59,13 @@ class FeatureServer:
         self.stop()
 
     def start(self) -> FeatureServer:
+        """Launch, then wait until the server answers."""
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> FeatureServer:
+        """Start the process with this process's environment as it is now; do not wait."""
         if self.stock:
             args = ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", str(self.workers), "--no-access-log"]  # fmt: skip
@@ -79,7 +86,6 @@ class FeatureServer:
                 [sys.executable, "-m", "feature_platform", "serve", self.env],
                 env=env, stdout=self.log, stderr=self.log, preexec_fn=self._pin,
             )  # fmt: skip
-        self.wait_ready()
         return self
 
     def _pin(self) -> None:

@@ -62,12 +62,10 @@ def deployed(
         try:
             deploy(stack, generator.generate(SIZES, seed=SEED, as_of=AS_OF))
             with stack.active():
-                stock = FeatureServer(stack.env, stock=True)
-                booting = threading.Thread(target=stock.start)
-                booting.start()  # both servers boot at once
+                # launched with the stack's environment; both servers boot at once
+                stock = FeatureServer(stack.env, stock=True).launch()
             stack.cleanups.append(stock.stop)
             server = stack.server(settings={**WRITABLE, "FEATURE_SERVER_DRAIN_SECONDS": "0"})
-            booting.join()
             stock.wait_ready()
             yield Deployed(topology, stack, server, stock)
         finally:

@@ -17,6 +17,7 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
 from feature_platform.plan_diff import BREAKING, SAFE, Plan, classify
+from feature_platform.rollout_plan import with_logging_changes
 
 SOURCE = FileSource(name="src", path="/nowhere.parquet", timestamp_field="ts")
 
@@ -119,8 +120,11 @@ def test_turning_served_vector_logging_on_is_safe() -> None:
         features=[view()],
         logging_config=LoggingConfig(destination=FileLoggingDestination(path="/logs")),
     )
-    got = findings(diff(updates=((service(view()), logged),)))
-    assert got == {"model_v1": (SAFE, {"metadata_changed"})}
+    # Feast's diff sees no change here; the rollout's plan adds it.
+    registry_diff = diff(updates=((service(view()), logged),))
+    assert findings(registry_diff) == {}
+    assert [s.name for s in with_logging_changes(registry_diff)] == ["model_v1"]
+    assert findings(registry_diff) == {"model_v1": (SAFE, {"metadata_changed"})}
 
 
 @pytest.mark.parametrize(
