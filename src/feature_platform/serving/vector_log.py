@@ -11,6 +11,7 @@ log schema (`FeatureServiceLoggingSource`) and writes it in batches through
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -37,6 +38,10 @@ from feature_platform.serving import metrics
 log = logging.getLogger("feature_platform.server")
 
 SYSTEM_FIELDS = {LOG_TIMESTAMP_FIELD, LOG_DATE_FIELD, REQUEST_ID_FIELD}
+STATUS_CODES = {name: FieldStatus.Value(name) for name in FieldStatus.keys()}  # noqa: SIM118
+# Served event times repeat (a value is served many times, NOT_FOUND is always the epoch):
+# parsed once each. The writer shares the worker's core with the requests.
+_event_time = functools.lru_cache(maxsize=65_536)(datetime.fromisoformat)
 
 
 @dataclass(frozen=True)
@@ -203,10 +208,8 @@ def _table(service: _Service, batch: list[_Served]) -> pa.Table:
                 columns[f"{column}__status"] += [FieldStatus.INVALID] * n_rows
                 continue
             columns[column] += result["values"]
-            columns[f"{column}__timestamp"] += [
-                datetime.fromisoformat(stamp) for stamp in result["event_timestamps"]
-            ]
-            columns[f"{column}__status"] += [FieldStatus.Value(s) for s in result["statuses"]]
+            columns[f"{column}__timestamp"] += map(_event_time, result["event_timestamps"])
+            columns[f"{column}__status"] += map(STATUS_CODES.__getitem__, result["statuses"])
         columns[LOG_TIMESTAMP_FIELD] += [served.served_at] * n_rows
         columns[LOG_DATE_FIELD] += [served.served_at.date()] * n_rows
         request_id = uuid.uuid4().hex
