@@ -32,6 +32,7 @@ from feature_platform.serving.errors import (
     HTTPError,
     bad_request,
     not_found,
+    require_booleans,
     store_timed_out,
     unavailable,
 )
@@ -188,10 +189,14 @@ class FeatureServerApp:
             raise HTTPError(422, "unprocessable", "'features' must be a list of strings")
         if not service and not features:
             raise HTTPError(422, "unprocessable", "give 'feature_service' or 'features'")
-        for flag in ("full_feature_names", "include_feature_view_version_metadata"):
-            if not isinstance(request.get(flag, False), bool):
-                raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
-        record = self._recorder(service, request.get("entities"))
+        require_booleans(request, "full_feature_names", "include_feature_view_version_metadata")
+        entities_in = request.get("entities")
+        # served vectors of a logged service (vector_log.py); None for everything else
+        record = (
+            self.vector_log.recorder(service, entities_in)
+            if service and isinstance(entities_in, dict)
+            else None
+        )
         try:
             plan = self.plans.get(service or None, () if service else tuple(features))
         except Unsupported:
@@ -210,19 +215,6 @@ class FeatureServerApp:
         if record is not None:
             record(response)
         return await _send(send, 200, orjson.dumps(response), JSON_HEADERS)
-
-    def _recorder(
-        self, service: str | None, entities: Any
-    ) -> Callable[[dict[str, Any] | bytes], None] | None:
-        """Where a served response of a logged feature service goes (vector_log.py)."""
-        if not service or not isinstance(entities, dict) or not self.vector_log.logs(service):
-            return None
-        rows = len(next(iter(entities.values()), []))
-
-        def record(response: dict[str, Any] | bytes) -> None:
-            self.vector_log.offer(service, entities, response, rows)
-
-        return record
 
     async def _to_feast(
         self,

@@ -39,3 +39,10 @@ def unavailable(detail: str) -> HTTPError:
 
 def store_timed_out(timeout_s: float) -> HTTPError:
     return unavailable(f"online store did not answer within {timeout_s}s")
+
+
+def require_booleans(request: dict[str, Any], *names: str) -> None:
+    """422 for the first of `names` the request gives as anything but true or false."""
+    for name in names:
+        if not isinstance(request.get(name, False), bool):
+            raise HTTPError(422, "unprocessable", f"'{name}' must be a boolean")

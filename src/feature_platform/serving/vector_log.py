@@ -17,6 +17,7 @@ import random
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,7 @@ class _Served:
     entities: dict[str, list[Any]]
     response: dict[str, Any] | bytes  # bytes: Feast's path, parsed off the request path
     served_at: datetime
+    rows: int
 
 
 class VectorLog:
@@ -69,7 +71,7 @@ class VectorLog:
         self.store = store
         self.max_rows = max_rows
         self.flush_s = flush_s
-        self._queue: deque[tuple[_Served, int]] = deque()
+        self._queue: deque[_Served] = deque()
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -77,26 +79,28 @@ class VectorLog:
         self._services: tuple[Any, dict[str, _Service | None]] = (None, {})
         self._thread: threading.Thread | None = None
 
-    def logs(self, service: str) -> bool:
-        return self._service(service) is not None
-
-    def offer(
-        self,
-        service: str,
-        entities: dict[str, list[Any]],
-        response: dict[str, Any] | bytes,
-        rows: int,
-    ) -> None:
-        """Queue one served response of `service` if the service is logged and sampled."""
+    def recorder(
+        self, service: str, entities: dict[str, list[Any]]
+    ) -> Callable[[dict[str, Any] | bytes], None] | None:
+        """Where this request's response goes: None unless `service` is logged and the
+        request is in the sample."""
         logged = self._service(service)
         if logged is None or (logged.sample_rate < 1 and random.random() >= logged.sample_rate):
-            return
+            return None
+        rows = len(next(iter(entities.values()), []))
+
+        def record(response: dict[str, Any] | bytes) -> None:
+            self._queue_response(_Served(logged, entities, response, datetime.now(UTC), rows))
+
+        return record
+
+    def _queue_response(self, served: _Served) -> None:
         with self._lock:
-            if self._queued_rows + rows > self.max_rows:
-                metrics.SERVED_VECTORS.labels("dropped_queue_full").inc(rows)
+            if self._queued_rows + served.rows > self.max_rows:
+                metrics.SERVED_VECTORS.labels("dropped_queue_full").inc(served.rows)
                 return
-            self._queue.append((_Served(logged, entities, response, datetime.now(UTC)), rows))
-            self._queued_rows += rows
+            self._queue.append(served)
+            self._queued_rows += served.rows
             full = self._queued_rows >= self.max_rows // 2
         if full:
             self._wake.set()
@@ -124,14 +128,14 @@ class VectorLog:
             batch = list(self._queue)
             self._queue.clear()
             self._queued_rows = 0
-        by_service: dict[str, list[tuple[_Served, int]]] = {}
-        for served, rows in batch:
-            by_service.setdefault(served.service.definition.name, []).append((served, rows))
+        by_service: dict[str, list[_Served]] = {}
+        for served in batch:
+            by_service.setdefault(served.service.definition.name, []).append(served)
         for items in by_service.values():
-            rows = sum(n for _, n in items)
-            service = items[0][0].service
+            rows = sum(served.rows for served in items)
+            service = items[0].service
             try:
-                table = _table(service, [served for served, _ in items])
+                table = _table(service, items)
                 self.store.write_logged_features(table, source=service.definition)
             except Exception as exc:  # a destination's failure must never reach serving
                 log.warning(

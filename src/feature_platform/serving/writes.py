@@ -30,7 +30,13 @@ from feast.data_source import PushMode, PushSource
 from feast.errors import FeatureViewNotFoundException
 from feast.value_type import ValueType
 
-from feature_platform.serving.errors import HTTPError, bad_request, not_found, unavailable
+from feature_platform.serving.errors import (
+    HTTPError,
+    bad_request,
+    not_found,
+    require_booleans,
+    unavailable,
+)
 
 log = logging.getLogger("feature_platform.server")
 
@@ -43,6 +49,8 @@ MODES = {
 OFFLINE_STORE_ERRORS = (psycopg.Error, OSError, pa.ArrowException)
 ONLINE_STORE_ERRORS = (redis.RedisError, OSError, sqlite3.Error)
 
+# Feast's optional write flags: true or false when given.
+WRITE_FLAGS = ("allow_registry_cache", "transform_on_write")
 _INTEGER_TYPES = {ValueType.INT64, ValueType.INT32}
 _FLOAT_TYPES = {ValueType.DOUBLE, ValueType.FLOAT}
 _INT64_RANGE = range(-(2**63), 2**63)
@@ -79,9 +87,7 @@ async def write_to_online_store(store: FeatureStore, request: dict[str, Any]) ->
     name = request.get("feature_view_name")
     if not isinstance(name, str) or not name:
         raise HTTPError(422, "unprocessable", "'feature_view_name' must be a non-empty string")
-    for flag in ("allow_registry_cache", "transform_on_write"):
-        if not isinstance(request.get(flag, True), bool):
-            raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
+    require_booleans(request, *WRITE_FLAGS)
     columns = _df(request)
     view = await asyncio.to_thread(_feature_view, store, name)
     rows = _rows([view], columns, received, writes_offline=False)
@@ -122,9 +128,7 @@ def _parse_push(request: dict[str, Any]) -> tuple[str, PushMode, dict[str, Any]]
     to = request.get("to", "online")
     if not isinstance(to, str) or to not in MODES:
         raise HTTPError(422, "unprocessable", f"'to' must be one of {', '.join(MODES)}")
-    for flag in ("allow_registry_cache", "transform_on_write"):
-        if not isinstance(request.get(flag, True), bool):
-            raise HTTPError(422, "unprocessable", f"'{flag}' must be a boolean")
+    require_booleans(request, *WRITE_FLAGS)
     return source, MODES[to], _df(request)
 
 
