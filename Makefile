@@ -127,10 +127,13 @@ serve: install ## Run the feature server in the foreground for ENV (FEATURE_SERV
 	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
 	$(PLATFORM) serve $(ENV)
 
+# Options of the server benchmark: --rounds N (default 3), --seconds S per wrk run.
+BENCH_ARGS ?=
 # Options of the materialization benchmark: --rows N (default 1,000,000), --rounds N, --quick.
 BENCH_MATERIALIZE_ARGS ?=
-bench: install services ## Benchmark the server (stock feast serve, no-op, raw Redis) and materialization (raw writes)
-	$(BIN)/python loadtests/bench.py
+bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis), training sets and materialization
+	@$(MAKE) --no-print-directory test-tools TEST_TOOLS=wrk:wrk
+	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtests/bench_training.py
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
 	$(BIN)/python loadtests/bench_served_vectors.py $(BENCH_SERVED_VECTORS_ARGS)

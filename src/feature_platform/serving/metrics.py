@@ -7,8 +7,10 @@ read at scrape time (`serving/freshness.py`) and reported once per scrape.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -82,18 +84,96 @@ def endpoint_label(path: str) -> str:
     return path if path in ENDPOINTS else "other"
 
 
+class _HistogramBatch:
+    """One histogram child's observations since the last flush: a sum and bucket counts."""
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.bounds = child._upper_bounds
+        self.sum = 0.0
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, amount: float) -> None:
+        # the first bucket whose upper bound is >= amount, as Histogram.observe picks
+        self.sum += amount
+        self.counts[bisect_left(self.bounds, amount)] += 1
+
+    def flush(self) -> None:
+        if not any(self.counts):
+            return
+        # prometheus_client has no public call for many observations at once
+        self.child._sum.inc(self.sum)
+        for bucket, count in zip(self.child._buckets, self.counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self.sum = 0.0
+        self.counts = [0] * len(self.bounds)
+
+
+class _Pending:
+    """This process's observations not yet in Prometheus' values.
+
+    Under gunicorn every value update is a locked write to a shared file, and a read
+    made about eight of them. Here a request's updates are additions to local numbers,
+    written out at most FLUSH_S later, and before every exposition, so a scrape of this
+    worker is exact and one of another worker at most FLUSH_S behind.
+    """
+
+    FLUSH_S = 1.0
+
+    def __init__(self) -> None:
+        self.latency: dict[str, _HistogramBatch] = {}
+        self.requests: dict[tuple[str, int], int] = {}
+        self.entities = _HistogramBatch(ENTITIES)
+        self.store_read = _HistogramBatch(STORE_READ_SECONDS)
+        # per view: the newest event time served at the last request, and when
+        self.ages: dict[str, tuple[float, float]] = {}
+        self.scheduled = False
+
+    def schedule(self) -> None:
+        if self.scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+            self.scheduled = True
+        except RuntimeError:
+            self.flush()  # no event loop to wait in
+
+    def flush(self) -> None:
+        self.scheduled = False
+        for batch in self.latency.values():
+            batch.flush()
+        requests, self.requests = self.requests, {}
+        for (label, status), count in requests.items():
+            REQUESTS.labels(label, str(status)).inc(count)
+        self.entities.flush()
+        self.store_read.flush()
+        ages, self.ages = self.ages, {}
+        for view, (event_time, at) in ages.items():
+            SERVED_AGE_SECONDS.labels(view).set(at - event_time)
+
+
+_pending = _Pending()
+flush = _pending.flush
+
+
 def observe(path: str, status: int, seconds: float) -> None:
     label = endpoint_label(path)
-    REQUEST_SECONDS.labels(label).observe(seconds)
-    REQUESTS.labels(label, str(status)).inc()
+    batch = _pending.latency.get(label)
+    if batch is None:
+        batch = _pending.latency[label] = _HistogramBatch(REQUEST_SECONDS.labels(label))
+    batch.observe(seconds)
+    key = (label, status)
+    _pending.requests[key] = _pending.requests.get(key, 0) + 1
+    _pending.schedule()
 
 
 def observe_read(n_entities: int, read_seconds: float, newest: dict[str, float]) -> None:
-    ENTITIES.observe(n_entities)
-    STORE_READ_SECONDS.observe(read_seconds)
+    _pending.entities.observe(n_entities)
+    _pending.store_read.observe(read_seconds)
     now = time.time()
     for view, event_time in newest.items():
-        SERVED_AGE_SECONDS.labels(view).set(now - event_time)
+        _pending.ages[view] = (event_time, now)
 
 
 class FreshnessCollector(Collector):
@@ -149,6 +229,7 @@ class FreshnessCollector(Collector):
 def exposition(freshness: Freshness | None = None) -> tuple[bytes, str]:
     """All workers' metrics under gunicorn (this process's alone otherwise), and the
     freshness of this scrape once, not per worker."""
+    flush()
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)

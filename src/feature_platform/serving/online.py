@@ -10,21 +10,25 @@ and the JSON is encoded once with orjson.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Any
 
 import redis.asyncio as aioredis
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.transformation.python_transformation import PythonTransformation
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import NoScriptError
 
 from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
-from feature_platform.serving.plans import JOIN_KEY_TYPES, ReadPlan
+from feature_platform.serving.plans import JOIN_KEY_TYPES, KeyGroup, OdfvPlan, ReadPlan
 from feature_platform.serving.redis_clients import AsyncRedis
 from feature_platform.stores.online_ttl import is_expired
 
@@ -35,15 +39,28 @@ OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
 _SCALAR_KINDS = {"int64_val", "int32_val", "double_val", "string_val", "bool_val"}
 
 
-# One HMGET per key, run inside Redis: one command per view instead of one per entity,
-# which is most of the client-side cost of a 100-entity read.
-HMGET_MANY = """
+# Every view's HMGETs in one script call: one command per request instead of one per
+# entity (most of the client-side cost of a 100-entity read) or per view. ARGV: the view
+# count, then per view its key count, its field count and its fields; KEYS in that order.
+READ_VIEWS = """
 local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = redis.call('HMGET', key, unpack(ARGV))
+local k = 1
+local a = 2
+for v = 1, tonumber(ARGV[1]) do
+  local n_keys = tonumber(ARGV[a])
+  local n_fields = tonumber(ARGV[a + 1])
+  local fields = {unpack(ARGV, a + 2, a + 1 + n_fields)}
+  local rows = {}
+  for i = 1, n_keys do
+    rows[i] = redis.call('HMGET', KEYS[k], unpack(fields))
+    k = k + 1
+  end
+  out[v] = rows
+  a = a + 2 + n_fields
 end
 return out
 """
+READ_VIEWS_SHA = hashlib.sha1(READ_VIEWS.encode()).hexdigest()
 
 
 class Fallback(Exception):
@@ -81,14 +98,33 @@ def entity_columns(
 
 
 def _check_column(name: str, column: list[Any], kind: type) -> None:
+    types = set(map(type, column))
+    if types <= ({int, float} if kind is float else {kind}) and _finite(column, kind):
+        return
     for i, value in enumerate(column):
-        ok = (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if kind is float
-            else isinstance(value, kind) and not isinstance(value, bool)
-        )
-        if not ok:
+        if not _is_of(value, kind):
             raise bad_request(f"entities.{name}[{i}] = {value!r} is not of type {kind.__name__}")
+
+
+def _finite(column: list[Any], kind: type) -> bool:
+    """True when no number in the column is inf or NaN (a column of non-floats: True)."""
+    if kind is not float:
+        return True
+    try:
+        return math.isfinite(math.fsum(column))
+    except OverflowError:
+        return all(_is_of(v, float) for v in column)
+
+
+def _is_of(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind is not float:
+        return isinstance(value, kind)
+    try:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an int too large for a double
+        return False
 
 
 def _entity_key(
@@ -116,26 +152,47 @@ class OnlineReader:
         self.project = project.encode()
         self.key_version = key_version
         self.timeout_s = timeout_s
-        self._hmget_many = (
-            None
-            if isinstance(client, aioredis.RedisCluster)
-            else client.register_script(HMGET_MANY)
-        )
+        self._cluster = isinstance(client, aioredis.RedisCluster)
         # Bounded caches of work that repeats across requests: hot entities, and the
         # few distinct write timestamps a materialization produces.
         self._ts_json: dict[bytes, tuple[str, float]] = {}
-        self._keys: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
+        self._keys: dict[tuple[str, ...], dict[Any, bytes]] = {}
 
-    def _redis_key(self, join_keys: list[str], values: tuple[Any, ...], plan: ReadPlan) -> bytes:
-        cache_key = (tuple(join_keys), values)
-        key = self._keys.get(cache_key)
-        if key is None:
-            proto = _entity_key(join_keys, values, plan.join_key_types)
-            key = serialize_entity_key(proto, self.key_version) + self.project
-            if len(self._keys) > 200_000:
-                self._keys.clear()
-            self._keys[cache_key] = key
-        return key
+    def _keys_of(
+        self, group: KeyGroup, entities: dict[str, list[Any]], plan: ReadPlan
+    ) -> tuple[list[bytes], list[int] | None]:
+        """The group's unique Redis keys, and for each request row the index of its key
+        (None when every row has its own key, in order)."""
+        cache = self._keys.get(tuple(group.join_keys))
+        if cache is None or len(cache) > 200_000:
+            cache = self._keys[tuple(group.join_keys)] = {}
+        # one join key: its values are the cache keys; several: tuples of them
+        rows: list[Any] = (
+            entities[group.join_keys[0]]
+            if len(group.join_keys) == 1
+            else list(zip(*(entities[k] for k in group.join_keys), strict=True))
+        )
+        keys: list[Any] = list(map(cache.get, rows))
+        if None in keys:
+            for i, row in enumerate(rows):
+                if keys[i] is None:
+                    values = (row,) if len(group.join_keys) == 1 else row
+                    proto = _entity_key(group.join_keys, values, plan.join_key_types)
+                    keys[i] = cache[row] = (
+                        serialize_entity_key(proto, self.key_version) + self.project
+                    )
+        if len(set(rows)) == len(rows):
+            return keys, None
+        index: dict[Any, int] = {}
+        unique: list[bytes] = []
+        slots = []
+        for row, key in zip(rows, keys, strict=True):
+            slot = index.get(row)
+            if slot is None:
+                slot = index[row] = len(unique)
+                unique.append(key)
+            slots.append(slot)
+        return unique, slots
 
     def _timestamp(self, raw: bytes) -> tuple[str, float]:
         cached = self._ts_json.get(raw)
@@ -148,96 +205,103 @@ class OnlineReader:
             self._ts_json[raw] = cached
         return cached
 
-    async def _fetch(self, batches: list[tuple[Any, list[bytes], list[int]]]) -> list[Any]:
-        """Per view, the HMGET reply of each of its keys, in one round trip (per node)."""
-        if isinstance(self.client, aioredis.RedisCluster):
+    async def _fetch(self, batches: list[tuple[KeyGroup, list[bytes]]]) -> list[Any]:
+        """Per key group, the HMGET reply of each of its keys, in one round trip (per
+        node)."""
+        if self._cluster:
             # A script may touch the keys of one slot only, and Feast's keys carry no
             # hash tag, so a view's keys spread over every slot: one HMGET per key, which
             # redis-py sends as one pipeline per node, all nodes at once.
             async with self.client.pipeline(transaction=False) as cluster_pipe:
-                for view, keys, _ in batches:
+                for group, keys in batches:
                     for key in keys:
-                        cluster_pipe.hmget(key, view.fields)  # type: ignore[arg-type]
+                        cluster_pipe.hmget(key, group.fields)  # type: ignore[arg-type]
                 replies = iter(await cluster_pipe.execute())
-            return [[next(replies) for _ in keys] for _, keys, _ in batches]
-        assert self._hmget_many is not None
-        async with self.client.pipeline(transaction=False) as pipe:
-            for view, keys, _ in batches:
-                await self._hmget_many(keys=keys, args=view.fields, client=pipe)
-            return list(await pipe.execute())
+            return [[next(replies) for _ in keys] for _, keys in batches]
+        args: list[Any] = [len(batches)]
+        keys_in_order: list[bytes] = []
+        for group, keys in batches:
+            args += [len(keys), len(group.fields), *group.fields]
+            keys_in_order += keys
+        command = ("EVALSHA", READ_VIEWS_SHA, len(keys_in_order), *keys_in_order, *args)
+        try:
+            return list(await self.client.execute_command(*command))
+        except NoScriptError:
+            # a restarted or flushed Redis: load the script once, then it is cached again
+            await self.client.script_load(READ_VIEWS)
+            return list(await self.client.execute_command(*command))
 
     async def read(
         self, plan: ReadPlan, entities: dict[str, list[Any]], n_rows: int
     ) -> tuple[dict[str, Any], dict[str, float], float]:
         """Feast's response dict, the newest event time per view, and the store read time."""
-        # Unique Redis keys per view, and where each request row finds its key.
         batches = []
-        for view in plan.views:
-            columns = [entities[k] for k in view.join_keys]
-            index: dict[tuple[Any, ...], int] = {}
-            row_slots = []
-            keys: list[bytes] = []
-            for key_values in zip(*columns, strict=True):
-                slot = index.get(key_values)
-                if slot is None:
-                    slot = index[key_values] = len(keys)
-                    keys.append(self._redis_key(view.join_keys, key_values, plan))
-                row_slots.append(slot)
-            batches.append((view, keys, row_slots))
+        slots_of = []
+        for group in plan.groups:
+            keys, slots = self._keys_of(group, entities, plan)
+            batches.append((group, keys))
+            slots_of.append(slots)
 
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                per_view = await self._fetch(batches)
+                per_group = await self._fetch(batches)
         except TimeoutError:
             raise store_timed_out(self.timeout_s) from None
         except (aioredis.RedisError, OSError) as exc:
             raise unavailable(f"online store error: {type(exc).__name__}") from None
         read_s = time.perf_counter() - started
 
-        names: list[str] = []
-        results: list[dict[str, Any]] = []
         present = [PRESENT] * n_rows
         epochs = [EPOCH] * n_rows
-        for join_key in plan.join_key_types:
-            names.append(join_key)
-            results.append(
-                {
-                    "values": list(entities[join_key]),
-                    "statuses": present,
-                    "event_timestamps": epochs,
-                }
-            )
-
+        columns: dict[str, tuple[list[Any], list[str], list[str]]] = {}
         newest: dict[str, float] = {}
-        columns_by_name: dict[str, list[Any]] = {}
         now_s = time.time()
-        for (view, _keys, row_slots), view_replies in zip(batches, per_view, strict=True):
-            n_features = len(view.features)
-            # Per stored row: its values (None when withheld), status and timestamp.
-            decoded: list[tuple[list[Any] | None, str, str]] = []
-            for reply in view_replies:
-                raw_ts = reply[n_features]
-                if not raw_ts:
-                    decoded.append((None, NOT_FOUND, EPOCH))
-                    continue
-                ts_json, ts_s = self._timestamp(raw_ts)
-                newest[view.name] = max(newest.get(view.name, 0.0), ts_s)
-                if is_expired(ts_s, view.ttl_s, now_s):
-                    decoded.append((None, OUTSIDE_MAX_AGE, ts_json))
-                    continue
-                values = [_decode(raw) for raw in reply[:n_features]]
-                decoded.append((values, PRESENT, ts_json))
-            timestamps = [decoded[slot][2] for slot in row_slots]
-            statuses = [decoded[slot][1] for slot in row_slots]
-            for i, feature in enumerate(view.features):
-                feature_values = [
-                    None if (row := decoded[slot][0]) is None else row[i] for slot in row_slots
-                ]
-                columns_by_name[feature] = feature_values
+        for (group, _keys), slots, replies in zip(batches, slots_of, per_group, strict=True):
+            for view, offset in zip(group.views, group.offsets, strict=True):
+                n_features = len(view.features)
+                # Per stored row: status and timestamp, and whether its values are served.
+                statuses = []
+                timestamps = []
+                withheld = []
+                for j, reply in enumerate(replies):
+                    raw_ts = reply[offset + n_features]
+                    if not raw_ts:
+                        statuses.append(NOT_FOUND)
+                        timestamps.append(EPOCH)
+                        withheld.append(j)
+                        continue
+                    ts_json, ts_s = self._timestamp(raw_ts)
+                    if ts_s > newest.get(view.name, 0.0):
+                        newest[view.name] = ts_s
+                    timestamps.append(ts_json)
+                    if is_expired(ts_s, view.ttl_s, now_s):
+                        statuses.append(OUTSIDE_MAX_AGE)
+                        withheld.append(j)
+                    else:
+                        statuses.append(PRESENT)
+                if slots is not None:
+                    statuses = [statuses[s] for s in slots]
+                    timestamps = [timestamps[s] for s in slots]
+                for i, feature in enumerate(view.features):
+                    values = _decode_column([reply[offset + i] for reply in replies])
+                    for j in withheld:
+                        values[j] = None
+                    if slots is not None:
+                        values = [values[s] for s in slots]
+                    columns[feature] = (values, statuses, timestamps)
+
+        names: list[str] = list(plan.join_key_types)
+        results: list[dict[str, Any]] = [
+            {"values": list(entities[k]), "statuses": present, "event_timestamps": epochs}
+            for k in plan.join_key_types
+        ]
+        for view in plan.views:
+            for feature in view.features:
+                values, statuses, timestamps = columns[feature]
                 names.append(feature)
                 results.append(
-                    {"values": feature_values, "statuses": statuses, "event_timestamps": timestamps}
+                    {"values": values, "statuses": statuses, "event_timestamps": timestamps}
                 )
 
         for odfv in plan.odfvs:
@@ -250,17 +314,17 @@ class OnlineReader:
                 for view in plan.views:
                     if view.name == source:
                         for feature in view.features:
-                            inputs[feature] = columns_by_name[feature]
-            outputs = odfv.view.transform_dict(inputs)
+                            inputs[feature] = columns[feature][0]
+            outputs = _transform(odfv, inputs)
             for feature in odfv.features:
                 column = outputs[feature]
-                protos = python_values_to_proto_values(
-                    column if isinstance(column, list) else [column], odfv.value_types[feature]
-                )
                 names.append(feature)
                 results.append(
                     {
-                        "values": [_decode_proto(p) for p in protos],
+                        "values": _served_values(
+                            column if isinstance(column, list) else [column],
+                            odfv.value_types[feature],
+                        ),
                         "statuses": present,
                         "event_timestamps": epochs,
                     }
@@ -269,24 +333,64 @@ class OnlineReader:
         return {"results": results, "metadata": {"feature_names": names}}, newest, read_s
 
 
+def _transform(odfv: OdfvPlan, inputs: dict[str, list[Any]]) -> dict[str, Any]:
+    """The view's function on its inputs, as Feast's `transform_dict` calls it for a
+    python-mode view, without its per-call type checks (a third of a 1-entity read).
+    Inputs are passed under both short and full (`view__feature`) names, as Feast does."""
+    view = odfv.view
+    transformation = view.feature_transformation
+    if view.singleton or not isinstance(transformation, PythonTransformation):
+        return view.transform_dict(inputs)
+    aliased = dict(inputs)
+    for projection in view.source_feature_view_projections.values():
+        for field in projection.features:
+            if field.name in inputs:
+                aliased[f"{projection.name}__{field.name}"] = inputs[field.name]
+    return transformation.udf(aliased)
+
+
+# The Python type each scalar value type leaves Feast's proto conversion as; a value of
+# exactly that type converts to itself, so it needs no round trip through a proto.
+_SERVED_AS = {
+    ValueType.INT64: int,
+    ValueType.DOUBLE: float,
+    ValueType.STRING: str,
+    ValueType.BOOL: bool,
+}
+
+
+def _served_values(column: list[Any], value_type: ValueType) -> list[Any]:
+    """An on-demand feature's values as Feast serves them (through its proto types)."""
+    kind = _SERVED_AS.get(value_type)
+    if (
+        kind is not None
+        and set(map(type, column)) <= {kind, type(None)}
+        and _finite([v for v in column if v is not None], kind)
+    ):
+        return column
+    return [_decode_proto(p) for p in python_values_to_proto_values(column, value_type)]
+
+
 # Stored values repeat (categories, counts, ratings): decode each distinct one once.
-_decoded: dict[bytes, Any] = {}
+# An absent field (None) and an empty value are null.
+_SEEDS: dict[bytes | None, Any] = {None: None, b"": None}
+_decoded: dict[bytes | None, Any] = dict(_SEEDS)
+_MISSING = object()
 
 
-def _decode(raw: bytes | None) -> Any:
-    if not raw:
-        return None
-    try:
-        return _decoded[raw]
-    except KeyError:
-        pass
-    value = ValueProto()
-    value.ParseFromString(raw)
-    result = _decode_proto(value)
-    if len(_decoded) > 500_000:
-        _decoded.clear()
-    _decoded[raw] = result
-    return result
+def _decode_column(raws: list[bytes | None]) -> list[Any]:
+    values = list(map(_decoded.get, raws, repeat(_MISSING)))
+    if _MISSING in values:
+        if len(_decoded) > 500_000:
+            _decoded.clear()
+            _decoded.update(_SEEDS)
+        for j, raw in enumerate(raws):
+            if values[j] is _MISSING:
+                assert raw is not None
+                proto = ValueProto()
+                proto.ParseFromString(raw)
+                values[j] = _decoded[raw] = _decode_proto(proto)
+    return values
 
 
 def _decode_proto(value: ValueProto) -> Any:

@@ -8,7 +8,7 @@ A request the plans cannot describe exactly is served by Feast's own path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from feast import FeatureStore, FeatureView, OnDemandFeatureView
@@ -53,11 +53,35 @@ class OdfvPlan:
 
 
 @dataclass
+class KeyGroup:
+    """Views keyed by the same join keys. Feast keeps all of an entity's views in one
+    Redis hash, so one HMGET per entity reads every view of the group."""
+
+    join_keys: list[str]
+    views: list[ViewPlan]
+    # every view's fields, view after view; `offsets[i]` is where view i's start
+    fields: list[bytes | str]
+    offsets: list[int]
+
+
+@dataclass
 class ReadPlan:
     views: list[ViewPlan]
     odfvs: list[OdfvPlan]
     join_key_types: dict[str, ValueType]
     request_types: dict[str, ValueType]
+    groups: list[KeyGroup] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        by_keys: dict[tuple[str, ...], KeyGroup] = {}
+        for view in self.views:
+            group = by_keys.get(tuple(view.join_keys))
+            if group is None:
+                group = by_keys[tuple(view.join_keys)] = KeyGroup(view.join_keys, [], [], [])
+                self.groups.append(group)
+            group.views.append(view)
+            group.offsets.append(len(group.fields))
+            group.fields.extend(view.fields)
 
 
 class PlanCache:
