@@ -259,6 +259,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="send the bearer token in this environment variable (writes to the feature server)",
     )
+    cfg.add_argument("--tls", action="store_true", help="the servers speak TLS (https)")
+    cfg.add_argument(
+        "--ca-file",
+        default=None,
+        metavar="PATH",
+        help="verify the servers against this CA bundle on the client's machine (implies --tls)",
+    )
 
     demo = sub("demo", "generate, apply, materialize, serve, fetch, train, check skew", cmd_demo)
     size_flags(demo, generator.Sizes(customers=200, merchants=20, days=14, transactions=2_000))

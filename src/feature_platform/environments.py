@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from feature_platform.auth import config as auth_config
 from feature_platform.config_guard import ConfigError
 
 PROJECT_ROOT = Path(os.environ.get("PLATFORM_ROOT", Path(__file__).resolve().parents[2]))
@@ -71,4 +72,7 @@ def settings(env: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
     if data_dir:
         merged["PLATFORM_DATA_DIR"] = str((PROJECT_ROOT / data_dir).resolve())
     merged["PLATFORM_ENV"] = env
+    # Feast's `auth:` block, derived from AUTH_TYPE and OIDC_* (and checked) every time,
+    # so no copy of it can drift from the settings the platform's verifier uses.
+    merged[auth_config.FEAST_AUTH_VAR] = auth_config.feast_auth(merged)
     return merged

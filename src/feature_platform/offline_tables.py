@@ -39,6 +39,8 @@ def postgres_conninfo(env: Mapping[str, str], database: str) -> str:
         user=env["POSTGRES_USER"],
         password=env.get("POSTGRES_PASSWORD", ""),
         sslmode=env.get("POSTGRES_SSLMODE", "prefer"),
+        # the CA that verify-full checks the server against ("": libpq's default)
+        sslrootcert=env.get("POSTGRES_SSLROOTCERT") or None,
         dbname=database,
         connect_timeout=5,
     )

@@ -9,6 +9,12 @@ desired definition) and classifies every change:
 - breaking: deleting or renaming an entity, view, feature or service; changing a feature's
   type; changing an entity's join key; shrinking the ttl of a view a service depends on.
 
+Permissions are classified by the access they grant: one that takes access away is
+breaking. With no permission at all Feast lets every authenticated caller in, so the first
+permissions are breaking; so are deleting one (the last one too: everyone gets in), and
+narrowing the actions, types, name patterns, required tags or roles of one. Widening one,
+adding one next to others, a permission renamed without other change, and its tags are safe.
+
 Anything else is treated as breaking too, named as "not on the safe list": a change the
 platform cannot show to be harmless is held for a person to allow. Adding is always fine;
 removing or renaming needs a new version (a new view or service name) next to the old one.
@@ -41,6 +47,7 @@ METADATA_FIELDS = {"description", "tags", "owner", "logging_config"}
 # Bookkeeping Feast keeps in some protos; never a change of definition.
 IGNORED_FIELDS = {"project", "meta", "created_timestamp", "last_updated_timestamp"}
 VIEW_TYPES = {"feature view", "on demand feature view", "stream feature view", "label view"}
+PERMISSION = "permission"
 # Deleting one of these breaks whoever reads it.
 CONSUMED_TYPES = {"entity", "feature service", *VIEW_TYPES}
 
@@ -226,6 +233,7 @@ def classify(registry_diff: Any) -> list[Change]:
             if findings:
                 changes.append(Change(UPDATE, object_type, d.name, findings))
     _mark_renames(changes, {(d.feast_object_type.value, d.name): d for d in diffs})
+    _permission_changes(changes, registry_diff.feast_object_diffs)
     return changes
 
 
@@ -348,6 +356,8 @@ def _update_findings(
             findings.append(
                 Finding("source_changed", f"{prop} changed: what views read changes", True)
             )
+        elif object_type == PERMISSION:
+            findings.append(_permission_property(prop, current, new))
         else:
             findings.append(_unlisted(prop))
     return findings
@@ -520,3 +530,178 @@ def _odfv_sources(current: Any, new: Any) -> list[Finding]:
         for f in _fields(old_requests[n].schema, new_requests[n].schema, "request field"):
             findings.append(Finding(f.kind, f"{n}: {f.detail}", f.breaking))
     return findings
+
+
+# --- permissions ------------------------------------------------------------------------
+
+
+def _permission_changes(changes: list[Change], all_diffs: Iterable[Any]) -> None:
+    """Created and deleted permissions, judged against the permissions around them."""
+    all_diffs = list(all_diffs)
+    before = [
+        d.current_feast_object
+        for d in all_diffs
+        if d.feast_object_type.value == PERMISSION and d.current_feast_object is not None
+    ]
+    after = [
+        d.new_feast_object
+        for d in all_diffs
+        if d.feast_object_type.value == PERMISSION and d.new_feast_object is not None
+    ]
+    objects = {
+        (d.transition_type.name.lower(), d.name): d.current_feast_object or d.new_feast_object
+        for d in all_diffs
+        if d.feast_object_type.value == PERMISSION
+    }
+    created = [c for c in changes if c.object_type == PERMISSION and c.action == CREATE]
+    deleted = [c for c in changes if c.object_type == PERMISSION and c.action == DELETE]
+    # A registry holding nothing yet serves nobody: its first permissions take nothing away.
+    serving = any(d.current_feast_object is not None for d in all_diffs)
+    if not before and serving:
+        for change in created:
+            change.findings = [
+                Finding(
+                    "first_permission",
+                    "first permission: until now every authenticated caller may do "
+                    "anything; from now on only what a permission grants",
+                    True,
+                )
+            ]
+        return
+    renamed: set[str] = set()
+    for gone in deleted:
+        old = objects[(DELETE, gone.name)]
+        twin = next(
+            (
+                c
+                for c in created
+                if c.name not in renamed and _same_but_name(old, objects[(CREATE, c.name)])
+            ),
+            None,
+        )
+        if twin is not None:
+            renamed.add(twin.name)
+            gone.findings = [
+                Finding("permission_renamed", f"renamed to `{twin.name}`: same access", False)
+            ]
+            twin.findings = [
+                Finding("permission_renamed", f"renamed from `{gone.name}`: same access", False)
+            ]
+        elif not after:
+            gone.findings = [
+                Finding(
+                    "last_permission_deleted",
+                    "last permission deleted: every authenticated caller may do anything",
+                    True,
+                )
+            ]
+        else:
+            gone.findings = [
+                Finding(
+                    "permission_deleted",
+                    f"permission deleted: {_grant(old)} no longer granted by it",
+                    True,
+                )
+            ]
+    for change in created:
+        if change.name not in renamed:
+            new = objects[(CREATE, change.name)]
+            change.findings = [
+                Finding("permission_added", f"new permission: grants {_grant(new)}", False)
+            ]
+
+
+def _grant(permission: Any) -> str:
+    actions = ", ".join(sorted(a.value for a in permission.actions))
+    return f"{actions} to {_policy_text(permission.policy)}"
+
+
+def _policy_text(policy: Any) -> str:
+    members = _policy_members(policy)
+    if members is None:
+        return "everyone"
+    return "; ".join(f"{k} {', '.join(sorted(v))}" for k, v in sorted(members.items()))
+
+
+def _policy_members(policy: Any) -> dict[str, set[str]] | None:
+    """Who a policy admits, by kind of identity (any one suffices); None: everyone."""
+    from feast.permissions.policy import (
+        CombinedGroupNamespacePolicy,
+        GroupBasedPolicy,
+        NamespaceBasedPolicy,
+        RoleBasedPolicy,
+    )
+
+    if isinstance(policy, RoleBasedPolicy):
+        return {"roles": set(policy.roles)}
+    if isinstance(policy, CombinedGroupNamespacePolicy):
+        return {"groups": set(policy.groups), "namespaces": set(policy.namespaces)}
+    if isinstance(policy, GroupBasedPolicy):
+        return {"groups": set(policy.groups)}
+    if isinstance(policy, NamespaceBasedPolicy):
+        return {"namespaces": set(policy.namespaces)}
+    return None
+
+
+def _covered_types(types: Iterable[Any]) -> set[Any]:
+    """The managed types a permission's types match: each one and its subclasses."""
+    from feast.feast_object import ALL_RESOURCE_TYPES
+
+    types = list(types)
+    return {t for t in ALL_RESOURCE_TYPES if any(issubclass(t, s) for s in types)}
+
+
+def _narrowed(what: str, lost: Iterable[str], gained: Iterable[str]) -> Finding:
+    lost, gained = sorted(lost), sorted(gained)
+    if lost:
+        return Finding("permission_narrowed", f"{what} no longer granted: {', '.join(lost)}", True)
+    if gained:
+        return Finding("permission_widened", f"{what} added: {', '.join(gained)}", False)
+    return Finding("permission_reordered", f"{what} reordered: same access", False)
+
+
+def _permission_property(prop: str, current: Any, new: Any) -> Finding:
+    if prop == "actions":
+        old_a, new_a = {a.value for a in current.actions}, {a.value for a in new.actions}
+        return _narrowed("actions", old_a - new_a, new_a - old_a)
+    if prop == "types":
+        old_t, new_t = _covered_types(current.types), _covered_types(new.types)
+        return _narrowed(
+            "types", {t.__name__ for t in old_t - new_t}, {t.__name__ for t in new_t - old_t}
+        )
+    if prop == "policy":
+        old_m, new_m = _policy_members(current.policy), _policy_members(new.policy)
+        if new_m is None:
+            return Finding("permission_widened", "now granted to everyone", False)
+        if old_m is None:
+            return Finding(
+                "permission_narrowed",
+                f"no longer granted to everyone, only {_policy_text(new.policy)}",
+                True,
+            )
+        lost = {f"{k} {m}" for k, v in old_m.items() for m in v - new_m.get(k, set())}
+        gained = {f"{k} {m}" for k, v in new_m.items() for m in v - old_m.get(k, set())}
+        return _narrowed("callers", lost, gained)
+    if prop == "name_patterns":
+        old_p, new_p = set(current.name_patterns), set(new.name_patterns)
+        # No pattern matches every name; otherwise any one pattern matching suffices.
+        if not new_p or (old_p and old_p <= new_p):
+            return _narrowed("name patterns", [], new_p - old_p if old_p else ["every name"])
+        return Finding(
+            "permission_narrowed",
+            f"name patterns {sorted(old_p) or 'every name'} -> {sorted(new_p)}: "
+            "names they matched may no longer match",
+            True,
+        )
+    if prop == "required_tags":
+        old_r = set((current.required_tags or {}).items())
+        new_r = set((new.required_tags or {}).items())
+        # Every required tag must match: fewer requirements match more resources.
+        if new_r <= old_r:
+            return _narrowed("required tags", [], [f"{k} dropped" for k, _ in old_r - new_r])
+        return Finding(
+            "permission_narrowed",
+            f"required tags now {dict(sorted(new_r))}: resources without them lose access",
+            True,
+        )
+    return _unlisted(prop)

@@ -37,6 +37,7 @@ _OBJECT_TABLES = (
     "feature_services",
     "on_demand_feature_views",
     "stream_feature_views",
+    "permissions",
 )
 # Views whose online data Feast removes when apply deletes them (its `tables_to_delete`).
 ONLINE_VIEW_TYPES = ("feature view", "stream feature view", "label view")

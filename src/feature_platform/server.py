@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import requests
 
-from feature_platform import feast_commands
+from feature_platform import feast_commands, tls
 
 
 def free_port() -> int:
@@ -50,6 +50,8 @@ class FeatureServer:
         # the CPUs the server may use; its workers inherit them
         self.cpus = cpus
         self.url = f"http://127.0.0.1:{self.port}"
+        # requests' `verify`: the CA file when the server speaks TLS (set at launch)
+        self.verify: str | bool = True
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FeatureServer:
@@ -82,6 +84,11 @@ class FeatureServer:
                 "FEATURE_SERVER_WORKERS": str(self.workers),
                 **self.settings,
             }
+            # TLS_CERT_FILE/TLS_KEY_FILE set: the server speaks HTTPS only, and this
+            # client checks it against TLS_CA_FILE (127.0.0.1 must be in the certificate).
+            if tls.server_tls(env) is not None:
+                self.url = f"https://127.0.0.1:{self.port}"
+                self.verify = tls.requests_verify(env)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "feature_platform", "serve", self.env],
                 env=env, stdout=self.log, stderr=self.log, preexec_fn=self._pin,
@@ -108,7 +115,8 @@ class FeatureServer:
                 raise RuntimeError(f"feature server exited with code {self.process.returncode}")
             try:
                 probe = "/health" if self.stock else "/ready"
-                if requests.get(f"{self.url}{probe}", timeout=1).status_code == 200:
+                reply = requests.get(f"{self.url}{probe}", timeout=1, verify=self.verify)
+                if reply.status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -122,7 +130,9 @@ class FeatureServer:
         features: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         body = online_request(entities, feature_service, features)
-        response = requests.post(f"{self.url}/get-online-features", json=body, timeout=10)
+        response = requests.post(
+            f"{self.url}/get-online-features", json=body, timeout=10, verify=self.verify
+        )
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
@@ -137,7 +147,9 @@ class FeatureServer:
         """POST /push; `to`: online, offline or online_and_offline."""
         body = {"push_source_name": push_source, "df": rows, "to": to}
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = requests.post(f"{self.url}/push", json=body, headers=headers, timeout=10)
+        response = requests.post(
+            f"{self.url}/push", json=body, headers=headers, timeout=10, verify=self.verify
+        )
         response.raise_for_status()
 
 

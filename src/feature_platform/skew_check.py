@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import requests
 
-from feature_platform import comparison, feast_commands, training
+from feature_platform import comparison, feast_commands, tls, training
 from feature_platform.config_guard import ConfigError, one_line_error, redact
 from feature_platform.server import online_request
 
@@ -43,8 +43,10 @@ EXIT_MISMATCH = 1
 EXIT_CHECK_FAILED = 3
 
 SERVER_URL_VAR = "SKEW_CHECK_SERVER_URL"
-# A bearer token for reads, for a server that asks for one (today's reads need none).
+# A bearer token for reads, for a server that asks for one: the value itself, or a file
+# holding it (a projected service-account token, renewed by the kubelet: read each run).
 SERVER_TOKEN_VAR = "SKEW_CHECK_SERVER_TOKEN"
+SERVER_TOKEN_FILE_VAR = "SKEW_CHECK_SERVER_TOKEN_FILE"
 PUSHGATEWAY_URL_VAR = "SKEW_CHECK_PUSHGATEWAY_URL"
 PUSH_JOB = "feature_platform_skew_check"
 DEFAULT_ROWS = 200
@@ -188,6 +190,8 @@ def read_online(
     values: list[comparison.Row] = []
     statuses: list[dict[str, str]] = []
     with requests.Session() as session:
+        # an https server is checked against TLS_CA_FILE (else the default trust store)
+        session.verify = tls.requests_verify()
         for start in range(0, len(rows), REQUEST_ROWS):
             chunk = rows.iloc[start : start + REQUEST_ROWS]
             body = online_request(
@@ -415,6 +419,18 @@ def _json_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
+def server_token(settings: Mapping[str, str]) -> str | None:
+    path = settings.get(SERVER_TOKEN_FILE_VAR)
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(
+                f"{SERVER_TOKEN_FILE_VAR}: cannot read {path}: {exc.strerror}"
+            ) from None
+    return settings.get(SERVER_TOKEN_VAR) or None
+
+
 def cli(
     env: str,
     server_url: str | None,
@@ -438,7 +454,7 @@ def cli(
     seed = secrets.randbelow(2**31) if seed is None else seed
     result: Result | None = None
     try:
-        result = run(env, url, rows, seed, settings.get(SERVER_TOKEN_VAR) or None, say)
+        result = run(env, url, rows, seed, server_token(settings), say)
         code = EXIT_CONSISTENT if result.consistent else EXIT_MISMATCH
         print(result.report(), flush=True)
         output: dict[str, Any] = result.to_json()

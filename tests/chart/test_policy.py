@@ -26,12 +26,19 @@ from rendering import (
     workloads,
 )
 
+from feature_platform.auth import config as auth_config
 from feature_platform.config_guard import referenced_variables
 
-FEATURE_STORE_VARIABLES = referenced_variables(
-    (ROOT / "feature_repo" / "feature_store.yaml").read_text()
-)
+# FEAST_AUTH is derived by the platform from AUTH_TYPE and OIDC_* at every start
+# (test_identities checks the pods' settings derive it).
+FEATURE_STORE_VARIABLES = [
+    name
+    for name in referenced_variables((ROOT / "feature_repo" / "feature_store.yaml").read_text())
+    if name != auth_config.FEAST_AUTH_VAR
+]
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|API_?KEY|PRIVATE", re.I)
+# Kinds with no namespace: the TokenReview grant of kubernetes auth.
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 SELECTOR_KEYS = {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
 PLATFORM_COMMANDS = {"serve", "materialize", "init-db"}
 
@@ -240,8 +247,9 @@ def test_skew_check_cronjob(scenario: str, objects: list[dict[str, Any]]) -> Non
     env = container_env(c, objects + _given_secrets(scenario, objects))
     service = one(objects, "Service", "-server")
     (service_port,) = service["spec"]["ports"]
+    scheme = "https" if values.get("tls", {}).get("enabled") else "http"
     assert env["SKEW_CHECK_SERVER_URL"] == (
-        f"http://{service['metadata']['name']}:{service_port['port']}"
+        f"{scheme}://{service['metadata']['name']}:{service_port['port']}"
     )
     assert env.get("SKEW_CHECK_PUSHGATEWAY_URL", "") == settings["pushgatewayUrl"]
     assert ("SKEW_CHECK_SERVER_TOKEN" in env) == bool(settings["serverAuth"]["existingSecret"])
@@ -330,7 +338,10 @@ def test_every_variable_of_feature_store_yaml_is_provided(
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert "/etc/feast" in mounts
         for item in c.get("env", []):
-            if SECRET_NAME.search(item["name"]):
+            if item["name"].endswith("_FILE") and "value" in item:
+                # Where a secret is read from: a file of a mounted volume, never its value.
+                assert any(item["value"].startswith(m + "/") for m in mounts), item
+            elif SECRET_NAME.search(item["name"]):
                 ref = item["valueFrom"]["secretKeyRef"]
                 assert _secret_referenced(objects, values, ref["name"]), ref["name"]
 
@@ -362,7 +373,10 @@ def test_every_object_is_labelled(objects: list[dict[str, Any]]) -> None:
     }
     for obj in objects:
         assert required <= obj["metadata"]["labels"].keys(), obj["metadata"]["name"]
-        assert obj["metadata"]["namespace"] == "feast"
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"], obj["metadata"]["name"]
+        else:
+            assert obj["metadata"]["namespace"] == "feast"
 
 
 def test_config_checksum_rolls_exactly_on_config_change() -> None:

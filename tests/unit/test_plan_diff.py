@@ -14,6 +14,9 @@ from feast.feature_logging import LoggingConfig
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.infra.registry.registry import FeastObjectType
 from feast.on_demand_feature_view import on_demand_feature_view
+from feast.permissions.action import AuthzedAction
+from feast.permissions.permission import Permission
+from feast.permissions.policy import GroupBasedPolicy, RoleBasedPolicy
 from feast.types import Float64, Int64, String
 
 from feature_platform.plan_diff import BREAKING, SAFE, Plan, classify
@@ -50,6 +53,8 @@ def service(*views: Any, name: str = "model_v1") -> FeatureService:
 
 
 def kind(obj: Any) -> FeastObjectType:
+    if isinstance(obj, Permission):
+        return FeastObjectType.PERMISSION
     if isinstance(obj, Entity):
         return FeastObjectType.ENTITY
     if isinstance(obj, FeatureService):
@@ -223,3 +228,90 @@ def test_exit_code_json_and_summary() -> None:
         safe.markdown()
     )
     assert "`prod`: no changes" in empty.markdown()
+
+
+READ, DESCRIBE, WRITE = (
+    AuthzedAction.READ_ONLINE,
+    AuthzedAction.DESCRIBE,
+    AuthzedAction.WRITE_ONLINE,
+)
+
+
+def permission(name: str = "read", **kwargs: Any) -> Permission:
+    spec: dict[str, Any] = {
+        "types": [FeatureView, FeatureService],
+        "actions": [READ, DESCRIBE],
+        "policy": RoleBasedPolicy(roles=["feature-reader"]),
+    }
+    spec.update(kwargs)
+    return Permission(name=name, **spec)
+
+
+def test_the_first_permission_of_a_serving_registry_is_breaking() -> None:
+    v = view()
+    got = findings(diff(keeps=(v,), creates=(permission(), permission("other"))))
+    assert got == {
+        "read": (BREAKING, {"first_permission"}),
+        "other": (BREAKING, {"first_permission"}),
+    }
+
+
+def test_permissions_of_a_registry_still_empty_are_safe() -> None:
+    got = findings(diff(creates=(view(), permission())))
+    assert got == {"stats": (SAFE, {"created"}), "read": (SAFE, {"permission_added"})}
+
+
+def test_a_permission_added_next_to_others_is_safe() -> None:
+    got = findings(diff(keeps=(view(), permission()), creates=(permission("write"),)))
+    assert got == {"write": (SAFE, {"permission_added"})}
+
+
+def test_deleting_a_permission_is_breaking_the_last_one_too() -> None:
+    some_left = findings(diff(keeps=(permission("write"),), deletes=(permission(),)))
+    assert some_left == {"read": (BREAKING, {"permission_deleted"})}
+    none_left = findings(diff(keeps=(view(),), deletes=(permission(),)))
+    assert none_left == {"read": (BREAKING, {"last_permission_deleted"})}
+
+
+def test_a_permission_renamed_without_other_change_is_safe() -> None:
+    got = findings(diff(deletes=(permission("read"),), creates=(permission("read_v2"),)))
+    assert got == {
+        "read": (SAFE, {"permission_renamed"}),
+        "read_v2": (SAFE, {"permission_renamed"}),
+    }
+    changed = findings(
+        diff(deletes=(permission("read"),), creates=(permission("read_v2", actions=[READ]),))
+    )
+    assert changed["read"] == (BREAKING, {"permission_deleted"})
+
+
+@pytest.mark.parametrize(
+    ("new", "expected"),
+    [
+        ({"actions": [READ]}, BREAKING),
+        ({"actions": [READ, DESCRIBE, WRITE]}, SAFE),
+        ({"actions": [DESCRIBE, READ]}, SAFE),
+        ({"policy": RoleBasedPolicy(roles=["training"])}, BREAKING),
+        ({"policy": RoleBasedPolicy(roles=["feature-reader", "training"])}, SAFE),
+        ({"policy": GroupBasedPolicy(groups=["feature-reader"])}, BREAKING),
+        ({"types": [FeatureView]}, BREAKING),
+        ({"types": [FeatureView, FeatureService, Entity]}, SAFE),
+        ({"name_patterns": ["fraud_.*"]}, BREAKING),
+        ({"required_tags": {"team": "fraud"}}, BREAKING),
+        ({"tags": {"owner": "fraud-team"}}, SAFE),
+    ],
+)
+def test_narrowing_a_permission_is_breaking_widening_it_safe(
+    new: dict[str, Any], expected: str
+) -> None:
+    got = findings(diff(updates=((permission(), permission(**new)),)))
+    assert got["read"][0] == expected, got
+
+
+def test_name_patterns_and_required_tags_widen_and_narrow() -> None:
+    few = permission(name_patterns=["a_.*"], required_tags={"team": "fraud", "tier": "1"})
+    more = permission(name_patterns=["a_.*", "b_.*"], required_tags={"team": "fraud"})
+    assert findings(diff(updates=((few, more),)))["read"] == (SAFE, {"permission_widened"})
+    assert findings(diff(updates=((more, few),)))["read"] == (BREAKING, {"permission_narrowed"})
+    every = permission()
+    assert findings(diff(updates=((few, every),)))["read"][0] == SAFE

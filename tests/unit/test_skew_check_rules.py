@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from feast.types import Bool, Float64, Int64, String
 
 from feature_platform import comparison, skew_check
 from feature_platform.comparison import Mismatch
+from feature_platform.config_guard import ConfigError
 
 TYPES = {"n": Int64, "avg": Float64, "country": String, "flag": Bool}
 
@@ -138,3 +140,17 @@ def test_the_sample_draws_known_keys_a_few_never_seen_and_typed_request_data() -
 def test_no_recent_keys_stops_the_check() -> None:
     with pytest.raises(skew_check.CheckError, match="no recent rows with a customer_id"):
         skew_check.sample_rows({"customer_id": []}, {}, 10, seed=1)
+
+
+def test_the_server_token_is_read_from_its_file_at_each_run(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    settings = {skew_check.SERVER_TOKEN_FILE_VAR: str(token_file), skew_check.SERVER_TOKEN_VAR: "x"}
+    assert skew_check.server_token(settings) == "first"
+    token_file.write_text("renewed")  # the kubelet rotates projected tokens in place
+    assert skew_check.server_token(settings) == "renewed"
+    assert skew_check.server_token({skew_check.SERVER_TOKEN_VAR: "value"}) == "value"
+    assert skew_check.server_token({}) is None
+    token_file.unlink()
+    with pytest.raises(ConfigError, match="cannot read"):
+        skew_check.server_token(settings)

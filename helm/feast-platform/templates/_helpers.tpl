@@ -117,7 +117,7 @@ seccompProfile:
 
 {{/* The feature server's Service, as pods of the release in its namespace call it. */}}
 {{- define "feast-platform.serverUrl" -}}
-{{- printf "http://%s-server:%v" (include "feast-platform.fullname" .) .Values.server.service.port }}
+{{- printf "%s://%s-server:%v" (include "feast-platform.scheme" .) (include "feast-platform.fullname" .) .Values.server.service.port }}
 {{- end }}
 
 {{/*
@@ -162,6 +162,7 @@ ConfigMap supplies every other variable feature_store.yaml references.
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- include "feast-platform.storeCaVolumeMounts" . }}
 {{- end }}
 
 {{- define "feast-platform.platformVolumes" -}}
@@ -171,6 +172,7 @@ ConfigMap supplies every other variable feature_store.yaml references.
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- include "feast-platform.storeCaVolumes" . }}
 {{- end }}
 
 {{/* Rolls the pods when their configuration changes. */}}

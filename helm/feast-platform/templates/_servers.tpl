@@ -35,7 +35,7 @@ spec:
       annotations:
         {{- include "feast-platform.configChecksum" $ctx | nindent 8 }}
     spec:
-      automountServiceAccountToken: false
+      {{- include "feast-platform.podIdentity" (dict "ctx" $ctx "part" .part) | nindent 6 }}
       enableServiceLinks: false
       securityContext:
         {{- include "feast-platform.podSecurityContext" $ctx | nindent 8 }}
@@ -62,6 +62,7 @@ spec:
             {{- include "feast-platform.platformEnvFrom" $ctx | nindent 12 }}
           env:
             {{- include "feast-platform.secretEnv" $ctx | nindent 12 }}
+            {{- include "feast-platform.tlsServerEnv" $ctx | nindent 12 }}
           startupProbe:
             {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
             periodSeconds: 2
@@ -76,18 +77,25 @@ spec:
             failureThreshold: 3
           volumeMounts:
             {{- include "feast-platform.platformVolumeMounts" $ctx | nindent 12 }}
+            {{- include "feast-platform.identityVolumeMount" $ctx | nindent 12 }}
+            {{- include "feast-platform.tlsVolumeMount" $ctx | nindent 12 }}
           securityContext:
             {{- include "feast-platform.containerSecurityContext" $ctx | nindent 12 }}
           resources:
             {{- toYaml $values.resources | nindent 12 }}
       volumes:
         {{- include "feast-platform.platformVolumes" $ctx | nindent 8 }}
+        {{- include "feast-platform.identityVolume" $ctx | nindent 8 }}
+        {{- include "feast-platform.tlsVolume" $ctx | nindent 8 }}
 {{- end }}
 
 {{- define "feast-platform.clientServerProbe" -}}
 {{- range $kind, $handler := .probe }}
 {{ $kind }}:
   port: {{ $.port }}
+  {{- with $handler.scheme }}
+  scheme: {{ . }}
+  {{- end }}
 {{- end }}
 timeoutSeconds: 3
 {{- end }}
@@ -169,7 +177,9 @@ spec:
 {{- else }}
 {{- $args = append $args "--no-rest" }}
 {{- end }}
-{{- toJson (dict "part" "registry" "values" $v "args" $args "ports" $ports "probe" (dict "grpc" (dict)) "probePort" ($v.port | int)) }}
+{{- /* The kubelet's gRPC probe speaks no TLS: with TLS, the port is probed instead. */}}
+{{- $probe := .Values.tls.enabled | ternary (dict "tcpSocket" (dict)) (dict "grpc" (dict)) }}
+{{- toJson (dict "part" "registry" "values" $v "args" $args "ports" $ports "probe" $probe "probePort" ($v.port | int)) }}
 {{- end }}
 
 {{- define "feast-platform.offlineServerArgs" -}}

@@ -6,5 +6,5 @@ the process itself, so a registry outage shows in the page rather than restartin
 {{- define "feast-platform.uiArgs" -}}
 {{- $v := .Values.ui }}
 {{- $args := list "ui" .Values.environment "--port" ($v.port | toString) }}
-{{- toJson (dict "part" "ui" "values" $v "args" $args "ports" (dict "http" ($v.port | int)) "probe" (dict "httpGet" (dict)) "probePort" ($v.port | int)) }}
+{{- toJson (dict "part" "ui" "values" $v "args" $args "ports" (dict "http" ($v.port | int)) "probe" (dict "httpGet" (dict "scheme" (include "feast-platform.scheme" . | upper))) "probePort" ($v.port | int)) }}
 {{- end }}

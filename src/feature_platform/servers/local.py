@@ -10,25 +10,41 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from feature_platform import feast_commands
+from feature_platform import feast_commands, tls
 from feature_platform.server import free_port
 
 
-def grpc_health(address: str, timeout_s: float = 2) -> str:
+def grpc_channel(address: str, ca_file: str | None = None) -> grpc.Channel:
+    """Plaintext, or TLS verified against `ca_file` when given."""
+    if ca_file is None:
+        return grpc.insecure_channel(address)
+    with open(ca_file, "rb") as ca:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read()))
+
+
+def grpc_health(address: str, timeout_s: float = 2, ca_file: str | None = None) -> str:
     """The gRPC health service's answer for the whole server (SERVING, NOT_SERVING, ...)."""
-    with grpc.insecure_channel(address) as channel:
+    with grpc_channel(address, ca_file) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def flight_answers(address: str, timeout_s: float = 2) -> bool:
-    """True when an Arrow Flight server answers a call at `address` (host:port)."""
+def flight_answers(address: str, timeout_s: float = 2, ca_file: str | None = None) -> bool:
+    """True when an Arrow Flight server answers a call at `address` (host:port), over
+    TLS verified against `ca_file` when given."""
     import pyarrow.flight as fl
 
-    client = fl.FlightClient(f"grpc+tcp://{address}")
+    if ca_file is None:
+        client = fl.FlightClient(f"grpc+tcp://{address}")
+    else:
+        with open(ca_file, "rb") as ca:
+            client = fl.FlightClient(f"grpc+tls://{address}", tls_root_certs=ca.read())
     try:
         list(client.list_flights(options=fl.FlightCallOptions(timeout=timeout_s)))
+        return True
+    except fl.FlightUnauthenticatedError:
+        # with identities on, a call without a token is refused: the server is up
         return True
     except fl.FlightError:
         return False
@@ -49,6 +65,8 @@ class PlatformServer:
         self.rest_port = free_port() if kind == "registry" else None
         self.address = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        # The CA readiness checks verify against, when the server speaks TLS (at launch).
+        self.ca_file: str | None = None
 
     def __enter__(self) -> PlatformServer:
         return self.start()
@@ -71,14 +89,16 @@ class PlatformServer:
     def launch(self) -> PlatformServer:
         """Start the process without waiting for it (several servers boot at once)."""
         env = feast_commands.prepare(self.env)
+        if tls.server_tls(env) is not None:
+            self.ca_file = tls.ca_file(env) or tls.system_ca_file()
         self.process = subprocess.Popen(self.argv(), env=env, stdout=self.log, stderr=self.log)
         return self
 
     def ready(self) -> bool:
         try:
             if self.kind == "registry":
-                return grpc_health(self.address, timeout_s=1) == "SERVING"
-            return flight_answers(self.address, timeout_s=1)
+                return grpc_health(self.address, timeout_s=1, ca_file=self.ca_file) == "SERVING"
+            return flight_answers(self.address, timeout_s=1, ca_file=self.ca_file)
         except grpc.RpcError:
             return False
 

@@ -21,6 +21,9 @@ import pyarrow as pa
 import pyarrow.flight as fl
 from feast.offline_server import OfflineServer, _init_auth_manager
 
+from feature_platform.servers import authentication
+from feature_platform.tls import ServerTls, server_tls
+
 if TYPE_CHECKING:
     from feast import FeatureStore
 
@@ -46,12 +49,28 @@ class ReadOnlyOfflineServer(OfflineServer):
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
         return []
 
+    def arrow_flight_auth_middleware(self, auth_type: Any) -> dict[str, fl.ServerMiddlewareFactory]:
+        # With identities: the platform's verifier (installed by flight_server), checking
+        # every call as it starts.
+        verifier = authentication.installed()
+        if verifier is None:
+            return super().arrow_flight_auth_middleware(auth_type)
+        return authentication.flight_middleware(verifier)
 
-def flight_server(store: FeatureStore, host: str, port: int) -> ReadOnlyOfflineServer:
-    """Listening once constructed (Arrow Flight binds in the constructor)."""
+
+def flight_server(
+    store: FeatureStore, host: str, port: int, tls: ServerTls | None = None
+) -> ReadOnlyOfflineServer:
+    """Listening once constructed (Arrow Flight binds in the constructor); TLS only when
+    `tls` is given."""
     _init_auth_manager(store)
+    authentication.install(store)
+    scheme = "grpc+tls" if tls else "grpc+tcp"
+    certificates = tls.flight_certificates() if tls else []
     try:
-        return ReadOnlyOfflineServer(store, location=f"grpc+tcp://{host}:{port}", host=host)
+        return ReadOnlyOfflineServer(
+            store, location=f"{scheme}://{host}:{port}", host=host, tls_certificates=certificates
+        )
     except pa.ArrowException as exc:  # Flight says only "Server did not start properly"
         raise OSError(f"cannot listen on {host}:{port} (in use?)") from exc
 
@@ -60,10 +79,12 @@ def serve(store: FeatureStore, host: str, port: int, say: Callable[[str], None])
     """Serve until SIGTERM/SIGINT."""
     from feature_platform.servers.lifecycle import run_until_signalled
 
-    server = flight_server(store, host, port)
+    tls = server_tls()
+    server = flight_server(store, host, port, tls)
     offline_type = type(server.offline_store)
+    scheme = "grpc+tls" if tls else "grpc+tcp"
     say(
-        f"offline server (read-only) for project {store.project} on grpc+tcp://{host}:{port}, "
+        f"offline server (read-only) for project {store.project} on {scheme}://{host}:{port}, "
         f"store {offline_type.__module__}.{offline_type.__name__}"
     )
 

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_grpc
 
+from feature_platform.servers import authentication
 from feature_platform.servers.read_only import ReadOnly
+from feature_platform.tls import ServerTls, server_tls
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +83,12 @@ class GrpcRegistry:
         self.server.stop(grace_s).wait()
 
 
-def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) -> GrpcRegistry:
+def grpc_server(
+    store: FeatureStore, host: str, port: int, workers: int = 10, tls: ServerTls | None = None
+) -> GrpcRegistry:
     """Feast's registry servicer behind the read-only interceptor, then Feast's own
-    (auth, error mapping); the gRPC health service; reflection."""
+    (auth, error mapping); the gRPC health service; reflection. TLS only when `tls`."""
+    from feast.grpc_error_interceptor import ErrorInterceptor
     from feast.permissions.server.utils import (
         ServerType,
         init_auth_manager,
@@ -97,9 +102,17 @@ def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) ->
     init_auth_manager(
         auth_type=auth_type, server_type=ServerType.GRPC, auth_config=store.config.auth_config
     )
+    # With identities, the platform's verifier replaces Feast's parser and interceptor
+    # (servers/authentication.py); Feast's error mapping stays.
+    verifier = authentication.install(store)
+    interceptors: list[grpc.ServerInterceptor] = [ReadOnlyInterceptor()]
+    if verifier is None:
+        interceptors += _grpc_interceptors(auth_type) or []
+    else:
+        interceptors += [authentication.GrpcAuthInterceptor(verifier), ErrorInterceptor()]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=[ReadOnlyInterceptor(), *(_grpc_interceptors(auth_type) or [])],
+        interceptors=interceptors,
         # gRPC shares a port with any other listener by default (SO_REUSEPORT): a second
         # server on a taken port would start and split the calls instead of failing.
         options=[("grpc.so_reuseport", 0)],
@@ -113,7 +126,10 @@ def grpc_server(store: FeatureStore, host: str, port: int, workers: int = 10) ->
         (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
     except RuntimeError:
         bound = 0
     if not bound:
@@ -155,17 +171,31 @@ def rest_app(store: FeatureStore) -> ASGIApp:
     rest._init_auth()
     rest._register_routes()
     # Under /api/v1, where Feast's UI and clients look (Feast's `root_path` is deprecated).
-    return ReadOnly(Starlette(routes=[Mount("/api/v1", app=rest.app)]), REFUSED_DETAIL)
+    app: ASGIApp = Starlette(routes=[Mount("/api/v1", app=rest.app)])
+    # after Feast's _init_auth, whose parser this replaces; inside the read-only refusal,
+    # which no identity gets past
+    verifier = authentication.install(store)
+    if verifier is not None:
+        app = authentication.Authenticated(app, verifier, lambda path: True)
+    return ReadOnly(app, REFUSED_DETAIL)
 
 
 class RestRegistry:
     """uvicorn serving `rest_app` in a thread of this process."""
 
-    def __init__(self, store: FeatureStore, host: str, port: int) -> None:
+    def __init__(
+        self, store: FeatureStore, host: str, port: int, tls: ServerTls | None = None
+    ) -> None:
         import uvicorn
 
         config = uvicorn.Config(
-            rest_app(store), host=host, port=port, log_config=None, access_log=False
+            rest_app(store),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            ssl_certfile=tls.cert_file if tls else None,
+            ssl_keyfile=tls.key_file if tls else None,
         )
         self.server = uvicorn.Server(config)
         # uvicorn installs no signal handlers outside the main thread: the caller stops it.
@@ -196,10 +226,11 @@ def serve(
     """Serve until SIGTERM/SIGINT: gRPC on `port`, REST on `rest_port` when given."""
     from feature_platform.servers.lifecycle import run_until_signalled
 
-    registry = grpc_server(store, host, port)
+    tls = server_tls()
+    registry = grpc_server(store, host, port, tls=tls)
     rest = None
     if rest_port is not None:
-        rest = RestRegistry(store, host, rest_port)
+        rest = RestRegistry(store, host, rest_port, tls)
         try:
             rest.start()
         except OSError:
@@ -209,6 +240,7 @@ def serve(
     say(
         f"registry server (read-only) for project {store.project}: gRPC on {host}:{port}"
         + (f", REST on {host}:{rest_port}/api/v1" if rest else "")
+        + (" (TLS)" if tls else "")
     )
 
     def stop() -> None:

@@ -18,7 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from feature_platform.servers import authentication
 from feature_platform.servers.read_only import ReadOnly
+from feature_platform.tls import ServerTls, server_tls
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -33,14 +35,27 @@ def ui_app(store: FeatureStore) -> ASGIApp:
     """Feast's UI app for the store's project (no CORS: the pages call their own origin)."""
     from feast.ui_server import get_app
 
-    return ReadOnly(get_app(store, project_id=store.project), REFUSED_DETAIL, REFRESH)
+    app: ASGIApp = get_app(store, project_id=store.project)
+    # The pages and /health are open (the browser signs in through the identity
+    # provider, then calls the API with its token); the API needs a token. Inside the
+    # read-only refusal, which no identity gets past.
+    verifier = authentication.install(store)
+    if verifier is not None:
+        app = authentication.Authenticated(app, verifier, _needs_token)
+    return ReadOnly(app, REFUSED_DETAIL, REFRESH)
+
+
+def _needs_token(path: str) -> bool:
+    return path.startswith("/api/") or path == "/projects-list.json"
 
 
 class UiServer:
     """uvicorn serving `ui_app` in a thread of this process, so stopping the command
     stops the server: there is no child process to leave behind."""
 
-    def __init__(self, store: FeatureStore, host: str, port: int) -> None:
+    def __init__(
+        self, store: FeatureStore, host: str, port: int, tls: ServerTls | None = None
+    ) -> None:
         import uvicorn
 
         # Bound here, so a taken port is an OSError naming it, not a log line in a thread.
@@ -51,7 +66,12 @@ class UiServer:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise OSError(f"cannot listen on {host}:{port}: {reason}") from exc
         config = uvicorn.Config(
-            ui_app(store), log_config=None, access_log=False, timeout_graceful_shutdown=10
+            ui_app(store),
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            ssl_certfile=tls.cert_file if tls else None,
+            ssl_keyfile=tls.key_file if tls else None,
         )
         self.server = uvicorn.Server(config)
         # uvicorn installs no signal handlers outside the main thread: `stop` ends it.
@@ -79,9 +99,11 @@ def serve(store: FeatureStore, host: str, port: int, say: Callable[[str], None])
     """Serve until SIGTERM/SIGINT."""
     from feature_platform.servers.lifecycle import run_until_signalled
 
-    server = UiServer(store, host, port)
+    tls = server_tls()
+    server = UiServer(store, host, port, tls)
     server.start()
-    say(f"Feast UI (read-only) for project {store.project} on http://{host}:{port}/")
+    scheme = "https" if tls else "http"
+    say(f"Feast UI (read-only) for project {store.project} on {scheme}://{host}:{port}/")
 
     def stop() -> None:
         server.stop()

@@ -26,7 +26,11 @@ import orjson
 import redis.asyncio as aioredis
 from feast import FeatureStore
 from feast.feature_server import get_app
+from feast.permissions.action import AuthzedAction
+from feast.permissions.user import User
 
+from feature_platform.auth import decision
+from feature_platform.auth.tokens import TokenVerifier
 from feature_platform.serving import contract, metrics, writes
 from feature_platform.serving.errors import (
     HTTPError,
@@ -56,9 +60,14 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class FeatureServerApp:
-    def __init__(self, store: FeatureStore, settings: ServerSettings) -> None:
+    def __init__(
+        self, store: FeatureStore, settings: ServerSettings, verifier: TokenVerifier | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        # None: no identities (AUTH_TYPE=no_auth); else every data endpoint needs a token
+        self.verifier = verifier
+        self.decider = decision.AccessDecider(store, enforce=verifier is not None)
         # Feast loads the registry once at start-up; the refresher keeps it current.
         self.feast_app = get_app(store, registry_ttl_sec=0)
         self.registry_refresher = RegistryRefresher(store, settings.registry_ttl_s)
@@ -107,6 +116,9 @@ class FeatureServerApp:
         if methods is None:
             if not self.settings.serves_feast_path(path):
                 raise not_found(f"this server has no endpoint {path[:100]}; see /openapi.json")
+            # Feast's own endpoints: the caller is known here, Feast's security manager
+            # decides (installed with the verifier, see create_app)
+            await self._caller(scope)
             if path in contract.WRITE_PATHS:
                 self._authorize_write(scope)
             body = await _read_body(scope, receive, self.settings.max_body_bytes)
@@ -123,25 +135,55 @@ class FeatureServerApp:
         if path == "/metrics":
             body, content_type = metrics.exposition(await self.freshness.read())
             return await _send(send, 200, body, [(b"content-type", content_type.encode())])
+        user = await self._caller(scope)
         if path == "/openapi.json":
             return await _send(send, 200, await self._openapi(), JSON_HEADERS)
         if path in contract.WRITE_PATHS:
             self._authorize_write(scope)
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
         if path == "/get-online-features":
-            return await self._online_features(scope, body, receive, send)
+            return await self._online_features(scope, body, receive, send, user)
+        request = _json_object(body)
         if path == "/push":
-            await writes.push(self.store, _json_object(body))
+            if user is not None:
+                self._authorize_push(user, request)
+            await writes.push(self.store, request)
         else:
-            await writes.write_to_online_store(self.store, _json_object(body))
+            if user is not None:
+                self._authorize_online_write(user, request)
+            await writes.write_to_online_store(self.store, request)
         return await _send(send, 200, b"", [])
+
+    async def _caller(self, scope: Scope) -> User | None:
+        """The verified caller (401/503 without one), or None without identities."""
+        if self.verifier is None:
+            return None
+        return await self.verifier.user(_header(scope, b"authorization"))
+
+    def _authorize_push(self, user: User, request: dict[str, Any]) -> None:
+        # What Feast's /push asserts: the push's write actions on every view it feeds.
+        name = request.get("push_source_name")
+        if isinstance(name, str):
+            actions = decision.push_actions(request.get("to", "online"))
+            decision.require(self.decider, user, self.decider.push_resources(name), actions)
+
+    def _authorize_online_write(self, user: User, request: dict[str, Any]) -> None:
+        name = request.get("feature_view_name")
+        if isinstance(name, str) and name:
+            resources = self.decider.write_resources(name)
+            decision.require(self.decider, user, resources, [AuthzedAction.WRITE_ONLINE])
 
     async def _openapi(self) -> bytes:
         """The document, rebuilt when the registry snapshot changes (its examples)."""
         snapshot = getattr(self.store.registry, "cached_registry_proto", None)
         cached_for, document = self._document
         if snapshot is None or snapshot is not cached_for:
-            built = await asyncio.to_thread(contract.document, self.store, self.settings.write_mode)
+            built = await asyncio.to_thread(
+                contract.document,
+                self.store,
+                self.settings.write_mode,
+                identities=self.verifier is not None,
+            )
             document = orjson.dumps(built)
             self._document = (snapshot, document)
         return document
@@ -178,7 +220,7 @@ class FeatureServerApp:
             raise HTTPError(401, "unauthorized", "a valid bearer token is required")
 
     async def _online_features(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send
+        self, scope: Scope, body: bytes, receive: Receive, send: Send, user: User | None = None
     ) -> int:
         request = _json_object(body)
         service = request.get("feature_service")
@@ -190,6 +232,11 @@ class FeatureServerApp:
         if not service and not features:
             raise HTTPError(422, "unprocessable", "give 'feature_service' or 'features'")
         require_booleans(request, "full_feature_names", "include_feature_view_version_metadata")
+        if user is not None:
+            # Feast's decision for both paths, made before either reads anything
+            refs = () if service else tuple(features)
+            wanted = self.decider.read_resources(service or None, refs)
+            decision.require(self.decider, user, wanted, [AuthzedAction.READ_ONLINE])
         entities_in = request.get("entities")
         # served vectors of a logged service (vector_log.py); None for everything else
         record = (
@@ -330,16 +377,30 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> int:
     return await _send(send, status, orjson.dumps(body), JSON_HEADERS)
 
 
+def _identities(store: FeatureStore) -> TokenVerifier | None:
+    """The verifier, also made the parser of Feast's app, with Feast's security manager
+    over the cached registry: what reaches Feast's app is decided by Feast as well."""
+    from feast.permissions.security_manager import set_security_manager
+
+    from feature_platform.servers import authentication
+
+    verifier = authentication.install(store)
+    if verifier is not None:
+        set_security_manager(authentication.CachedSecurityManager(store.project, store.registry))
+    return verifier
+
+
 def create_app() -> FeatureServerApp:
     """The app for one gunicorn worker, configured from the process environment."""
     from feature_platform import feast_commands
 
     settings = ServerSettings.from_env()
     store = feast_commands.open_store(os.environ["PLATFORM_ENV"])
-    app = FeatureServerApp(store, settings)
+    app = FeatureServerApp(store, settings, _identities(store))
     app.registry_refresher.start()
     app.vector_log.start()
     atexit.register(app.vector_log.close)
+    atexit.register(metrics.flush)  # the last second's observations
     # Everything loaded so far (Feast, pandas, the registry) lives as long as the worker:
     # keep it out of the collector's way, so full collections stay short.
     gc.collect()

@@ -59,6 +59,7 @@ def _post(
     example: dict[str, Any] | None,
     writes: bool,
     write_mode: str,
+    identities: bool,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{request}"}}
     if example is not None:
@@ -77,7 +78,12 @@ def _post(
         "requestBody": {"required": True, "content": {"application/json": body}},
         "responses": responses,
     }
-    if writes:
+    if identities:
+        # every caller is identified; the registry's permissions decide (auth/decision.py)
+        responses["401"] = _error("No valid bearer token (OIDC or Kubernetes)")
+        responses["403"] = _error("The caller's roles do not permit this")
+        operation["security"] = [{"bearer": []}]
+    elif writes:
         responses["403"] = _error("Writes are off on this server")
         if write_mode == "token":
             responses["401"] = _error("No valid bearer token")
@@ -168,8 +174,9 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(store: FeatureStore, write_mode: str) -> dict[str, Any]:
-    """The OpenAPI 3.0 document of what this server answers."""
+def document(store: FeatureStore, write_mode: str, identities: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.0 document of what this server answers; with `identities`, the data
+    endpoints and this document need a bearer token."""
     examples = _Examples(store)
     written = {"description": "Written"}
     paths = {
@@ -198,6 +205,7 @@ def document(store: FeatureStore, write_mode: str) -> dict[str, Any]:
                 examples.online(),
                 writes=False,
                 write_mode=write_mode,
+                identities=identities,
             )
         },
         "/push": {
@@ -208,6 +216,7 @@ def document(store: FeatureStore, write_mode: str) -> dict[str, Any]:
                 examples.push(),
                 writes=True,
                 write_mode=write_mode,
+                identities=identities,
             )
         },
         "/write-to-online-store": {
@@ -218,11 +227,16 @@ def document(store: FeatureStore, write_mode: str) -> dict[str, Any]:
                 examples.write(),
                 writes=True,
                 write_mode=write_mode,
+                identities=identities,
             )
         },
     }
     components: dict[str, Any] = {"schemas": _SCHEMAS}
-    if write_mode == "token":
+    if identities:
+        openapi = paths["/openapi.json"]["get"]
+        openapi["responses"]["401"] = _error("No valid bearer token (OIDC or Kubernetes)")
+        openapi["security"] = [{"bearer": []}]
+    if identities or write_mode == "token":
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.0.3",

@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
+from feature_platform import tls
 from feature_platform.serving import lifecycle
 from feature_platform.serving.protocol import bounded_read_protocol
 from feature_platform.serving.settings import ServerSettings
@@ -53,6 +54,8 @@ def logging_config(log_format: str) -> dict[str, Any]:
             "gunicorn.error": {"handlers": ["main"], "level": "INFO", "propagate": False},
             "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            # Feast's permission checks log two INFO lines per request on its own path
+            "feast.permissions": {"level": "WARNING"},
         },
     }
 
@@ -106,6 +109,8 @@ class _DrainingArbiter(Arbiter):
 class _Gunicorn(BaseApplication):
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        # Read once here, so a missing or mismatched file stops the master before any worker.
+        self.tls = tls.server_tls()
         super().__init__()
 
     def load_config(self) -> None:
@@ -125,6 +130,9 @@ class _Gunicorn(BaseApplication):
             "worker_tmp_dir": tempfile.gettempdir(),
             "control_socket_disable": True,
         }
+        if self.tls is not None:
+            # HTTPS only: uvicorn's workers take these from gunicorn's ssl options.
+            options.update(certfile=self.tls.cert_file, keyfile=self.tls.key_file)
         for key, value in options.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)

@@ -84,6 +84,13 @@ class ServerSettings:
                 f"got {write_mode!r}"
             )
         token = env.get("FEATURE_SERVER_WRITE_TOKEN", "")
+        # One mechanism at a time: with identities, writes are decided by the caller's
+        # roles (Feast's permissions), and `open` means open to every permitted caller.
+        if write_mode == "token" and (env.get("AUTH_TYPE") or "no_auth") != "no_auth":
+            raise ConfigError(
+                "FEATURE_SERVER_WRITE_MODE=token works only with AUTH_TYPE=no_auth: with "
+                "identities, writes are decided by permissions (use 'open' or 'off')"
+            )
         if write_mode == "token" and len(token) < 16:
             raise ConfigError(
                 "FEATURE_SERVER_WRITE_MODE=token needs FEATURE_SERVER_WRITE_TOKEN "
