@@ -91,3 +91,17 @@ def one_line_error(exc: BaseException, values: Mapping[str, str]) -> str:
     """An unexpected exception as one line, with the secrets in `values` masked."""
     text = str(exc).strip().splitlines()
     return redact(f"{type(exc).__name__}: {text[0] if text else ''}", values)
+
+
+def positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    """`name`'s value as a positive number, `default` when unset or empty."""
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value

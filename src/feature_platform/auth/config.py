@@ -22,25 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from feature_platform.config_guard import ConfigError
+from feature_platform.config_guard import ConfigError, positive_number
 
 AUTH_TYPES = ("no_auth", "oidc", "kubernetes")
 FEAST_AUTH_VAR = "FEAST_AUTH"
 INTRA_COMMUNICATION_VAR = "INTRA_COMMUNICATION_BASE64"
 OIDC_REQUIRED = ("OIDC_DISCOVERY_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", "OIDC_ISSUER")
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
-    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -95,8 +82,8 @@ class AuthSettings:
             audience=env.get("OIDC_AUDIENCE", "").strip(),
             issuer=env.get("OIDC_ISSUER", "").strip(),
             ca_file=env.get("OIDC_CA_FILE", "").strip(),
-            fetch_timeout_s=_seconds(env, "AUTH_FETCH_TIMEOUT_SECONDS", cls.fetch_timeout_s),
-            keys_cache_s=_seconds(env, "AUTH_KEYS_CACHE_SECONDS", cls.keys_cache_s),
+            fetch_timeout_s=positive_number(env, "AUTH_FETCH_TIMEOUT_SECONDS", cls.fetch_timeout_s),
+            keys_cache_s=positive_number(env, "AUTH_KEYS_CACHE_SECONDS", cls.keys_cache_s),
         )
         if auth_type == "oidc":
             missing = [name for name in OIDC_REQUIRED if not env.get(name, "").strip()]

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from feature_platform.config_guard import ConfigError
+from feature_platform.config_guard import ConfigError, positive_number
 
 WRITE_MODES = ("off", "token", "open")
 
@@ -21,19 +21,6 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
     return value
 
 
@@ -117,7 +104,7 @@ class ServerSettings:
                 env, "FEATURE_SERVER_GRACEFUL_TIMEOUT_SECONDS", defaults.graceful_timeout_s
             ),
             drain_s=_int(env, "FEATURE_SERVER_DRAIN_SECONDS", defaults.drain_s),
-            request_read_timeout_s=_float(
+            request_read_timeout_s=positive_number(
                 env, "FEATURE_SERVER_REQUEST_READ_TIMEOUT_SECONDS", defaults.request_read_timeout_s
             ),
             max_requests=_int(env, "FEATURE_SERVER_MAX_REQUESTS", defaults.max_requests),
@@ -126,7 +113,7 @@ class ServerSettings:
             ),
             max_entities=_int(env, "FEATURE_SERVER_MAX_ENTITIES", defaults.max_entities, 1),
             max_body_bytes=_int(env, "FEATURE_SERVER_MAX_BODY_BYTES", defaults.max_body_bytes, 1),
-            store_timeout_s=_float(
+            store_timeout_s=positive_number(
                 env, "FEATURE_SERVER_STORE_TIMEOUT_SECONDS", defaults.store_timeout_s
             ),
             write_mode=write_mode,
@@ -139,7 +126,7 @@ class ServerSettings:
                 defaults.served_vectors_queue_rows,
                 minimum=1,
             ),
-            served_vectors_flush_s=_float(
+            served_vectors_flush_s=positive_number(
                 env, "FEATURE_SERVER_SERVED_VECTORS_FLUSH_SECONDS", defaults.served_vectors_flush_s
             ),
         )
