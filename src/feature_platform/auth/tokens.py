@@ -297,36 +297,37 @@ class OidcVerifier(TokenVerifier):
         self._verified.put(token, user, self._clock() + max(0.0, until - time.time()))
         return user
 
-    async def user_of(self, token: str) -> User:
+    def _known(self, token: str) -> tuple[User | None, str, Any]:
+        """A user verified recently, or the token's key id and its cached key (None when
+        the key is not known yet)."""
         cached = self._verified.get(token, self._clock())
         if cached is not None:
-            return cached
+            return cached, "", None
         kid = self._kid(token)
-        key = self._keys.get(kid)
+        return None, kid, self._keys.get(kid)
+
+    async def user_of(self, token: str) -> User:
+        cached, kid, key = self._known(token)
+        if cached is not None:
+            return cached
         if key is None:
-            future = self._unknown_key_future()
             outcome: BaseException | None = None
             try:
                 async with asyncio.timeout(self.settings.fetch_timeout_s):
-                    await asyncio.shield(asyncio.wrap_future(future))
-            except TimeoutError as exc:
-                outcome = exc
-            except FetchError as exc:
+                    await asyncio.shield(asyncio.wrap_future(self._unknown_key_future()))
+            except (TimeoutError, FetchError) as exc:
                 outcome = exc
             key = self._after_refresh(kid, outcome)
         return self._verify(token, key)
 
     def user_of_blocking(self, token: str) -> User:
-        cached = self._verified.get(token, self._clock())
+        cached, kid, key = self._known(token)
         if cached is not None:
             return cached
-        kid = self._kid(token)
-        key = self._keys.get(kid)
         if key is None:
-            future = self._unknown_key_future()
             outcome: BaseException | None = None
             try:
-                future.result(timeout=self.settings.fetch_timeout_s)
+                self._unknown_key_future().result(timeout=self.settings.fetch_timeout_s)
             except (concurrent.futures.TimeoutError, FetchError) as exc:
                 outcome = exc
             key = self._after_refresh(kid, outcome)
