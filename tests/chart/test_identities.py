@@ -42,7 +42,8 @@ TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 FEAST_ROLES = {"feature-reader", "feature-writer", "training", "fraud-detection-v1"}
 # The parts that check callers' tokens, and the jobs that call with their own.
 TOKEN_CHECKERS = {"server", "registry", "offline", "ui"}
-JOBS = {"materialize", "skew-check"}
+# the helm test pod sends its own token too
+JOBS = {"materialize", "skew-check", "test"}
 
 
 def _values(scenario: str) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def test_servers_and_jobs_run_with_their_own_service_accounts() -> None:
         spec = pod["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         if part not in TOKEN_CHECKERS | JOBS:
-            # The stores and the helm test pod carry no identity and no token.
+            # The stores carry no identity and no token.
             assert "serviceAccountName" not in spec, part
             assert "service-account" not in volumes, part
             continue
@@ -245,6 +246,10 @@ def test_feast_reads_each_callers_roles_from_the_rendered_bindings() -> None:
     assert _feast_roles(objects, NAMESPACE, f"{full}-materialize") == {"feature-writer"}
     # The skew check reads the one service only its own role may read.
     assert _feast_roles(objects, NAMESPACE, f"{full}-skew-check") == {
+        "feature-reader",
+        "fraud-detection-v1",
+    }
+    assert _feast_roles(objects, NAMESPACE, f"{full}-test") == {
         "feature-reader",
         "fraud-detection-v1",
     }

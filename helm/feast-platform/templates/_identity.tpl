@@ -81,8 +81,8 @@ TokenReview without audiences accepts it.
 {{- end }}
 
 {{/*
-Role name -> the ServiceAccount subjects bound to it: the jobs' (when enabled) and the
-configured clients'.
+Role name -> the ServiceAccount subjects bound to it: the jobs' (when enabled), the helm
+test pod's and the configured clients'.
 */}}
 {{- define "feast-platform.roleSubjects" -}}
 {{- $k := .Values.auth.kubernetes }}
@@ -95,6 +95,7 @@ configured clients'.
 {{- if .Values.skewCheck.enabled }}
 {{- $bound = append $bound (dict "name" (include "feast-platform.serviceAccountName" (dict "ctx" . "part" "skew-check")) "roles" $k.skewCheckRoles) }}
 {{- end }}
+{{- $bound = append $bound (dict "name" (include "feast-platform.serviceAccountName" (dict "ctx" . "part" "test")) "roles" $k.helmTestRoles) }}
 {{- range $k.clients }}
 {{- $bound = append $bound . }}
 {{- end }}

@@ -49,6 +49,19 @@ TLS: the servers' certificate Secret, where pods find it, and the store CAs.
 {{- end }}
 {{- end }}
 
+{{/* A client's view of the Secret: the CA only, never the servers' key. */}}
+{{- define "feast-platform.tlsCaVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "feast-platform.tlsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
+
 {{/* The stores' CA files, mounted in every platform pod when a caSecret is named. */}}
 {{- define "feast-platform.postgresCaFile" -}}
 {{- if .Values.postgres.caSecret }}/etc/feast-platform/postgres-ca/{{ .Values.postgres.caKey }}{{ end }}
