@@ -29,7 +29,8 @@ from redis.exceptions import NoScriptError
 
 from feature_platform.serving.errors import HTTPError, bad_request, store_timed_out, unavailable
 from feature_platform.serving.plans import JOIN_KEY_TYPES, KeyGroup, OdfvPlan, ReadPlan
-from feature_platform.serving.redis_clients import AsyncRedis
+from feature_platform.serving.redis_clients import AsyncRedis, pipelined_connection
+from feature_platform.serving.redis_pipeline import PipelinedConnection
 from feature_platform.stores.online_ttl import is_expired
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -153,6 +154,8 @@ class OnlineReader:
         self.key_version = key_version
         self.timeout_s = timeout_s
         self._cluster = isinstance(client, aioredis.RedisCluster)
+        # one Redis server: reads share one pipelined connection (redis_pipeline.py)
+        self._commands: AsyncRedis | PipelinedConnection = pipelined_connection(client) or client
         # Bounded caches of work that repeats across requests: hot entities, and the
         # few distinct write timestamps a materialization produces.
         self._ts_json: dict[bytes, tuple[str, float]] = {}
@@ -225,11 +228,11 @@ class OnlineReader:
             keys_in_order += keys
         command = ("EVALSHA", READ_VIEWS_SHA, len(keys_in_order), *keys_in_order, *args)
         try:
-            return list(await self.client.execute_command(*command))
+            return list(await self._commands.execute_command(*command))
         except NoScriptError:
             # a restarted or flushed Redis: load the script once, then it is cached again
-            await self.client.script_load(READ_VIEWS)
-            return list(await self.client.execute_command(*command))
+            await self._commands.script_load(READ_VIEWS)
+            return list(await self._commands.execute_command(*command))
 
     async def read(
         self, plan: ReadPlan, entities: dict[str, list[Any]], n_rows: int

@@ -27,6 +27,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
+from feature_platform.serving.redis_pipeline import PipelinedConnection
 from feature_platform.stores.redis_sentinel import AsyncFollowingSentinelPool
 
 AsyncRedis = aioredis.Redis | aioredis.RedisCluster
@@ -88,6 +89,25 @@ def _sentinel(
         return sentinels.master_for(master, connection_pool_class=pool)
     return sentinels.master_for(
         master, connection_pool_class=pool, connection_class=_HiredisSentinelConnection
+    )
+
+
+def pipelined_connection(client: AsyncRedis) -> PipelinedConnection | None:
+    """The read path's pipelined connection to the same server, for one plain (no TLS,
+    no sentinel) Redis; None for other topologies, which keep redis-py's client."""
+    if not isinstance(client, aioredis.Redis):
+        return None
+    pool = client.connection_pool
+    if pool.connection_class is not _HiredisPackingConnection:
+        return None
+    options = pool.connection_kwargs
+    return PipelinedConnection(
+        options.get("host", "localhost"),
+        int(options.get("port", 6379)),
+        db=int(options.get("db", 0) or 0),
+        username=options.get("username") or None,
+        password=options.get("password") or None,
+        connect_timeout_s=float(options.get("socket_connect_timeout") or 2.0),
     )
 
 
