@@ -31,6 +31,18 @@ AUDIENCE = "feast-platform"
 STALL_LIMIT_S = 60.0
 
 
+def send_json(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    """A 200 with a JSON body; a client that gave up waiting (a stalled test) is not an
+    error, as it is not for a real server."""
+    data = json.dumps(body).encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        handler.wfile.write(data)
+
+
 def new_key() -> RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -83,14 +95,7 @@ class OidcProvider:
                 else:
                     self.send_error(404)
                     return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                # the client may have given up waiting (a stalled test), as clients do
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
+                send_json(self, body)
 
             def log_message(self, *_args: Any) -> None:
                 pass

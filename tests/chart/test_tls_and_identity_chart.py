@@ -28,20 +28,18 @@ from feast.permissions.enforcer import enforce_policy
 from feast.permissions.permission import Permission
 from feast.permissions.user import User
 from rendering import (
-    CHART,
     NAMESPACE,
     ROOT,
     SCENARIOS,
     RenderError,
     containers,
-    deep_merge,
     find,
     one,
     pod_template,
     render,
     rendered_scenario,
 )
-from test_identities import _feast_roles
+from test_identities import _component, _feast_roles, _values
 
 from feature_platform import client_config
 
@@ -63,17 +61,6 @@ OIDC: dict[str, Any] = {
 EXISTING = {
     "tls": {"enabled": True, "existingSecret": "platform-tls", "certManager": {"enabled": False}}
 }
-
-
-def _values(scenario: str) -> dict[str, Any]:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for path in SCENARIOS[scenario]:
-        values = deep_merge(values, yaml.safe_load(path.read_text()))
-    return values
-
-
-def _component(obj: dict[str, Any]) -> str:
-    return str(obj["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
 def _server(objects: list[dict[str, Any]], part: str) -> tuple[dict, dict]:

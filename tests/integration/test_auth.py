@@ -11,7 +11,6 @@ deadline, and the server keeps answering meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import threading
@@ -35,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from feast import FeatureStore
 from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_grpc
-from oidc_provider import DISCOVERY_PATH, OidcProvider, new_key
+from oidc_provider import DISCOVERY_PATH, OidcProvider, new_key, send_json
 from stacks import Stack
 
 from feature_platform import feast_commands
@@ -607,15 +606,6 @@ class KubernetesApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _send(self, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
-
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 token = json.loads(self.rfile.read(length))["spec"]["token"]
@@ -625,7 +615,7 @@ class KubernetesApi:
                 status: dict[str, Any] = {"authenticated": user is not None}
                 if user is not None:
                     status["user"] = {"username": user[0], "groups": user[1]}
-                self._send({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                send_json(self, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                             "spec": {"token": ""}, "status": status})  # fmt: skip
 
             def do_GET(self) -> None:
@@ -636,7 +626,7 @@ class KubernetesApi:
                     )
                     else api.bindings
                 )
-                self._send({"apiVersion": "rbac.authorization.k8s.io/v1", "items": items,
+                send_json(self, {"apiVersion": "rbac.authorization.k8s.io/v1", "items": items,
                             "metadata": {}})  # fmt: skip
 
             def log_message(self, *_args: Any) -> None:
