@@ -232,9 +232,9 @@ class FeatureServerApp:
         if not service and not features:
             raise HTTPError(422, "unprocessable", "give 'feature_service' or 'features'")
         require_booleans(request, "full_feature_names", "include_feature_view_version_metadata")
+        refs = () if service else tuple(features)
         if user is not None:
             # Feast's decision for both paths, made before either reads anything
-            refs = () if service else tuple(features)
             wanted = self.decider.read_resources(service or None, refs)
             decision.require(self.decider, user, wanted, [AuthzedAction.READ_ONLINE])
         entities_in = request.get("entities")
@@ -245,7 +245,7 @@ class FeatureServerApp:
             else None
         )
         try:
-            plan = self.plans.get(service or None, () if service else tuple(features))
+            plan = self.plans.get(service or None, refs)
         except Unsupported:
             return await self._to_feast(scope, body, receive, send, record)
         entities, n_rows = entity_columns(request.get("entities"), plan, self.settings.max_entities)
