@@ -21,9 +21,10 @@ help: ## List the targets
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 	@echo "  ENV=local|dev|prod selects the environment (default: local)"
 
+# Bytecode is compiled once here: every process (servers, commands, tests) starts from it.
 $(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen
+	uv sync --frozen --compile-bytecode
 	@touch $@
 
 install: $(VENV)/.installed ## Install the locked dependencies into .venv
