@@ -68,9 +68,9 @@ def settings(env: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
         )
     base = os.environ if base is None else base
     merged = {**read_env_file(path), **base}
-    data_dir = merged.get("PLATFORM_DATA_DIR")
-    if data_dir:
-        merged["PLATFORM_DATA_DIR"] = str((PROJECT_ROOT / data_dir).resolve())
+    for directory in ("PLATFORM_DATA_DIR", "OFFLINE_MIRROR_DIR"):
+        if merged.get(directory):
+            merged[directory] = str((PROJECT_ROOT / merged[directory]).resolve())
     merged["PLATFORM_ENV"] = env
     # Feast's `auth:` block, derived from AUTH_TYPE and OIDC_* (and checked) every time,
     # so no copy of it can drift from the settings the platform's verifier uses.

@@ -24,8 +24,10 @@ A refresh, under an advisory lock per table, does one of two things:
   unclaimed for the next refresh. The claimed rows are deleted once the manifest that
   lists the part is published; a crash in between copies them again next time.
 
-`manifest.json` (replaced atomically) names the parts of the current copy; the parts of
-the previous manifest are kept too, for readers that opened it just before.
+Each table's copy lives in `<root>/<database>/<schema>.<table>/`; its `manifest.json`
+(replaced atomically) names the parts of the current copy; the parts of the previous
+manifest are kept too, for readers that opened it just before. One root serves one
+Postgres server: the delta belongs to the last mirror directory that copied the table.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def refresh(
         conn.autocommit = True
         conn.execute(_SETUP)
         found = _describe(conn, table)
-        directory = root / found.name
+        (database,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
+        directory = root / database / f"{found.schema}.{found.name}"
         directory.mkdir(parents=True, exist_ok=True)
         conn.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_SPACE, found.oid))
         try:
