@@ -1,46 +1,51 @@
-{{/* Egress every platform pod needs: DNS, and the stores (in-cluster pods or external addresses). */}}
+{{/* Egress of the pods that call both stores: DNS, Redis and PostgreSQL (in-cluster pods or external addresses). */}}
 {{- define "feast-platform.storeEgress" -}}
+{{ include "feast-platform.dnsEgress" . }}
+{{ include "feast-platform.redisEgress" . }}
+{{ include "feast-platform.postgresEgress" . }}
+{{- end }}
+
+{{- define "feast-platform.dnsEgress" -}}
 - ports:
     - port: 53
       protocol: UDP
     - port: 53
       protocol: TCP
-{{- if .Values.redis.inCluster.enabled }}
+{{- end }}
+
+{{- define "feast-platform.redisEgress" -}}
 - to:
+    {{- if .Values.redis.inCluster.enabled }}
     - podSelector:
         matchLabels:
           {{- include "feast-platform.selectorLabels" (dict "ctx" . "part" "redis") | nindent 10 }}
-  ports:
-    - port: 6379
-      protocol: TCP
-{{- else }}
-- to:
+    {{- else }}
     {{- range .Values.networkPolicy.externalStoreCidrs }}
     - ipBlock:
         cidr: {{ . }}
     {{- end }}
+    {{- end }}
   ports:
-    - port: {{ .Values.redis.port }}
+    - port: {{ .Values.redis.inCluster.enabled | ternary 6379 .Values.redis.port }}
       protocol: TCP
 {{- end }}
-{{- if .Values.postgres.inCluster.enabled }}
+
+{{/* PostgreSQL alone, for pods that never call Redis (the training-set job). */}}
+{{- define "feast-platform.postgresEgress" -}}
 - to:
+    {{- if .Values.postgres.inCluster.enabled }}
     - podSelector:
         matchLabels:
           {{- include "feast-platform.selectorLabels" (dict "ctx" . "part" "postgres") | nindent 10 }}
-  ports:
-    - port: 5432
-      protocol: TCP
-{{- else }}
-- to:
+    {{- else }}
     {{- range .Values.networkPolicy.externalStoreCidrs }}
     - ipBlock:
         cidr: {{ . }}
     {{- end }}
+    {{- end }}
   ports:
-    - port: {{ .Values.postgres.port }}
+    - port: {{ .Values.postgres.inCluster.enabled | ternary 5432 .Values.postgres.port }}
       protocol: TCP
-{{- end }}
 {{- end }}
 
 {{/* Ingress to a store: only this release's pods that carry the store-client label. */}}
