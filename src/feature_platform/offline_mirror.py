@@ -15,10 +15,12 @@ the same transaction as the change:
 A refresh, under an advisory lock per table, does one of two things:
 
 - a full copy (no mirror yet, the table replaced or its columns changed, a mark, the
-  triggers gone, or another mirror directory took the delta over): in one REPEATABLE READ
-  transaction that first locks out writers (SHARE ROW EXCLUSIVE; readers go on), the
-  triggers and the delta table are (re)created and the table is copied to a new
-  generation directory. The lock makes the copy and the start of the delta meet exactly.
+  triggers gone, or another mirror directory took the delta over): the triggers and the
+  delta table are (re)created in a transaction that locks out writers for that DDL only
+  (SHARE ROW EXCLUSIVE; readers go on); then, in a REPEATABLE READ snapshot taken after
+  it, the table is copied to a new generation directory while the delta rows and marks
+  that snapshot sees (changes the copy holds) are deleted. Writes go on during the copy
+  and reach the next refresh through the delta.
 - a delta copy: in one REPEATABLE READ transaction the delta rows it sees are claimed with
   a batch number and copied to one part file; rows committed after its snapshot stay
   unclaimed for the next refresh. The claimed rows are deleted once the manifest that
@@ -62,7 +64,9 @@ Progress = Callable[[str], None]
 # instead: a write to the offline table never fails because of the mirror.
 _SETUP = """
 CREATE TABLE IF NOT EXISTS feature_platform_mirror_marks (
-    table_name text PRIMARY KEY, marked_at timestamptz NOT NULL DEFAULT now());
+    table_name text NOT NULL, marked_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS feature_platform_mirror_marks_table
+    ON feature_platform_mirror_marks (table_name);
 CREATE TABLE IF NOT EXISTS feature_platform_mirror_state (
     table_name text PRIMARY KEY, table_oid oid NOT NULL, mirror_id text NOT NULL,
     generation bigint NOT NULL);
@@ -70,8 +74,7 @@ CREATE OR REPLACE FUNCTION feature_platform_mirror_mark() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     INSERT INTO public.feature_platform_mirror_marks (table_name)
-    VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME))
-    ON CONFLICT DO NOTHING;
+    VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
     RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION feature_platform_mirror_insert() RETURNS trigger
@@ -82,8 +85,7 @@ BEGIN
                        TG_TABLE_SCHEMA, TG_TABLE_NAME || '__mirror_delta');
     EXCEPTION WHEN OTHERS THEN
         INSERT INTO public.feature_platform_mirror_marks (table_name)
-        VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME))
-        ON CONFLICT DO NOTHING;
+        VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
     END;
     RETURN NULL;
 END $$;
@@ -243,8 +245,31 @@ def _copy_full(
     conn: psycopg.Connection, table: _Table, directory: Path, manifest: dict[str, Any] | None
 ) -> int:
     mirror_id = manifest["mirror_id"] if manifest else uuid.uuid4().hex
+    generation = _start_delta(conn, table, mirror_id)
+    part = f"gen-{generation}/full.parquet"
+    rows = _copy_table(conn, table, directory / part)
+    previous = manifest["parts"] if manifest else []
+    _write_manifest(
+        directory,
+        {
+            "table": table.qualified,
+            "mirror_id": mirror_id,
+            "generation": generation,
+            "columns": table.columns,
+            "last_batch": 0,
+            "parts": [part],
+            "previous_parts": previous,
+        },
+    )
+    _remove_unlisted(directory)
+    return rows
+
+
+def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int:
+    """(Re)create the delta table and the triggers; the new generation. Writers are locked
+    out for this DDL only: every write that commits after it goes through the triggers,
+    every write before it is in the snapshot of the copy that follows."""
     with conn.transaction():
-        # Before the first query, so the snapshot is taken once no writer is in flight.
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.ident))
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.delta))
         conn.execute(
@@ -272,9 +297,8 @@ def _copy_full(
                     "EXECUTE FUNCTION feature_platform_mirror_mark()"
                 ).format(sql.Identifier(_trigger(kind)), sql.SQL(kind.upper()), table.ident)
             )
-        conn.execute(
-            "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
-        )
+        # A crash before the new manifest leaves the manifest a generation behind: the
+        # next refresh copies again.
         (generation,) = conn.execute(  # type: ignore[misc]
             "INSERT INTO feature_platform_mirror_state AS s VALUES (%s, %s, %s, 1) "
             "ON CONFLICT (table_name) DO UPDATE SET table_oid = excluded.table_oid, "
@@ -282,25 +306,20 @@ def _copy_full(
             "RETURNING generation",
             (table.qualified, table.oid, mirror_id),
         ).fetchone()
-        part = f"gen-{generation}/full.parquet"
-        rows = _copy_to_parquet(
-            conn, sql.SQL("SELECT * FROM {}").format(table.ident), directory / part, True
+    return int(generation)
+
+
+def _copy_table(conn: psycopg.Connection, table: _Table, path: Path) -> int:
+    """The whole table into `path`, writers going on. The delta rows and marks this
+    snapshot sees are changes the copy holds; the ones it does not see stay for the next
+    refresh."""
+    with conn.transaction():
+        conn.execute(sql.SQL("DELETE FROM {}").format(table.delta))
+        conn.execute(
+            "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
         )
-    previous = manifest["parts"] if manifest else []
-    _write_manifest(
-        directory,
-        {
-            "table": table.qualified,
-            "mirror_id": mirror_id,
-            "generation": generation,
-            "columns": table.columns,
-            "last_batch": 0,
-            "parts": [part],
-            "previous_parts": previous,
-        },
-    )
-    _remove_unlisted(directory)
-    return rows
+        query = sql.SQL("SELECT * FROM {}").format(table.ident)
+        return _copy_to_parquet(conn, query, path, keep_empty=True)
 
 
 def _copy_delta(

@@ -40,7 +40,7 @@ def connect(database: str) -> Iterator[Callable[[], psycopg.Connection]]:
         return psycopg.connect(f"{DSN} dbname={database}")
 
     with connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS stats, stats__mirror_delta")
+        conn.execute("DROP TABLE IF EXISTS stats, stats__mirror_delta CASCADE")
         conn.execute(
             "CREATE TABLE stats (customer_id bigint, event_timestamp timestamptz, "
             "created_timestamp timestamptz, value double precision, label text, flag boolean)"
@@ -231,3 +231,24 @@ def test_views_and_missing_tables_are_refused(connect: Callable, tmp_path: Path)
         offline_mirror.refresh(connect, "stats_view", tmp_path, lambda _: None)
     with pytest.raises(offline_mirror.MirrorError, match="no table"):
         offline_mirror.refresh(connect, "no_such_table", tmp_path, lambda _: None)
+
+
+def test_rows_written_between_the_delta_start_and_the_copy_are_held_once(
+    connect: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that commits after the triggers exist but before the copy's snapshot is
+    both in the table and in the delta: the copy deletes it from the delta."""
+    _insert(connect, 0, 10)
+    real = offline_mirror._copy_table
+
+    def write_first(conn: psycopg.Connection, table: Any, path: Path) -> int:
+        _insert(connect, 10, 4)
+        return real(conn, table, path)
+
+    monkeypatch.setattr(offline_mirror, "_copy_table", write_first)
+    first = _refresh(connect, tmp_path)
+    monkeypatch.setattr(offline_mirror, "_copy_table", real)
+    assert first.full and first.copied_rows == 14
+    after = _refresh(connect, tmp_path)
+    assert not after.full and after.copied_rows == 0
+    assert _mirror_rows(after) == _table_rows(connect)
