@@ -5,7 +5,11 @@ customer_stats rows), written to dev's Postgres and, for the floor, to parquet. 
 each label count, in the same run, each as its own child process (its peak resident
 memory read with `os.wait4`):
 
-- `feature-platform training-set dev` (the fast engine): labels parquet in, parquet out;
+- `feature-platform training-set dev` (the fast engine), labels parquet in, parquet out:
+  with the offline mirror copied whole in the run (its first run, or after an update or
+  delete), with the mirror current, with the mirror after a day of new rows (its delta),
+  and without a mirror (rows read out of Postgres with COPY every run);
+- the same join on Ray (`--engine ray`, Ray started in the process, two tasks);
 - the same command with `--engine feast`: Feast's Postgres store, chunk by chunk; at the
   smallest count only unless --feast-everywhere (it runs at about 10 k rows/s, so 1 M
   labels would take minutes);
@@ -23,17 +27,20 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pyarrow.parquet as pq
 
-from feature_platform import environments, feast_commands, generator, offline_tables
+from feature_platform import environments, feast_commands, generator, offline_mirror, offline_tables
 
 RESULTS = Path(__file__).parent / "results"
 WORK = environments.PROJECT_ROOT / ".data" / "bench_training"
@@ -131,13 +138,30 @@ def prepare(sizes: generator.Sizes, settings: dict[str, str]) -> dict[str, Any]:
         "write_seconds": timings,
         "labels": labels,
         "offline_dir": str(offline_tables.parquet_path(local, "x").parent),
+        "customers": sizes.customers,
     }
+
+
+def append(settings: dict[str, str], n: int) -> None:
+    """`n` new customer_stats rows, a month after the data set's: what the pipelines add
+    between two training sets. They reach the mirror as its delta."""
+    conninfo = offline_tables.postgres_conninfo(settings, settings["OFFLINE_DB"])
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(
+            "INSERT INTO customer_stats SELECT customer_id, event_timestamp + interval '31 days', "
+            "created_timestamp + interval '31 days', avg_purchase_30d, n_purchases_7d, "
+            "n_purchases_30d, account_age_days, home_country FROM customer_stats LIMIT %s",
+            (n,),
+        )
 
 
 def measure(
     counts: list[int], data: dict[str, Any], rounds: int, feast_everywhere: bool
 ) -> list[dict[str, Any]]:
     env = {**os.environ, **BENCH_SETTINGS}
+    settings = {**environments.settings(ENV), **BENCH_SETTINGS}
+    mirror = Path(settings[offline_mirror.DIR_VAR]) / settings["OFFLINE_DB"]
+    day = data["customers"]  # one snapshot per customer a day
     log = WORK / "bench_training.log"
     rows = []
     # Python and Feast's imports alone, on this machine now: part of every fast and
@@ -153,21 +177,36 @@ def measure(
             sample = sample.sample(n, random_state=7).sort_index()
         sample.to_parquet(labels_path, index=False, coerce_timestamps="us")
         output = WORK / f"out-{n}.parquet"
-        runs = {
-            "fast": [str(PLATFORM), "training-set", ENV, "--labels", str(labels_path),
-                     "--output", str(output)],
-            "feast": [str(PLATFORM), "training-set", ENV, "--labels", str(labels_path),
-                      "--output", str(output), "--engine", "feast", "--chunk-rows", "100000"],
-            "raw_duckdb_asof": [sys.executable, "-c", RAW_ASOF, str(labels_path),
-                                data["offline_dir"], str(output)],
+        command = [
+            str(PLATFORM),
+            "training-set",
+            ENV,
+            "--labels",
+            str(labels_path),
+            "--output",
+            str(output),
+        ]
+        no_mirror = {offline_mirror.DIR_VAR: ""}
+        # name: (argv, settings, what happens before each round)
+        runs: dict[str, tuple[list[str], dict[str, str], Callable[[], object]]] = {
+            "fast, mirror copied whole": (command, {}, lambda: shutil.rmtree(mirror, True)),
+            "fast, mirror current": (command, {}, lambda: None),
+            "fast, mirror after a day of new rows": (command, {}, lambda: append(settings, day)),
+            "fast, no mirror (COPY)": (command, no_mirror, lambda: None),
+            "ray (local, 2 tasks)": ([*command, "--engine", "ray"], {}, lambda: None),
+            "feast": ([*command, "--engine", "feast", "--chunk-rows", "100000"], no_mirror,
+                      lambda: None),
+            "raw_duckdb_asof": ([sys.executable, "-c", RAW_ASOF, str(labels_path),
+                                 data["offline_dir"], str(output)], {}, lambda: None),
         }  # fmt: skip
-        for name, argv in runs.items():
+        for name, (argv, extra, before) in runs.items():
             if name == "feast" and n != counts[0] and not feast_everywhere:
                 continue
             times, inner, peaks = [], [], []
             for r in range(1 if name == "feast" else rounds):
                 say(f"{name}: {n:,} labels, round {r + 1}")
-                result = child(argv, env, log)
+                before()
+                result = child(argv, {**env, **extra}, log)
                 assert pq.read_metadata(output).num_rows == n, f"{name} wrote the wrong rows"
                 times.append(result["seconds"])
                 inner.append(result["command_seconds"])
@@ -216,12 +255,13 @@ def report(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         if r["engine"] == "startup_imports":
             lines.append(f"- Python and Feast imports in each run: {r['seconds']:.1f}s")
+    fast = "fast, mirror current"
     for n in sorted({n for _, n in by}):
         if ("feast", n) in by:
-            lines.append(f"- {n:,} labels: fast / Feast = {by['fast', n] / by['feast', n]:.1f}x")
+            lines.append(f"- {n:,} labels: {fast} / Feast = {by[fast, n] / by['feast', n]:.1f}x")
         lines.append(
-            f"- {n:,} labels: fast / raw DuckDB ASOF = "
-            f"{by['fast', n] / by['raw_duckdb_asof', n]:.2f}x"
+            f"- {n:,} labels: {fast} / raw DuckDB ASOF = "
+            f"{by[fast, n] / by['raw_duckdb_asof', n]:.2f}x"
         )
     w = result["write_seconds"]
     lines.append(

@@ -50,6 +50,8 @@ from psycopg import sql
 
 from feature_platform.training import postgres_copy
 
+# The mirror's root directory, in an environment's settings; empty: no mirror.
+DIR_VAR = "OFFLINE_MIRROR_DIR"
 MANIFEST = "manifest.json"
 # More delta parts than this are merged into one, so reads stay one scan per file.
 MAX_PARTS = 16

@@ -6,7 +6,6 @@ process against the test services, writes the training set."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 import subprocess
@@ -270,17 +269,6 @@ def test_the_command_line_is_the_platforms() -> None:
     assert (parsed.chunk_rows, parsed.engine) == (200000, "fast")
 
 
-def _engines() -> list[str]:
-    """The --engine choices of the platform's training-set command."""
-    top = cli.parser()
-    (subs,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
-    (engine,) = [a for a in subs.choices["training-set"]._actions if "--engine" in a.option_strings]
-    return list(engine.choices or [])
-
-
-@pytest.mark.xfail(
-    "ray" not in _engines(), reason="the training-set command has no ray engine yet", strict=True
-)
 def test_the_ray_command_line_is_the_platforms() -> None:
     _, _, c = _job(render(DEV, RAY))
     assert _parsed(c["args"]).engine == "ray"
@@ -450,6 +438,13 @@ def test_the_job_writes_the_training_set(tmp_path: Path) -> None:
         assert features <= set(table.column_names)
         # Features were joined, not only passed through: some label has a value.
         assert table.column("avg_purchase_30d").null_count < table.num_rows
+        # Read through the mirror on the volume: every view's table copied there.
+        manifests = sorted(p.parent.name for p in (volume_dir / "mirror").glob("*/*/manifest.json"))
+        assert manifests == [
+            "public.customer_stats",
+            "public.customer_txn_1h",
+            "public.merchant_stats",
+        ]
         # Nothing but the output is left beside it.
         assert [p.name for p in (volume_dir / "training-sets").iterdir()] == [
             "fraud_detection_v1.parquet"

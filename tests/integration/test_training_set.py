@@ -9,19 +9,20 @@ no rows at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest.mock import patch
 
 import pandas as pd
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from stacks import Stack
+from stacks import Stack, patched_environ
 
-from feature_platform import cli, offline_tables
-from feature_platform.training import command
+from feature_platform import cli, offline_mirror, offline_tables
+from feature_platform.training import command, ray_engine
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")
 TTL = {
@@ -87,22 +88,37 @@ def _labels(tables: dict[str, pd.DataFrame], hours: list[int]) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def dev(stack_factory: Callable[..., Stack]) -> Stack:
-    stack = stack_factory("dev", "tset")
+def dev(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
+    stack = stack_factory("dev", "tset", {ray_engine.TASKS_VAR: "2"})
     first = _history([(1, 0, None, 1.0)], "customer_id")
     stack.write(_tables(first, _history([(1, 0, None, 1.0)], "merchant_id")))
     stack.feast("apply")
-    return stack
+    yield stack
+    import ray
+
+    ray.shutdown()
 
 
-def _fast(stack: Stack, labels: pd.DataFrame, tmp: Path, chunk_rows: int) -> pd.DataFrame:
+# The fast engine over the offline mirror (dev's default), over rows read out of
+# Postgres with COPY (no mirror), and the same join on Ray, one task per chunk.
+ENGINES = {
+    "fast": ("fast", {}),
+    "fast, no mirror": ("fast", {offline_mirror.DIR_VAR: ""}),
+    "ray": ("ray", {}),
+}
+
+
+def _fast(
+    stack: Stack, labels: pd.DataFrame, tmp: Path, chunk_rows: int, variant: str = "fast"
+) -> pd.DataFrame:
     path = tmp / "labels.parquet"
     labels.to_parquet(path, index=False)
-    output = tmp / f"fast-{chunk_rows}.parquet"
+    output = tmp / f"{variant}-{chunk_rows}.parquet"
+    engine, settings = ENGINES[variant]
     request = command.Request(
-        env="dev", output=output, labels_path=path, chunk_rows=chunk_rows, engine="fast"
+        env="dev", output=output, labels_path=path, chunk_rows=chunk_rows, engine=engine
     )
-    with stack.active():
+    with stack.active(), patched_environ(settings):
         command.build(request, lambda _line: None)
     return pq.read_table(output).to_pandas()
 
@@ -145,10 +161,47 @@ def test_fast_engine_equals_feasts_postgres_path(
     tables = _tables(_history(customers, "customer_id"), _history(merchants, "merchant_id"))
     dev.write(tables)
     labels = _labels(tables, hours)
-    fast = _fast(dev, labels, tmp_path_factory.mktemp("prop"), chunk_rows=10_000)
     feast = _feast(dev, labels)
-    assert len(fast) == len(labels)
-    assert_same(fast, feast)
+    tmp = tmp_path_factory.mktemp("prop")
+    # Ray in chunks, so a chunk boundary falls inside the labels.
+    for variant, chunk_rows in (("fast", 10_000), ("fast, no mirror", 10_000), ("ray", 97)):
+        fast = _fast(dev, labels, tmp, chunk_rows, variant)
+        assert len(fast) == len(labels) == len(feast), (variant, len(fast), len(labels), len(feast))
+        assert_same(fast, feast.copy())
+
+
+def test_rows_appended_after_the_mirror_reach_the_training_set(dev: Stack, tmp_path: Path) -> None:
+    """Late rows written by Feast's offline write (a push's path) after the mirror copied
+    the tables come through the mirror's delta: every engine still equals Feast's path."""
+    customers = [(c, h, lag, c + h / 10) for c in (1, 2) for h in (0, 24) for lag in (0, 6)]
+    tables = _tables(_history(customers, "customer_id"), _history([(1, 0, 2, 4.5)], "merchant_id"))
+    dev.write(tables)
+    labels = _labels(tables, [3, 30, 50])
+    _fast(dev, labels, tmp_path, 10_000)  # the mirror copies the tables whole
+    late = _tables(
+        _history([(1, 25, 30, 77.5), (2, 1, 40, 8.25), (3, 24, None, 5.0)], "customer_id"),
+        _history([(1, 1, 1, 2.5)], "merchant_id"),
+    )
+    with dev.active():
+        store = dev.store()
+        for name in ("customer_stats", "merchant_stats"):
+            store.write_to_offline_store(name, late[name], allow_registry_cache=False)
+    labels = _labels({k: pd.concat([tables[k], late[k]]) for k in tables}, [3, 30, 50, 70])
+    feast = _feast(dev, labels)
+    assert feast["avg_purchase_30d"].isin([77.5, 8.25, 5.0]).any(), "late rows in Feast's set"
+    for variant in ENGINES:
+        assert_same(_fast(dev, labels, tmp_path, 50, variant), feast.copy())
+    mirrored = offline_mirror.refresh(
+        lambda: psycopg.connect(offline_tables.postgres_conninfo(dev.settings(), _offline(dev))),
+        "customer_stats",
+        Path(dev.settings()[offline_mirror.DIR_VAR]),
+        lambda _line: None,
+    )
+    assert not mirrored.full and len(mirrored.parts) == 2, "the late rows came as a delta"
+
+
+def _offline(stack: Stack) -> str:
+    return stack.settings()["OFFLINE_DB"]
 
 
 @pytest.fixture(scope="module")

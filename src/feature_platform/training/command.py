@@ -1,8 +1,9 @@
 """`feature-platform training-set ENV`: labels in, a point-in-time training set out as
 parquet, in chunks of `--chunk-rows` labels, progress on stderr.
 
-Two engines give the same rows: `fast` (`engine`: DuckDB ASOF joins over rows staged
-from the offline store), used wherever it applies, and `feast` (Feast's
+Three engines give the same rows: `fast` (`engine`: DuckDB ASOF joins over rows staged
+from the offline store or its mirror), used wherever it applies; `ray` (`ray_engine`:
+the same join, one chunk per Ray task, over parquet files only); and `feast` (Feast's
 `get_historical_features` per chunk), for stores and sources the fast one does not
 read. Either way the output holds the label rows in their input order, so the chunk size
 changes memory and speed, never the result.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +23,13 @@ import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
 from feast.errors import FeastError
 
-from feature_platform import feast_commands
-from feature_platform.training import engine, labels
+from feature_platform import feast_commands, offline_mirror
+from feature_platform.training import engine, labels, ray_engine
 from feature_platform.training.feast_join import FEATURE_SERVICE
 from feature_platform.training.labels import LabelError
 
 DEFAULT_CHUNK_ROWS = 200_000
-ENGINES = ("auto", "fast", "feast")
+ENGINES = ("auto", "fast", "feast", "ray")
 EXIT_BAD_INPUT = 2
 
 
@@ -76,8 +78,8 @@ def build(request: Request, say: Callable[[str], None]) -> int:
     chosen = request.engine
     if chosen == "auto":
         chosen = "feast" if why_not else "fast"
-    elif chosen == "fast" and why_not:
-        raise LabelError(f"the fast engine does not apply: {why_not}")
+    elif chosen in ("fast", "ray") and why_not:
+        raise LabelError(f"the {chosen} engine does not apply: {why_not}")
     say(f"training set for {request.env}: {chosen} engine" + (f" ({why_not})" if why_not else ""))
     request.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="training-set-", dir=request.output.parent) as tmp:
@@ -90,10 +92,18 @@ def build(request: Request, say: Callable[[str], None]) -> int:
         stage = engine.Stage(work)
         try:
             total = stage.add_labels(batches, plan, say)
+            chunks: Iterator[pa.Table]
             if chosen == "fast":
+                files = engine.view_files(store, plan, settings, say)
                 for i, view in enumerate(plan.views):
-                    stage.add_view(i, view, store, say)
-                chunks = _chunks(total, request.chunk_rows, lambda a, b: stage.join(plan, a, b))
+                    stage.add_view(i, view, files[i], say, store)
+                chunks = stage.chunks(plan, request.chunk_rows)
+            elif chosen == "ray":
+                chunks = ray_engine.chunks(
+                    settings, plan, _files_for_ray(store, plan, settings, say),
+                    lambda a, b: stage.labels(a, b).drop_columns([engine.ROW]),
+                    total, request.chunk_rows,
+                )  # fmt: skip
             else:
                 chunks = _chunks(
                     total,
@@ -109,6 +119,19 @@ def build(request: Request, say: Callable[[str], None]) -> int:
         f"({written / max(elapsed, 1e-9):,.0f} rows/s)"
     )
     return written
+
+
+def _files_for_ray(
+    store: FeatureStore, plan: engine.Plan, settings: dict[str, str], say: Callable[[str], None]
+) -> list[list[str]]:
+    files = engine.view_files(store, plan, settings, say)
+    missing = [view.name for view, f in zip(plan.views, files, strict=True) if f is None]
+    if missing:
+        raise LabelError(
+            f"the ray engine reads parquet files, and {', '.join(missing)} "
+            f"come from Postgres: set {offline_mirror.DIR_VAR} to mirror them"
+        )
+    return [f for f in files if f is not None]
 
 
 def _chunks(total: int, size: int, join: Callable[[int, int], pa.Table]) -> Iterator[pa.Table]:
@@ -140,25 +163,35 @@ def _write(
     say: Callable[[str], None],
 ) -> int:
     """Each chunk into one parquet file, replaced whole at the end: a failed run leaves
-    no half-written training set."""
+    no half-written training set. Arrow writes without the GIL, so a chunk is written
+    in a thread while the next is made; one write at a time."""
     partial = work / "output.parquet"
     writer: pq.ParquetWriter | None = None
     schema: pa.Schema | None = None
     written = 0
-    try:
-        for table in chunks:
-            if writer is None or schema is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(partial, schema)
-            writer.write_table(table.cast(schema))
-            written += table.num_rows
-            rate = written / max(time.monotonic() - started, 1e-9)
-            say(
-                f"  joined {written:,}/{total:,} label rows "
-                f"({written * 100 // total}%), {rate:,.0f} rows/s"
-            )
-    finally:
-        if writer is not None:
-            writer.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-write") as pool:
+        writing: Future[None] | None = None
+        try:
+            for table in chunks:
+                if writer is None or schema is None:
+                    schema = table.schema
+                    writer = pq.ParquetWriter(partial, schema)
+                table = table.cast(schema)
+                if writing is not None:
+                    writing.result()
+                writing = pool.submit(writer.write_table, table)
+                written += table.num_rows
+                rate = written / max(time.monotonic() - started, 1e-9)
+                say(
+                    f"  joined {written:,}/{total:,} label rows "
+                    f"({written * 100 // total}%), {rate:,.0f} rows/s"
+                )
+            if writing is not None:
+                writing.result()
+        finally:
+            if writing is not None:
+                wait([writing])
+            if writer is not None:
+                writer.close()
     partial.replace(output)
     return written

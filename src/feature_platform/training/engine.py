@@ -5,24 +5,29 @@ each chunk.
 The platform's rule (`stores/training_rule.py`) as an ASOF join. A row with event time
 e and creation time c (NULL: e) is usable by a label at t once e <= t and c <= t, that
 is from its visibility time v = max(e, c). Among the usable rows the newest (e, then c)
-wins. So per entity, rows ordered by v, the running arg-max of (e, c) is the winner
-from v on: one window pass builds that table, and a label takes the winner with the
-largest v <= t (an ASOF join). The ttl is then checked on the winner alone,
-`e >= t - int(ttl seconds)`: if the newest usable row is too old, so is every other.
+wins. So per entity, rows ordered by v, a row wins from its v on exactly when its (e, c)
+is the running maximum; the earlier such row keeps winning until the next. One window
+pass keeps those rows, and a label takes the one with the largest v <= t (an ASOF join).
+The ttl is then checked on the winner alone, `e >= t - int(ttl seconds)`: if the newest
+usable row is too old, so is every other.
 
 Only what the labels need is staged: rows of the labels' entities whose event time can
-fall inside some label's ttl window and that were visible by the last label. Postgres
-rows come out with COPY (`postgres_copy`), parquet rows are read by DuckDB in place.
-DuckDB works in a database file under a memory limit, spilling to disk past it; the
-Python side holds one chunk at a time: memory depends on the chunk size and that limit,
-not on the label count.
+fall inside some label's ttl window and that were visible by the last label. Parquet
+rows are read by DuckDB in place: a file source's, or a Postgres table's through the
+offline mirror (`offline_mirror`, brought up to date first); without a mirror, Postgres
+rows come out with COPY (`postgres_copy`).
+DuckDB holds its tables as temporary ones (no compression and write to the database
+file) under a memory limit, spilling to its work directory past it; the Python side
+holds a few chunks at a time (one read ahead, one transformed, one being written):
+memory depends on the chunk size and that limit, not on the label count.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,9 +44,11 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
 from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.transformation.python_transformation import PythonTransformation
 from feast.type_map import feast_value_type_to_pa
 from psycopg import sql
 
+from feature_platform import offline_mirror
 from feature_platform.stores.duckdb_offline import DuckDBOfflineStoreConfig
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.training import postgres_copy
@@ -73,6 +80,13 @@ class Plan:
     views: list[ViewJoin]
     odfvs: list[tuple[OnDemandFeatureView, set[str]]]
     request_columns: list[str]
+
+    def feature_columns(self) -> list[str]:
+        """The columns the join appends to the labels'."""
+        odfv_features = [
+            f.name for odfv, names in self.odfvs for f in odfv.features if f.name in names
+        ]
+        return [*(f for view in self.views for f in view.features), *odfv_features]
 
     def required_columns(self) -> list[str]:
         keys = [k for view in self.views for k in view.label_keys]
@@ -150,12 +164,43 @@ def unsupported(store: FeatureStore, plan: Plan) -> str | None:
     return None
 
 
+def view_files(
+    store: FeatureStore, plan: Plan, settings: Mapping[str, str], say: Progress
+) -> list[list[str] | None]:
+    """Per view, the parquet files holding its rows: a file source's own, or the offline
+    mirror's copy of a Postgres table (refreshed first) when `OFFLINE_MIRROR_DIR` is set;
+    None where the rows must come out of Postgres."""
+    mirror_dir = settings.get(offline_mirror.DIR_VAR)
+    config = store.config.offline_store
+    refreshed: dict[str, list[str]] = {}
+    files: list[list[str] | None] = []
+    for view in plan.views:
+        source = view.source
+        name = source._postgres_options._table if isinstance(source, PostgreSQLSource) else ""
+        if isinstance(source, FileSource):
+            files.append([FileSource.get_uri_for_file_path(store.config.repo_path, source.path)])
+        elif mirror_dir and name:
+            if name not in refreshed:
+                mirrored = offline_mirror.refresh(
+                    lambda: psycopg.connect(_get_conninfo(config), **_get_conn_kwargs(config)),
+                    name,
+                    Path(mirror_dir),
+                    say,
+                )
+                refreshed[name] = [str(p) for p in mirrored.parts]
+            files.append(refreshed[name])
+        else:
+            files.append(None)
+    return files
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
 class Stage:
-    """A DuckDB database in `work_dir` holding the labels and, per view, the winners."""
+    """A DuckDB database in `work_dir` holding the labels and, per view, the winners
+    and their join to the labels."""
 
     def __init__(self, work_dir: Path, threads: int = 2) -> None:
         self.con = duckdb.connect(str(work_dir / "stage.duckdb"))
@@ -163,13 +208,17 @@ class Stage:
         self.con.execute(f"SET threads = {threads}")
         self.con.execute(f"SET temp_directory = '{work_dir / 'spill'}'")
         self.con.execute("SET preserve_insertion_order = false")
+        self.con.execute("SET enable_progress_bar = false")
         # Times with a zone come back in UTC, named as pandas and Feast name it.
         self.con.execute("SET TimeZone = 'UTC'")
         self.work_dir = work_dir
         self.rows = 0
-        self.joined: list[str] = []  # the joined table's columns, once joined
+        self.joined: list[str] = []  # the joined tables' columns, once joined
+        self._reader: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(cancel_futures=True)  # waits for a read under way
         self.con.close()
 
     # -- labels ---------------------------------------------------------------------
@@ -186,6 +235,10 @@ class Stage:
                 reserved = {ROW, LABEL_US} & set(batch.schema.names)
                 if reserved:
                     raise LabelError(f"labels may not have columns named {sorted(reserved)}")
+                # The training set would hold two columns of that name.
+                clash = set(plan.feature_columns()) & set(batch.schema.names)
+                if clash:
+                    raise LabelError(f"labels have column(s) named like features: {sorted(clash)}")
             batch = _microseconds(batch)
             numbered = batch.append_column(
                 ROW, pa.array(range(self.rows, self.rows + batch.num_rows), pa.int64())
@@ -193,7 +246,7 @@ class Stage:
             self.con.register("label_batch", numbered)
             select = f"SELECT *, epoch_us({_ident(TIMESTAMP)}) AS {LABEL_US} FROM label_batch"
             if self.rows == 0:
-                self.con.execute(f"CREATE TABLE labels AS {select}")
+                self.con.execute(f"CREATE TEMP TABLE labels AS {select}")
             else:
                 self.con.execute(f"INSERT INTO labels BY NAME {select}")
             self.con.unregister("label_batch")
@@ -218,16 +271,25 @@ class Stage:
 
     # -- feature rows ---------------------------------------------------------------
 
-    def add_view(self, i: int, view: ViewJoin, store: FeatureStore, say: Progress) -> None:
-        """Stage the rows the labels can use, then reduce them to the winners table."""
+    def add_view(
+        self,
+        i: int,
+        view: ViewJoin,
+        files: list[str] | None,
+        say: Progress,
+        store: FeatureStore | None = None,
+    ) -> None:
+        """Stage the rows the labels can use, from the view's parquet `files` or, without
+        them, out of its Postgres table (the `store`'s), then reduce them to winners."""
         started = time.monotonic()
         first, hi = self._label_range()
         lo = first - view.ttl_us if view.ttl_us else None
         table = f"rows_{i}"
-        if isinstance(view.source, PostgreSQLSource):
-            self._rows_from_postgres(table, view, store, lo, hi)
+        if files is not None:
+            self._rows_from_parquet(table, view, files, lo, hi)
         else:
-            self._rows_from_parquet(table, view, store, lo, hi)
+            assert store is not None and isinstance(view.source, PostgreSQLSource)
+            self._rows_from_postgres(table, view, store, lo, hi)
         (n_rows,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
         self.reduce_to_winners(i, view)
         say(f"  {view.name}: {n_rows:,} rows staged in {time.monotonic() - started:.1f}s")
@@ -294,26 +356,35 @@ class Stage:
         )
 
     def _rows_from_parquet(
-        self, table: str, view: ViewJoin, store: FeatureStore, lo: int | None, hi: int
+        self, table: str, view: ViewJoin, files: list[str], lo: int | None, hi: int
     ) -> None:
-        path = FileSource.get_uri_for_file_path(store.config.repo_path, view.source.path)
+        paths = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         ts = _ident(view.timestamp)
         created = f"COALESCE({_ident(view.created)}, {ts})" if view.created else ts
-        keys = ", ".join(_ident(k) for k in view.source_keys)
-        label_keys = ", ".join(_ident(k) for k in view.label_keys)
         columns = ", ".join(_ident(c) for c in [*view.source_keys, *view.features])
+        # Per entity, only rows its own labels can use: visible by its last label and,
+        # under a ttl, not too old for its first (such a row could only win to be
+        # dropped by the ttl, and so could any older row that would win instead).
+        span_keys = ", ".join(f"{_ident(k)} AS __s{j}" for j, k in enumerate(view.label_keys))
+        on = " AND ".join(f"src.{_ident(k)} = s.__s{j}" for j, k in enumerate(view.source_keys))
         where = [
             f"epoch_us({ts}) <= {hi}",
             f"epoch_us({created}) <= {hi}",
-            f"({keys}) IN (SELECT ({label_keys}) FROM labels)",
+            f"greatest(epoch_us({ts}), epoch_us({created})) <= s.__last",
         ]
         if lo is not None:
             where.append(f"epoch_us({ts}) >= {lo}")
+            where.append(f"epoch_us({ts}) >= s.__first - {view.ttl_us}")
+        spans = (
+            f"SELECT {span_keys}, min({LABEL_US}) AS __first, max({LABEL_US}) AS __last "
+            f"FROM labels GROUP BY ALL"
+        )
         source = (
             f"(SELECT {columns}, {ts} AS __event, {created} AS __created "
-            f"FROM read_parquet('{path}') WHERE {' AND '.join(where)})"
+            f"FROM read_parquet([{paths}]) AS src JOIN ({spans}) AS s ON {on} "
+            f"WHERE {' AND '.join(where)})"
         )
-        self.con.execute(f"CREATE TABLE {table} AS {self._rows_select(view, source)}")
+        self.con.execute(f"CREATE TEMP TABLE {table} AS {self._rows_select(view, source)}")
 
     def _distinct_keys(self, view: ViewJoin) -> list[tuple[Any, ...]]:
         keys = ", ".join(_ident(k) for k in view.label_keys)
@@ -322,23 +393,23 @@ class Stage:
 
     def reduce_to_winners(self, i: int, view: ViewJoin) -> None:
         """`rows_{i}` (keys, __event, __created, features as epoch microseconds and
-        values) to `win_{i}`: per entity and visibility time, the winning row."""
-        keys = [f"__k{j}" for j in range(len(view.source_keys))]
-        feats = [f"__f{j}" for j in range(len(view.features))]
-        best = ", ".join(f"{f} := {f}" for f in ["__event", *feats])
+        values) to `win_{i}`: per entity, the rows that win from their visibility time on.
+
+        A row wins from its v on only if its (e, c) beats every row visible by v (those
+        with v' <= v, its own v's peers included); between two such rows the earlier
+        keeps winning. So the table is the rows whose (e, c) is the running maximum in
+        visibility order: a max over one 128-bit number, (e, c) packed in order, where
+        an arg-max would carry every feature through the window."""
+        keys = ", ".join(f"__k{j}" for j in range(len(view.source_keys)))
+        feats = "".join(f", __f{j}" for j in range(len(view.features)))
+        newest = "(__event::HUGEINT * 18446744073709551616 + __created::HUGEINT)"
+        visible = "greatest(__event, __created)"
         self.con.execute(
             f"""
-            CREATE TABLE win_{i} AS
-            SELECT {", ".join(keys)}, __visible,
-                {", ".join(f"__best.{f} AS {f}" for f in ["__event", *feats])}
-            FROM (
-                SELECT {", ".join(keys)}, greatest(__event, __created) AS __visible,
-                    arg_max(struct_pack({best}), struct_pack(e := __event, c := __created))
-                        OVER (PARTITION BY {", ".join(keys)}
-                              ORDER BY greatest(__event, __created)) AS __best
-                FROM rows_{i}
-            )
-            QUALIFY row_number() OVER (PARTITION BY {", ".join(keys)}, __visible) = 1
+            CREATE TEMP TABLE win_{i} AS
+            SELECT {keys}, {visible} AS __visible, __event{feats}
+            FROM rows_{i}
+            QUALIFY max({newest}) OVER (PARTITION BY {keys} ORDER BY {visible}) = {newest}
             """
         )
         self.con.execute(f"DROP TABLE rows_{i}")
@@ -349,37 +420,69 @@ class Stage:
         """Labels [start, stop) with their features, in label order."""
         if not self.joined:
             self._join_all(plan)
-        columns = ", ".join(_ident(c) for c in self.joined)
-        table = self.con.sql(
-            f"SELECT {columns} FROM joined WHERE {ROW} >= {start} AND {ROW} < {stop} ORDER BY {ROW}"
-        ).to_arrow_table()
-        return on_demand(plan, table)
+        return on_demand(plan, self._read(plan, start, stop))
+
+    def chunks(self, plan: Plan, size: int) -> Generator[pa.Table, None, None]:
+        """Every label with its features, in label order, `size` labels a chunk. DuckDB
+        runs without the GIL, so the next chunk is read out in a thread while the caller
+        transforms and writes this one; never more than one chunk ahead."""
+        if not self.joined:
+            self._join_all(plan)
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-read")
+        starts = range(0, self.rows, size)
+        ahead: Future[pa.Table] | None = None
+        try:
+            for start in starts:
+                if ahead is None:
+                    ahead = self._reader.submit(self._read, plan, start, start + size)
+                table = ahead.result()
+                ahead = None
+                if start + size < self.rows:
+                    ahead = self._reader.submit(self._read, plan, start + size, start + 2 * size)
+                yield on_demand(plan, table)
+        finally:
+            # Left early: the read under way finishes before the connection is used again.
+            if ahead is not None and not ahead.cancel():
+                wait([ahead])
+
+    def _read(self, plan: Plan, start: int, stop: int) -> pa.Table:
+        """The labels' columns and each view's features for rows [start, stop), side by
+        side: every table holds one row per label, read in label order."""
+        where = f"WHERE {ROW} >= {start} AND {ROW} < {stop} ORDER BY {ROW}"
+        columns = ", ".join(_ident(c) for c in self.label_columns())
+        table = self.con.sql(f"SELECT {columns} FROM labels {where}").to_arrow_table()
+        for i, view in enumerate(plan.views):
+            features = ", ".join(_ident(f) for f in view.features)
+            part = self.con.sql(f"SELECT {features} FROM joined_{i} {where}").to_arrow_table()
+            if part.num_rows != table.num_rows:
+                raise RuntimeError(f"joined_{i}: {part.num_rows} rows for {table.num_rows} labels")
+            for name, column in zip(part.column_names, part.columns, strict=True):
+                table = table.append_column(name, column)
+        return table
 
     def _join_all(self, plan: Plan) -> None:
-        """The ASOF joins for every label at once, into the `joined` table: an ASOF join
-        sorts its right side, so one join beats one per chunk; DuckDB spills what does
-        not fit its memory limit. Chunks are then read out of it in label order."""
-        selected = [f"l.{_ident(c)}" for c in self.label_columns()]
+        """Per view, one ASOF join for every label at once, into `joined_{i}`: an ASOF
+        join sorts its right side, so one join beats one per chunk; DuckDB spills what
+        does not fit its memory limit. Each view is joined on its own, its left side
+        only the labels' row numbers, keys and times (joins in a chain would carry every
+        column through every sort); chunks are read out of the tables by row number."""
         names = [*self.label_columns()]
-        joins = []
         for i, view in enumerate(plan.views):
-            on = " AND ".join(f"l.{_ident(k)} = w{i}.__k{j}" for j, k in enumerate(view.label_keys))
-            joins.append(
-                f"ASOF LEFT JOIN win_{i} AS w{i} ON {on} AND l.{LABEL_US} >= w{i}.__visible"
-            )
+            keys = ", ".join(_ident(k) for k in view.label_keys)
+            on = " AND ".join(f"l.{_ident(k)} = w.__k{j}" for j, k in enumerate(view.label_keys))
+            selected = []
             for j, feature in enumerate(view.features):
-                value = f"w{i}.__f{j}"
+                value = f"w.__f{j}"
                 if view.ttl_us:
-                    value = (
-                        f"CASE WHEN w{i}.__event >= l.{LABEL_US} - {view.ttl_us} THEN {value} END"
-                    )
+                    value = f"CASE WHEN w.__event >= l.{LABEL_US} - {view.ttl_us} THEN {value} END"
                 selected.append(f"{value} AS {_ident(feature)}")
                 names.append(feature)
-        self.con.execute(
-            f"CREATE TABLE joined AS SELECT l.{ROW}, {', '.join(selected)} FROM labels AS l "
-            f"{' '.join(joins)}"
-        )
-        for i in range(len(plan.views)):
+            self.con.execute(
+                f"CREATE TEMP TABLE joined_{i} AS SELECT l.{ROW}, {', '.join(selected)} "
+                f"FROM (SELECT {ROW}, {keys}, {LABEL_US} FROM labels) AS l "
+                f"ASOF LEFT JOIN win_{i} AS w ON {on} AND l.{LABEL_US} >= w.__visible"
+            )
             self.con.execute(f"DROP TABLE win_{i}")
         self.joined = names
 
@@ -388,22 +491,84 @@ def on_demand(plan: Plan, table: pa.Table) -> pa.Table:
     """Feast's on-demand transformations over a joined chunk, their columns appended as
     Feast's retrieval job appends them, in their declared types (a chunk whose values
     are all null would otherwise get Arrow's null type)."""
-    keys = {k for view in plan.views for k in view.label_keys} | {TIMESTAMP}
+    keys = {k for view in plan.views for k in view.label_keys}
     for odfv, requested in plan.odfvs:
         declared = {f.name: feast_value_type_to_pa(f.dtype.to_value_type()) for f in odfv.features}
-        # Only the transformation's inputs (its sources' features, its request data, the
-        # keys and the label time): a python-mode transformation converts every column
-        # it is given to Python objects, five times the work on the whole row.
-        inputs = keys | set(odfv.get_request_data_schema())
-        for projection in odfv.source_feature_view_projections.values():
-            inputs |= {f.name for f in projection.features}
-            inputs |= {f"{projection.name}__{f.name}" for f in projection.features}
-        given = table.select([name for name in table.column_names if name in inputs])
-        transformed = odfv.transform_arrow(given, full_feature_names=False)
-        for name in transformed.column_names:
+        transformation = odfv.feature_transformation
+        if isinstance(transformation, PythonTransformation) and not odfv.singleton:
+            outputs = _python_udf(odfv, transformation, table, keys)
+        else:
+            outputs = _feast_transform(odfv, table, keys)
+        for name, column in outputs:
             if name in requested:
-                table = table.append_column(name, transformed[name].cast(declared[name]))
+                if column.type != declared[name]:
+                    column = column.cast(declared[name])
+                table = table.append_column(name, column)
     return table
+
+
+def _feast_transform(
+    odfv: OnDemandFeatureView, table: pa.Table, keys: set[str]
+) -> list[tuple[str, pa.ChunkedArray]]:
+    # Only the transformation's inputs (its sources' features, its request data, the
+    # keys and the label time): Feast converts every column it is given.
+    inputs = keys | {TIMESTAMP} | set(odfv.get_request_data_schema())
+    for projection in odfv.source_feature_view_projections.values():
+        inputs |= {f.name for f in projection.features}
+        inputs |= {f"{projection.name}__{f.name}" for f in projection.features}
+    given = table.select([name for name in table.column_names if name in inputs])
+    transformed = odfv.transform_arrow(given, full_feature_names=False)
+    return list(zip(transformed.column_names, transformed.columns, strict=True))
+
+
+class _Inputs(dict[str, list[Any]]):
+    """A python-mode transformation's inputs; the label time, which the serving path
+    does not give, is converted only if the transformation asks for it (datetimes are
+    most of the cost of converting a chunk to Python)."""
+
+    def __init__(self, columns: dict[str, list[Any]], times: pa.ChunkedArray) -> None:
+        super().__init__(columns)
+        self._times = times
+
+    def __missing__(self, name: str) -> list[Any]:
+        if name != TIMESTAMP:
+            raise KeyError(name)
+        self[name] = values = self._times.to_pylist()
+        return values
+
+
+def _python_udf(
+    odfv: OnDemandFeatureView,
+    transformation: PythonTransformation,
+    table: pa.Table,
+    keys: set[str],
+) -> list[tuple[str, pa.ChunkedArray]]:
+    """What `odfv.transform_arrow` returns for a python-mode view, the udf called with
+    what the serving path gives it (keys, request data, source features under short and
+    `view__feature` names), each column converted to Python once."""
+    names = keys | set(odfv.get_request_data_schema())
+    present = set(table.column_names)
+    aliases: dict[str, str] = {}  # the name Feast adds -> the column it copies
+    for projection in odfv.source_feature_view_projections.values():
+        for field in projection.features:
+            full = f"{projection.name}__{field.name}"
+            names |= {field.name, full}
+            if full in present and field.name not in present:
+                aliases[field.name] = full
+            elif field.name in present and full not in present:
+                aliases[full] = field.name
+    columns = {n: table[n].to_pylist() for n in table.column_names if n in names}
+    for added, existing in aliases.items():
+        columns[added] = columns[existing]
+    outputs = pa.Table.from_pydict(transformation.udf(_Inputs(columns, table[TIMESTAMP])))
+    # Feast's clean-up: the added aliases dropped, the view's `odfv__feature` names
+    # shortened.
+    projected = {odfv._get_projected_feature_name(f.name): f.name for f in odfv.features}
+    return [
+        (projected.get(name, name), column)
+        for name, column in zip(outputs.column_names, outputs.columns, strict=True)
+        if name not in aliases
+    ]
 
 
 def _microseconds(batch: pa.RecordBatch) -> pa.RecordBatch:
