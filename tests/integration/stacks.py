@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +19,14 @@ import redis
 from feast import FeatureStore
 from psycopg import sql
 
-from feature_platform import environments, feast_commands, materialize, offline_tables, training
+from feature_platform import (
+    environments,
+    feast_commands,
+    materialize,
+    offline_mirror,
+    offline_tables,
+    training,
+)
 from feature_platform.server import FeatureServer
 
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
@@ -178,4 +186,7 @@ def make_stack(env: str, name: str, tmp_dir: Path, extra: Mapping[str, str] | No
     stack.cleanups.append(
         lambda: _drop_databases(settings, [overrides["REGISTRY_DB"], overrides["OFFLINE_DB"]])
     )
+    if settings.get(offline_mirror.DIR_VAR):
+        mirror = Path(settings[offline_mirror.DIR_VAR]) / overrides["OFFLINE_DB"]
+        stack.cleanups.append(lambda: shutil.rmtree(mirror, ignore_errors=True))
     return stack
