@@ -377,3 +377,22 @@ def dump(objects: Iterable[dict[str, Any]]) -> str:
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def stack_values(settings: Mapping[str, str]) -> dict[str, Any]:
+    """Chart values pointing the release at a test stack's databases and Redis db."""
+    return {
+        "postgres": {
+            "host": settings["POSTGRES_HOST"],
+            "port": int(settings["POSTGRES_PORT"]),
+            "user": settings["POSTGRES_USER"],
+            "sslMode": settings["POSTGRES_SSLMODE"],
+            "registryDatabase": settings["REGISTRY_DB"],
+            "offlineDatabase": settings["OFFLINE_DB"],
+        },
+        "redis": {
+            "host": settings["REDIS_HOST"],
+            "port": int(settings["REDIS_PORT"]),
+            "db": int(settings["REDIS_DB"]),
+        },
+    }

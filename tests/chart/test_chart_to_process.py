@@ -32,6 +32,7 @@ from rendering import (
     pod_template,
     render,
     secret_object,
+    stack_values,
 )
 from stacks import Stack, make_stack
 
@@ -77,19 +78,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
         s = stack.settings()
         port = free_port()
         overrides = {
-            "postgres": {
-                "host": s["POSTGRES_HOST"],
-                "port": int(s["POSTGRES_PORT"]),
-                "user": s["POSTGRES_USER"],
-                "sslMode": s["POSTGRES_SSLMODE"],
-                "registryDatabase": s["REGISTRY_DB"],
-                "offlineDatabase": s["OFFLINE_DB"],
-            },
-            "redis": {
-                "host": s["REDIS_HOST"],
-                "port": int(s["REDIS_PORT"]),
-                "db": int(s["REDIS_DB"]),
-            },
+            **stack_values(s),
             "server": {"port": port, "workers": 1},
             # The servers for clients without credentials, on ports of their own.
             "registryServer": {

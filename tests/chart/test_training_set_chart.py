@@ -33,6 +33,7 @@ from rendering import (
     render_templates,
     rendered_scenario,
     secret_object,
+    stack_values,
 )
 from test_render import KUBERNETES_VERSIONS
 
@@ -385,21 +386,7 @@ def test_the_job_writes_the_training_set(tmp_path: Path) -> None:
     stack = make_stack("dev", "training_chart", tmp_path / "stack")
     try:
         s = stack.settings()
-        overrides = {
-            "postgres": {
-                "host": s["POSTGRES_HOST"],
-                "port": int(s["POSTGRES_PORT"]),
-                "user": s["POSTGRES_USER"],
-                "sslMode": s["POSTGRES_SSLMODE"],
-                "registryDatabase": s["REGISTRY_DB"],
-                "offlineDatabase": s["OFFLINE_DB"],
-            },
-            "redis": {
-                "host": s["REDIS_HOST"],
-                "port": int(s["REDIS_PORT"]),
-                "db": int(s["REDIS_DB"]),
-            },
-        }
+        overrides = stack_values(s)
         objects = render(SCENARIOS["ci/external-values"], overrides)
         objects += [
             secret_object("ci-postgres", {"password": s["POSTGRES_PASSWORD"]}),
