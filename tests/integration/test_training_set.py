@@ -44,8 +44,11 @@ _row = st.tuples(
 
 def _history(rows: list[tuple[int, int, int | None, float]], key: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[key, "hour", "lag", "value"])
-    # One row per (entity, event time, creation time): an exact tie has no winner.
-    df = df.drop_duplicates([key, "hour", "lag"]).reset_index(drop=True)
+    # One row per (entity, event time, creation time), a NULL creation time counting as
+    # the event time (lag 0): an exact tie has no winner, and Feast's join then returns
+    # the label row once per tied row.
+    tie = df.assign(lag=df["lag"].fillna(0))
+    df = df[~tie.duplicated([key, "hour", "lag"])].reset_index(drop=True)
     df["event_timestamp"] = D0 + pd.to_timedelta(df["hour"], unit="h")
     lag = pd.to_timedelta(df["lag"].astype("float64"), unit="h")
     created = (df["event_timestamp"] + lag).where(df["lag"].notna(), pd.NaT)
