@@ -161,7 +161,7 @@ def cmd_skew_check(args: argparse.Namespace) -> int:
 
 
 def _import_feast_unchecked() -> None:
-    """Feast wraps 41 of its functions and classes in typeguard's `@typechecked`, which
+    """Feast wraps 22 of its functions and classes in typeguard's `@typechecked`, which
     re-parses and recompiles each one's source when Feast is imported: more than half
     of the training-set command's start (about 3 of 5 s here). The command's calls into
     Feast are the platform's own, on objects Feast built from the registry, so its
