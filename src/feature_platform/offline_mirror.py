@@ -48,7 +48,7 @@ import psycopg
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from feature_platform.training import postgres_copy
+from feature_platform import postgres_copy
 
 # The mirror's root directory, in an environment's settings; empty: no mirror.
 DIR_VAR = "OFFLINE_MIRROR_DIR"
@@ -146,15 +146,13 @@ def refresh(
             full = copied is None
             if copied is None:
                 copied = _copy_full(conn, found, directory, manifest)
-            manifest = _read_manifest(directory)
+            manifest = _read_manifest(directory)  # the one the copy just wrote
             assert manifest is not None
             if len(manifest["parts"]) > MAX_PARTS:
-                _compact(directory, manifest)
+                manifest = _compact(directory, manifest)
         finally:
             conn.isolation_level = None
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_SPACE, found.oid))
-    manifest = _read_manifest(directory)
-    assert manifest is not None
     seconds = time.monotonic() - started
     how = "copied whole" if full else "brought up to date"
     say(f"  mirror {found.name}: {how}, {copied:,} rows from Postgres in {seconds:.1f}s")
@@ -394,8 +392,8 @@ def _copy_to_parquet(
     return rows
 
 
-def _compact(directory: Path, manifest: dict[str, Any]) -> None:
-    """Merge the parts into one file, so a read opens one file again."""
+def _compact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Merge the parts into one file, so a read opens one file again; the new manifest."""
     generation = manifest["generation"]
     part = f"gen-{generation}/compact-{manifest['last_batch']}.parquet"
     partial = directory / f"gen-{generation}/.compact.partial"
@@ -411,8 +409,10 @@ def _compact(directory: Path, manifest: dict[str, Any]) -> None:
         if writer is not None:
             writer.close()
     os.replace(partial, directory / part)
-    _write_manifest(directory, {**manifest, "parts": [part], "previous_parts": manifest["parts"]})
+    compacted = {**manifest, "parts": [part], "previous_parts": manifest["parts"]}
+    _write_manifest(directory, compacted)
     _remove_unlisted(directory)
+    return compacted
 
 
 def _remove_unlisted(directory: Path) -> None:

@@ -29,7 +29,6 @@ from feature_platform.training.feast_join import FEATURE_SERVICE
 from feature_platform.training.labels import LabelError
 
 DEFAULT_CHUNK_ROWS = 200_000
-ENGINES = ("auto", "fast", "feast", "ray")
 EXIT_BAD_INPUT = 2
 
 

@@ -48,10 +48,9 @@ from feast.transformation.python_transformation import PythonTransformation
 from feast.type_map import feast_value_type_to_pa
 from psycopg import sql
 
-from feature_platform import offline_mirror
+from feature_platform import offline_mirror, postgres_copy
 from feature_platform.stores.duckdb_offline import DuckDBOfflineStoreConfig
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
-from feature_platform.training import postgres_copy
 from feature_platform.training.labels import TIMESTAMP, LabelError
 
 # DuckDB's share of the machine: past it, it spills to its work directory.
@@ -293,9 +292,6 @@ class Stage:
         (n_rows,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
         self.reduce_to_winners(i, view)
         say(f"  {view.name}: {n_rows:,} rows staged in {time.monotonic() - started:.1f}s")
-
-    def _columns(self, view: ViewJoin) -> list[str]:
-        return [*view.source_keys, view.timestamp, *view.features]
 
     def _rows_from_postgres(
         self, table: str, view: ViewJoin, store: FeatureStore, lo: int | None, hi: int

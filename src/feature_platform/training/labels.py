@@ -14,8 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from feature_platform import offline_tables
-from feature_platform.training import postgres_copy
+from feature_platform import offline_tables, postgres_copy
 
 TIMESTAMP = "event_timestamp"
 
