@@ -131,3 +131,20 @@ def test_integers_with_nulls_take_feasts_path(records: list[dict[str, Any]]) -> 
     types = {"customer_id": ValueType.INT64}
     batch = _batch(records, ["customer_id"])
     assert _platform_bytes(batch, view, types) == _feast_bytes(batch, view, types)
+
+
+def test_strings_differing_after_a_nul_stay_apart() -> None:
+    """Distinct strings that share a prefix up to a NUL are distinct values in Redis too."""
+    base = {
+        "customer_id": 1, "i64": 0, "i32": 0, "f64": 0.0, "f32": 0.0, "flag": True,
+        "event_timestamp": datetime(2026, 1, 1, tzinfo=UTC), "created_timestamp": None,
+    }  # fmt: skip
+    for texts in (["a\x00b", "a\x00c", "\x00", ""], ["a\x00b", "a\x00c", None, "a"]):
+        records = [
+            {**base, "customer_id": i, "region": t or "", "text": t} for i, t in enumerate(texts)
+        ]
+        for join_keys in (["customer_id"], ["region"]):
+            view = _view(join_keys)
+            types = {k: KEYS[k][0] for k in join_keys}
+            batch = _batch(records, join_keys)
+            assert _platform_bytes(batch, view, types) == _feast_bytes(batch, view, types)

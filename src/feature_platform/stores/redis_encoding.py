@@ -72,6 +72,15 @@ def _by_distinct(values: np.ndarray, encode: Callable[[Any], bytes]) -> list[byt
     return list(table[codes])
 
 
+def _strings(column: pa.Array) -> list[bytes]:
+    """Each distinct string encoded once. Arrow compares strings as bytes; pandas' factorize
+    compares them as C strings, which ends them at a NUL ('a\\x00b' == 'a\\x00c')."""
+    encoded = column.dictionary_encode()
+    table = [ValueProto(string_val=v).SerializeToString() for v in encoded.dictionary.to_pylist()]
+    codes = encoded.indices.fill_null(len(table)).to_numpy(zero_copy_only=False)
+    return list(np.array([*table, EMPTY], dtype=object)[codes])
+
+
 def _float_values(column: pa.Array, tag: int, dtype: str) -> list[bytes]:
     numbers = column.to_numpy(zero_copy_only=False)
     out = _fixed_width(bytes([tag]), numbers, dtype)
@@ -98,8 +107,7 @@ def _values(column: pa.Array, value_type: ValueType) -> list[bytes]:
     if value_type == ValueType.STRING and (
         pa.types.is_string(kind) or pa.types.is_large_string(kind)
     ):
-        texts = column.to_numpy(zero_copy_only=False)
-        return _by_distinct(texts, lambda v: ValueProto(string_val=v).SerializeToString())
+        return _strings(column)
     if value_type == ValueType.BOOL and pa.types.is_boolean(kind) and not has_nulls:
         flags = column.to_numpy(zero_copy_only=False)
         return _by_distinct(flags, lambda v: ValueProto(bool_val=bool(v)).SerializeToString())
