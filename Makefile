@@ -45,10 +45,11 @@ test-unit: install ## Run the tests that need no services
 test-integration: install services ## Run the tests against PostgreSQL and Redis
 	$(BIN)/pytest tests/integration
 
-lint: install ## ruff check, ruff format --check, mypy
+lint: install ## ruff check, ruff format --check, mypy, the import contracts (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install ## Format the code in place, then apply ruff's safe fixes
 	$(BIN)/ruff format .
@@ -56,6 +57,7 @@ format: install ## Format the code in place, then apply ruff's safe fixes
 
 typecheck: install ## mypy
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 check-config: install ## Check that ENV's configuration has every variable it needs
 	$(PLATFORM) check-config $(ENV)

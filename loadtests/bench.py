@@ -45,8 +45,10 @@ import wrk
 from loadgen import RunResult, run_fixed_rate
 from oidc_provider import OidcProvider
 
-from feature_platform import feast_commands, generator, offline_tables
-from feature_platform.server import FeatureServer, free_port
+from feature_platform.config import feast_commands
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer, free_port
+from feature_platform.offline import tables as offline_tables
 from feature_platform.training import FEATURE_SERVICE
 
 RESULTS = Path(__file__).parent / "results"
@@ -314,7 +316,7 @@ def raw_redis(settings: dict[str, str], body: bytes, seconds: float = 3.0) -> di
     from feast.infra.online_stores.helpers import _mmh3
     from feast.value_type import ValueType
 
-    from feature_platform.serving.online import _entity_key
+    from feature_platform.serving.fastpath.online import _entity_key
 
     store = feast_commands.open_store(ENV)
     service = store.get_feature_service(FEATURE_SERVICE)

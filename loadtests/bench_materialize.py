@@ -35,7 +35,10 @@ from typing import Any
 import pandas as pd
 import redis
 
-from feature_platform import environments, feast_commands, generator, materialize, offline_tables
+from feature_platform.config import environments, feast_commands
+from feature_platform.devtools import generator
+from feature_platform.materialization import load as materialize
+from feature_platform.offline import tables as offline_tables
 from feature_platform.stores import freshness
 
 RESULTS = Path(__file__).parent / "results"

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench
 from loadgen import RunResult, run_fixed_rate
 
-from feature_platform.server import FeatureServer
+from feature_platform.devtools.launcher import FeatureServer
 
 RESULTS = bench.RESULTS
 SIZES = (1, 100)

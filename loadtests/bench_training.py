@@ -40,7 +40,10 @@ from typing import Any
 import psycopg
 import pyarrow.parquet as pq
 
-from feature_platform import environments, feast_commands, generator, offline_mirror, offline_tables
+from feature_platform.config import environments, feast_commands
+from feature_platform.devtools import generator
+from feature_platform.offline import mirror as offline_mirror
+from feature_platform.offline import tables as offline_tables
 
 RESULTS = Path(__file__).parent / "results"
 WORK = environments.PROJECT_ROOT / ".data" / "bench_training"

@@ -36,8 +36,8 @@ from rendering import (
 )
 from stacks import Stack, make_stack
 
-from feature_platform import offline_tables
-from feature_platform.server import free_port
+from feature_platform.devtools.launcher import free_port
+from feature_platform.offline import tables as offline_tables
 
 pytestmark = pytest.mark.integration
 
@@ -236,7 +236,7 @@ def test_client_server_commands_answer_their_probes(
 ) -> None:
     """The registry and offline servers' containers as processes: their probes' ports
     answer (the gRPC health service; a Flight call), and SIGTERM ends them cleanly."""
-    from feature_platform.servers.local import flight_answers, grpc_health
+    from feature_platform.devtools.launcher import flight_answers, grpc_health
 
     deployment = one(rendered.objects, "Deployment", f"-{part}")
     (container,) = pod_template(deployment)["spec"]["containers"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from rendering import SCENARIOS, find, one, pod_template, render, rendered_scenario
 
-from feature_platform import client_config
+from feature_platform.config import client as client_config
 
 SCENARIO = "ci/thin-client-values"
 PARTS = {"registry": "serve-registry", "offline": "serve-offline"}

@@ -33,8 +33,8 @@ from rendering import (
     workloads,
 )
 
-from feature_platform import environments
-from feature_platform.auth import config as auth_config
+from feature_platform.config import auth as auth_config
+from feature_platform.config import environments
 
 K8S = "ci/kubernetes-auth-values"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

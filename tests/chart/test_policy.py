@@ -26,8 +26,8 @@ from rendering import (
     workloads,
 )
 
-from feature_platform.auth import config as auth_config
-from feature_platform.config_guard import referenced_variables
+from feature_platform.config import auth as auth_config
+from feature_platform.config.guard import referenced_variables
 
 # FEAST_AUTH is derived by the platform from AUTH_TYPE and OIDC_* at every start
 # (test_identities checks the pods' settings derive it).

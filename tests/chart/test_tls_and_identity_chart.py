@@ -41,7 +41,7 @@ from rendering import (
 )
 from test_identities import _component, _feast_roles, _values
 
-from feature_platform import client_config
+from feature_platform.config import client as client_config
 
 TLS = "ci/tls-values"
 K8S = "ci/kubernetes-auth-values"

@@ -37,7 +37,8 @@ from rendering import (
 )
 from test_render import KUBERNETES_VERSIONS
 
-from feature_platform import cli, offline_tables
+from feature_platform import cli
+from feature_platform.offline import tables as offline_tables
 
 DEV = [CHART / "values-dev.yaml"]
 MOUNT = "/var/lib/feature-platform/training"

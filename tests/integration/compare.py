@@ -1,6 +1,6 @@
 """Feature values from the feature server and from training sets, made comparable.
 
-The comparison itself is the package's (`feature_platform.comparison`, which the skew
+The comparison itself is the package's (`feature_platform.checks.comparison`, which the skew
 check uses too); these helpers also fail a test on any value of the wrong type.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 from feast import FeatureStore
 
-from feature_platform import comparison
-from feature_platform.comparison import feature_types
+from feature_platform.checks import comparison
+from feature_platform.checks.comparison import feature_types
 
 __all__ = ["feature_types", "materialized_at", "offline_rows", "online_rows"]
 

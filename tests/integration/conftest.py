@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from stacks import WRITABLE, Stack, make_stack
 
-from feature_platform import generator
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 
 # One clock for the whole session: data up to AS_OF, materialized up to MAT_END, and
 # training rows asked for at MAT_END, so online and offline see the same instant.

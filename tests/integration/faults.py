@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from feature_platform.server import free_port
+from feature_platform.devtools.launcher import free_port
 
 
 def eventually(check: Callable[[], bool], what: str, attempts: int = 100) -> None:

@@ -21,8 +21,8 @@ from typing import Any, cast
 import redis
 from stacks import RUN_ID, Stack, _drop_databases
 
-from feature_platform import offline_tables
-from feature_platform.server import free_port
+from feature_platform.devtools.launcher import free_port
+from feature_platform.offline import tables as offline_tables
 
 USER = "feature_platform"
 MASTER = "mymaster"

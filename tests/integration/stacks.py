@@ -19,15 +19,12 @@ import redis
 from feast import FeatureStore
 from psycopg import sql
 
-from feature_platform import (
-    environments,
-    feast_commands,
-    materialize,
-    offline_mirror,
-    offline_tables,
-    training,
-)
-from feature_platform.server import FeatureServer
+from feature_platform import training
+from feature_platform.config import environments, feast_commands
+from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.materialization import load as materialize
+from feature_platform.offline import mirror as offline_mirror
+from feature_platform.offline import tables as offline_tables
 
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
 # The servers tests start accept writes from callers presenting this token.
@@ -82,7 +79,7 @@ class Stack:
         """`feature-platform materialize ENV [--end END]` (the CronJob's command), in this
         process."""
         with self.active():
-            code = materialize.cli(self.env, end, lambda line: print(line, file=sys.stderr))
+            code = materialize.job(self.env, end, lambda line: print(line, file=sys.stderr))
         assert code == 0, f"materialize {self.env} exited {code}"
 
     def store(self) -> FeatureStore:

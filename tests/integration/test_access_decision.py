@@ -56,7 +56,7 @@ from hypothesis import strategies as st
 from stacks import Stack
 
 from feature_platform.auth.decision import AccessDecider, push_actions, require
-from feature_platform.serving.errors import HTTPError
+from feature_platform.errors import HTTPError
 
 READER, WRITER, TRAINING, FRAUD_V1 = (
     "feature-reader",

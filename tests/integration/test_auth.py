@@ -37,13 +37,12 @@ from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_g
 from oidc_provider import DISCOVERY_PATH, OidcProvider, new_key, send_json
 from stacks import Stack
 
-from feature_platform import feast_commands
-from feature_platform.auth.config import AuthSettings
 from feature_platform.auth.kubernetes import KubernetesVerifier
-from feature_platform.auth.tokens import OidcVerifier
-from feature_platform.server import FeatureServer, free_port
-from feature_platform.servers.local import PlatformServer
-from feature_platform.serving.errors import HTTPError
+from feature_platform.auth.oidc import OidcVerifier
+from feature_platform.config import feast_commands
+from feature_platform.config.auth import AuthSettings
+from feature_platform.devtools.launcher import FeatureServer, PlatformServer, free_port
+from feature_platform.errors import HTTPError
 
 pytestmark = pytest.mark.integration
 

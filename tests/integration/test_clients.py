@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from feature_platform.server import FeatureServer
+from feature_platform.devtools.launcher import FeatureServer
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 EXAMPLE = re.compile(r"<!-- client-example: (\w+) -->\n```\w+\n(.*?)\n```", re.DOTALL)

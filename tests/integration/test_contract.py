@@ -20,8 +20,8 @@ import requests
 from conftest import AS_OF, SEED, deploy
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
-from feature_platform import generator
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.serving import contract
 
 SIZES = generator.Sizes(customers=20, merchants=5, days=2, transactions=50)

@@ -11,7 +11,7 @@ import pytest
 from compare import feature_types, materialized_at, offline_rows
 from stacks import Stack
 
-from feature_platform import demo, generator
+from feature_platform.devtools import demo, generator
 
 SIZES = generator.Sizes(customers=60, merchants=8, days=6, transactions=400)
 

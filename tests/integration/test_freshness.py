@@ -24,8 +24,9 @@ from faults import PrivateRedis, eventually
 from prometheus_client.parser import text_string_to_metric_families
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
-from feature_platform import cli, generator
-from feature_platform.server import FeatureServer
+from feature_platform import cli
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.stores import freshness
 from feature_platform.training import FEATURE_SERVICE
 

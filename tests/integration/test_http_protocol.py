@@ -12,7 +12,7 @@ import json
 import socket
 from urllib.parse import urlsplit
 
-from feature_platform.server import FeatureServer
+from feature_platform.devtools.launcher import FeatureServer
 
 BODY = json.dumps(
     {

@@ -29,10 +29,11 @@ from faults import Proxy
 from feast import FeatureStore
 from stacks import Stack
 
-from feature_platform import environments, feast_commands, materialize
-from feature_platform.server import FeatureServer
+from feature_platform.config import environments, feast_commands
+from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.materialization import load as materialize
+from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.training import FEATURE_SERVICE, training_set
-from feature_platform.watermarks import Watermarks
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = NOW - timedelta(hours=3)  # the example's 00:00 snapshot
@@ -236,7 +237,7 @@ def test_a_run_cut_off_from_redis_midway_loses_nothing(late: Late) -> None:
     watermark_before = _watermark(late.dev_store, "customer_stats")
     try:
         with late.dev.active():
-            assert materialize.cli("dev", None, cut_after_the_first_batch) == 1
+            assert materialize.job("dev", None, cut_after_the_first_batch) == 1
     finally:
         if not late.redis_proxy.is_up:
             late.redis_proxy.up()

@@ -24,8 +24,8 @@ from conftest import SEED, deploy
 from faults import PrivateRedis, Proxy, eventually
 from stacks import Stack
 
-from feature_platform import generator
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
 SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=200)

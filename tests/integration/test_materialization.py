@@ -10,7 +10,7 @@ import pandas as pd
 from conftest import SEED
 from stacks import CLAIM_KEY, Stack
 
-from feature_platform import generator
+from feature_platform.devtools import generator
 from feature_platform.stores import freshness
 
 SIZES = generator.Sizes(customers=120, merchants=12, days=5, transactions=800)

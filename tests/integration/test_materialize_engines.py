@@ -23,10 +23,11 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from stacks import CLAIM_KEY, Stack, patched_environ
 
-from feature_platform import environments, feast_commands, materialize
-from feature_platform.config_guard import ConfigError
+from feature_platform.config import environments, feast_commands
+from feature_platform.config.guard import ConfigError
+from feature_platform.materialization import load as materialize
+from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.stores import freshness
-from feature_platform.watermarks import Watermarks
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = NOW - timedelta(hours=3)
@@ -163,4 +164,4 @@ def test_an_engine_feast_cannot_build_is_a_configuration_error(
     local, _ = stacks
     bad = {**local.overrides, "MATERIALIZE_ENGINE": engine}
     with patched_environ(bad), pytest.raises(ConfigError, match="MATERIALIZE_ENGINE"):
-        materialize.cli(local.env, None, lambda _line: None)
+        materialize.job(local.env, None, lambda _line: None)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feature_platform import offline_mirror
+from feature_platform.offline import mirror as offline_mirror
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DSN = "host=127.0.0.1 port=5432 user=postgres"

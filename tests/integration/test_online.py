@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from stacks import WRITE_TOKEN
 
-from feature_platform.server import FeatureServer, response_rows
+from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.serving.client import response_rows
 from feature_platform.training import FEATURE_SERVICE
 
 STORED_VIEWS = {

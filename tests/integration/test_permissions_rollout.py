@@ -16,7 +16,7 @@ import pytest
 from stacks import Stack
 from test_rollout import apply_of, change_kinds, ci, plan_of, repo_copy
 
-from feature_platform.plan_diff import BREAKING, SAFE
+from feature_platform.rollouts.diff import BREAKING, SAFE
 
 PERMISSIONS = {
     "describe-registry",

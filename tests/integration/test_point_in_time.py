@@ -15,7 +15,8 @@ import pytest
 from feast import FeatureStore
 from stacks import Stack, patched_environ
 
-from feature_platform import environments, training
+from feature_platform import training
+from feature_platform.config import environments
 from feature_platform.stores import duckdb_offline
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")

@@ -21,8 +21,9 @@ import requests
 from conftest import AS_OF, SEED
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
-from feature_platform import generator, offline_tables
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.offline import tables as offline_tables
 
 SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=300)
 SOURCE = "customer_txn_1h_push"

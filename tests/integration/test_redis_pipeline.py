@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from stacks import _claim_redis_db, _release_redis_db
 
-from feature_platform.serving.redis_pipeline import PipelinedConnection
+from feature_platform.serving.fastpath.redis_pipeline import PipelinedConnection
 
 BUSY_FOR_300_MS = """
 local start = redis.call('TIME')

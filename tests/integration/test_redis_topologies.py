@@ -26,8 +26,8 @@ from redis_topologies import Topology, available, cluster, sentinel, topology_st
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 from test_stock_equality import _by_name, _requests
 
-from feature_platform import generator
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.stores.redis_sentinel import RECHECK_S
 from feature_platform.training import FEATURE_SERVICE
 

@@ -31,10 +31,13 @@ from feast.protos.feast.core.OnDemandFeatureView_pb2 import (
 from psycopg import sql
 from stacks import Stack, patched_environ
 
-from feature_platform import environments, offline_tables, plan_diff, rollout_log
-from feature_platform.plan_diff import ALLOW_BREAKING_VAR
-from feature_platform.rollout_apply import LOCK_KEY, LOCK_TIMEOUT_VAR, Applied, apply
-from feature_platform.rollout_plan import plan
+from feature_platform.config import environments
+from feature_platform.offline import tables as offline_tables
+from feature_platform.rollouts import diff as plan_diff
+from feature_platform.rollouts import log as rollout_log
+from feature_platform.rollouts.apply import LOCK_KEY, LOCK_TIMEOUT_VAR, Applied, apply
+from feature_platform.rollouts.diff import ALLOW_BREAKING_VAR
+from feature_platform.rollouts.plan import plan
 
 ROOT = environments.PROJECT_ROOT
 SECRET_SENTINEL = "sentinel-Secret-9f3a"

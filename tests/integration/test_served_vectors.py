@@ -23,8 +23,8 @@ from conftest import AS_OF, SEED, deploy
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from stacks import Stack
 
-from feature_platform import generator
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 
 SIZES = generator.Sizes(customers=30, merchants=5, days=3, transactions=100)
 SERVICE = "fraud_detection_v1"

@@ -19,8 +19,8 @@ from conftest import SEED, deploy
 from faults import PrivateRedis, Proxy, eventually
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
-from feature_platform import generator
-from feature_platform.server import FeatureServer
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
 SIZES = generator.Sizes(customers=80, merchants=10, days=4, transactions=500)

@@ -10,8 +10,8 @@ from compare import feature_types, offline_rows, online_rows
 from conftest import SIZES
 from stacks import Stack
 
-from feature_platform.comparison import mismatches
-from feature_platform.server import FeatureServer
+from feature_platform.checks.comparison import mismatches
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
 UNKNOWN_CUSTOMERS = [10_000_001, 10_000_002, 10_000_003]

@@ -20,8 +20,11 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from prometheus_client.parser import text_string_to_metric_families
 from stacks import Stack
 
-from feature_platform import cli, skew_check
-from feature_platform.server import FeatureServer, free_port, response_rows
+from feature_platform import cli
+from feature_platform.checks import skew as skew_check
+from feature_platform.devtools.launcher import FeatureServer, free_port
+from feature_platform.errors import EXIT_CHECK_FAILED
+from feature_platform.serving.client import response_rows
 
 PUSHGATEWAY = shutil.which("prometheus-pushgateway")
 METRIC = "feature_platform_skew_check_"
@@ -185,7 +188,7 @@ def test_an_unreachable_server_is_one_line_and_exit_3(
     url = f"http://127.0.0.1:{free_port()}"
     code, out, err = _skew_check(deployed_local, capsys, "--server-url", url,
                                  "--pushgateway", pushgateway.url)  # fmt: skip
-    assert code == skew_check.EXIT_CHECK_FAILED
+    assert code == EXIT_CHECK_FAILED
     assert f"skew check failed: cannot reach the feature server at {url}: " in err
     assert "Traceback" not in err and out == ""
     # The run counts as failed; nothing was compared, so no counts are pushed.

@@ -16,7 +16,7 @@ import requests
 from conftest import SIZES
 from stacks import Stack
 
-from feature_platform.server import FeatureServer
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
 

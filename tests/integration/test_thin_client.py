@@ -29,10 +29,12 @@ from conftest import AS_OF, MAT_END, SEED, deploy
 from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_grpc
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
-from feature_platform import cli, client_config, generator, offline_tables
-from feature_platform.server import FeatureServer, free_port
+from feature_platform import cli
+from feature_platform.config import client as client_config
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import FeatureServer, PlatformServer, free_port
+from feature_platform.offline import tables as offline_tables
 from feature_platform.servers import registry
-from feature_platform.servers.local import PlatformServer
 from feature_platform.training import ENTITY_COLUMNS, FEATURE_SERVICE, training_set
 
 SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=300)

@@ -27,10 +27,18 @@ from conftest import AS_OF, MAT_END, SEED
 from stacks import RUN_ID, Stack, patched_environ
 from tls_fixtures import TlsFiles, create_databases, make_tls_files, tls_postgres, tls_redis
 
-from feature_platform import client_config, feast_commands, generator, offline_tables, tls
-from feature_platform.config_guard import ConfigError
-from feature_platform.server import FeatureServer, free_port
-from feature_platform.servers.local import PlatformServer, flight_answers, grpc_health
+from feature_platform.config import client as client_config
+from feature_platform.config import feast_commands, tls
+from feature_platform.config.guard import ConfigError
+from feature_platform.devtools import generator
+from feature_platform.devtools.launcher import (
+    FeatureServer,
+    PlatformServer,
+    flight_answers,
+    free_port,
+    grpc_health,
+)
+from feature_platform.offline import tables as offline_tables
 from feature_platform.servers.ui import UiServer
 from feature_platform.training import ENTITY_COLUMNS, FEATURE_SERVICE
 

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from stacks import Stack, patched_environ
 
-from feature_platform import cli, offline_mirror, offline_tables
+from feature_platform import cli
+from feature_platform.offline import mirror as offline_mirror
+from feature_platform.offline import tables as offline_tables
 from feature_platform.training import command, ray_engine
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")

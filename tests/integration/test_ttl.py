@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
-from feature_platform.server import FeatureServer
+from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.training import FEATURE_SERVICE
 
 VIEWS = {

@@ -21,8 +21,8 @@ import pytest
 import requests
 from stacks import Stack
 
-from feature_platform import feast_commands
-from feature_platform.server import free_port
+from feature_platform.config import feast_commands
+from feature_platform.devtools.launcher import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from compare import feature_types, materialized_at, offline_rows, online_rows
 from stacks import patched_environ
 
-from feature_platform import feast_commands, training
+from feature_platform import training
+from feature_platform.config import feast_commands
 
 FULL = f"{RELEASE}-feast-platform"
 FEATURE_SERVICE = training.FEATURE_SERVICE

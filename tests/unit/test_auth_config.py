@@ -8,9 +8,9 @@ import pytest
 import yaml
 from feast.permissions.auth_model import OidcAuthConfig
 
-from feature_platform import environments
-from feature_platform.auth.config import AuthSettings, feast_auth
-from feature_platform.config_guard import ConfigError
+from feature_platform.config import environments
+from feature_platform.config.auth import AuthSettings, feast_auth
+from feature_platform.config.guard import ConfigError
 from feature_platform.serving.settings import ServerSettings
 
 OIDC = {

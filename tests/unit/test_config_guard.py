@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from feature_platform import config_guard, environments
-from feature_platform.config_guard import ConfigError
+from feature_platform.config import environments
+from feature_platform.config import guard as config_guard
+from feature_platform.config.guard import ConfigError
+from feature_platform.errors import EXIT_CONFIG_ERROR
 
 
 def test_finds_both_reference_forms_once_each_in_order() -> None:
@@ -84,7 +86,7 @@ def _cli(*args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[
 )
 def test_cli_stops_with_exit_2_naming_the_missing_variable(args: tuple[str, ...]) -> None:
     result = _cli(*args, drop=("POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDIS_HOST"))
-    assert result.returncode == config_guard.EXIT_CONFIG_ERROR
+    assert result.returncode == EXIT_CONFIG_ERROR
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "POSTGRES_PASSWORD" in lines[0] and "REDIS_PASSWORD" in lines[0]
@@ -93,5 +95,5 @@ def test_cli_stops_with_exit_2_naming_the_missing_variable(args: tuple[str, ...]
 
 def test_cli_names_an_unknown_environment() -> None:
     result = _cli("check-config", "staging")
-    assert result.returncode == config_guard.EXIT_CONFIG_ERROR
+    assert result.returncode == EXIT_CONFIG_ERROR
     assert "unknown environment 'staging'" in result.stderr

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from feature_platform import environments
-from feature_platform.config_guard import ConfigError
+from feature_platform.config import environments
+from feature_platform.config.guard import ConfigError
 
 
 def test_env_file_lines(tmp_path: Path) -> None:

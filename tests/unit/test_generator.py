@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from feature_platform import generator
+from feature_platform.devtools import generator
 
 AS_OF = pd.Timestamp("2026-03-15 14:00", tz="UTC").to_pydatetime()
 SIZES = generator.Sizes(customers=400, merchants=40, days=12, transactions=4_000)

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from feature_platform.serving import online
-from feature_platform.serving.errors import HTTPError
+from feature_platform.errors import HTTPError
+from feature_platform.serving.fastpath import online
 from feature_platform.serving.metrics import LATENCY_BUCKETS, _HistogramBatch
 
 scalars = st.one_of(

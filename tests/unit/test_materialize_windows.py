@@ -12,8 +12,10 @@ from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-from feature_platform import cli, materialize
-from feature_platform.config_guard import EXIT_CONFIG_ERROR, ConfigError
+from feature_platform import cli
+from feature_platform.config.guard import ConfigError
+from feature_platform.errors import EXIT_CONFIG_ERROR
+from feature_platform.materialization import load as materialize
 from feature_platform.stores.sqlite_online import newer_rows
 from feature_platform.stores.training_rule import row_version
 

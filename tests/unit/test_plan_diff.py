@@ -19,8 +19,8 @@ from feast.permissions.permission import Permission
 from feast.permissions.policy import GroupBasedPolicy, RoleBasedPolicy
 from feast.types import Float64, Int64, String
 
-from feature_platform.plan_diff import BREAKING, SAFE, Plan, classify
-from feature_platform.rollout_plan import with_logging_changes
+from feature_platform.rollouts.diff import BREAKING, SAFE, Plan, classify
+from feature_platform.rollouts.plan import with_logging_changes
 
 SOURCE = FileSource(name="src", path="/nowhere.parquet", timestamp_field="ts")
 

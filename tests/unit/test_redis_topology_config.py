@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
-from feature_platform.serving.redis_clients import TopologyError, redis_client
+from feature_platform.serving.fastpath.redis_clients import TopologyError, redis_client
 from feature_platform.stores.redis_online import RedisOnlineStore, cluster_config
 from feature_platform.stores.redis_sentinel import AsyncFollowingSentinelPool, FollowingSentinelPool
 

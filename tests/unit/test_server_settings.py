@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from feature_platform.config_guard import ConfigError
+from feature_platform.config.guard import ConfigError
 from feature_platform.serving.settings import ServerSettings
 
 

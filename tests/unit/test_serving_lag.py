@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from feature_platform import generator
+from feature_platform.devtools import generator
 
 VIEWS = {
     "customer_stats": ("customer_id", "avg_purchase_30d", pd.Timedelta(days=2)),

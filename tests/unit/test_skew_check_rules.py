@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from feast.types import Bool, Float64, Int64, String
 
-from feature_platform import comparison, skew_check
-from feature_platform.comparison import Mismatch
-from feature_platform.config_guard import ConfigError
+from feature_platform.checks import comparison
+from feature_platform.checks import skew as skew_check
+from feature_platform.checks.comparison import Mismatch
+from feature_platform.config.guard import ConfigError
 
 TYPES = {"n": Int64, "avg": Float64, "country": String, "flag": Bool}
 

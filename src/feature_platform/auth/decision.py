@@ -34,7 +34,8 @@ from feast.permissions.server.utils import AuthManagerType, str_to_auth_manager_
 from feast.permissions.user import User
 from feast.utils import _parse_feature_ref
 
-from feature_platform.serving.errors import HTTPError, bad_request, not_found
+from feature_platform.auth.errors import forbidden
+from feature_platform.errors import bad_request, not_found
 
 # Distinct (identity, resources, actions) keys kept per snapshot; past it the cache
 # starts over rather than grow with every new combination a caller sends.
@@ -270,4 +271,4 @@ def require(
     """403 unless `user` may take `actions` on every one of `resources`."""
     reason = decider.denial(user, resources, actions)
     if reason is not None:
-        raise HTTPError(403, "forbidden", reason)
+        raise forbidden(reason)

@@ -26,10 +26,11 @@ from typing import Any
 
 from feast.permissions.user import User
 
-from feature_platform.auth.config import AuthSettings
-from feature_platform.auth.tokens import TokenVerifier, VerifiedCache, unauthorized
-from feature_platform.config_guard import ConfigError
-from feature_platform.serving.errors import unavailable
+from feature_platform.auth.errors import unauthorized
+from feature_platform.auth.tokens import TokenVerifier, VerifiedCache
+from feature_platform.config.auth import AuthSettings
+from feature_platform.config.guard import ConfigError
+from feature_platform.errors import unavailable
 
 log = logging.getLogger("feature_platform.auth")
 

@@ -26,9 +26,10 @@ from feast.permissions.security_manager import SecurityManager, get_security_man
 from feast.permissions.user import User
 from starlette.authentication import AuthenticationError
 
-from feature_platform.auth.config import AuthSettings
-from feature_platform.auth.tokens import TokenVerifier, bearer_token, verifier_for
-from feature_platform.serving.errors import HTTPError
+from feature_platform.auth.tokens import TokenVerifier, bearer_token
+from feature_platform.auth.verifiers import verifier_for
+from feature_platform.config.auth import AuthSettings
+from feature_platform.errors import HTTPError
 
 if TYPE_CHECKING:
     import pyarrow.flight as fl

@@ -6,10 +6,12 @@ import signal
 import threading
 from collections.abc import Callable
 
+from feature_platform.console import Say
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def run_until_signalled(stop: Callable[[], None], say: Callable[[str], None]) -> None:
+def run_until_signalled(stop: Callable[[], None], say: Say) -> None:
     """Block the main thread until a stop signal, then call `stop`.
 
     The servers run in their own threads; the kubelet's SIGTERM (or Ctrl-C) reaches this

@@ -14,15 +14,15 @@ never from a client without credentials.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.flight as fl
 from feast.offline_server import OfflineServer, _init_auth_manager
 
+from feature_platform.config.tls import ServerTls, server_tls
+from feature_platform.console import Say
 from feature_platform.servers import authentication
-from feature_platform.tls import ServerTls, server_tls
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -75,7 +75,7 @@ def flight_server(
         raise OSError(f"cannot listen on {host}:{port} (in use?)") from exc
 
 
-def serve(store: FeatureStore, host: str, port: int, say: Callable[[str], None]) -> None:
+def serve(store: FeatureStore, host: str, port: int, say: Say) -> None:
     """Serve until SIGTERM/SIGINT."""
     from feature_platform.servers.lifecycle import run_until_signalled
 

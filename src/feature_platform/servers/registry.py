@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_grpc
 
+from feature_platform.config.tls import ServerTls, server_tls
+from feature_platform.console import Say
 from feature_platform.servers import authentication
 from feature_platform.servers.read_only import ReadOnly
-from feature_platform.tls import ServerTls, server_tls
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def serve(
     host: str,
     port: int,
     rest_port: int | None,
-    say: Callable[[str], None],
+    say: Say,
     grace_s: float = 10,
 ) -> None:
     """Serve until SIGTERM/SIGINT: gRPC on `port`, REST on `rest_port` when given."""

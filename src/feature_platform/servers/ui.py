@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from feature_platform.config.tls import ServerTls, server_tls
+from feature_platform.console import Say
 from feature_platform.servers import authentication
 from feature_platform.servers.read_only import ReadOnly
-from feature_platform.tls import ServerTls, server_tls
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -95,7 +95,7 @@ class UiServer:
         self.socket.close()
 
 
-def serve(store: FeatureStore, host: str, port: int, say: Callable[[str], None]) -> None:
+def serve(store: FeatureStore, host: str, port: int, say: Say) -> None:
     """Serve until SIGTERM/SIGINT."""
     from feature_platform.servers.lifecycle import run_until_signalled
 

@@ -31,20 +31,14 @@ from feast.permissions.user import User
 
 from feature_platform.auth import decision
 from feature_platform.auth.tokens import TokenVerifier
+from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
 from feature_platform.serving import contract, metrics, writes
-from feature_platform.serving.errors import (
-    HTTPError,
-    bad_request,
-    not_found,
-    require_booleans,
-    store_timed_out,
-    unavailable,
-)
+from feature_platform.serving.errors import require_booleans, store_timed_out
+from feature_platform.serving.fastpath.online import Fallback, OnlineReader, entity_columns
+from feature_platform.serving.fastpath.plans import PlanCache, Unsupported
+from feature_platform.serving.fastpath.redis_clients import redis_client
 from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
-from feature_platform.serving.online import Fallback, OnlineReader, entity_columns
-from feature_platform.serving.plans import PlanCache, Unsupported
-from feature_platform.serving.redis_clients import redis_client
 from feature_platform.serving.registry_refresh import RegistryRefresher
 from feature_platform.serving.settings import ServerSettings
 from feature_platform.serving.vector_log import VectorLog
@@ -392,7 +386,7 @@ def _identities(store: FeatureStore) -> TokenVerifier | None:
 
 def create_app() -> FeatureServerApp:
     """The app for one gunicorn worker, configured from the process environment."""
-    from feature_platform import feast_commands
+    from feature_platform.config import feast_commands
 
     settings = ServerSettings.from_env()
     store = feast_commands.open_store(os.environ["PLATFORM_ENV"])

@@ -16,8 +16,8 @@ from feast import FeatureStore
 from feast.data_source import PushSource
 from feast.value_type import ValueType
 
-from feature_platform.serving.errors import HTTPError
-from feature_platform.serving.plans import PlanCache, Unsupported
+from feature_platform.errors import HTTPError
+from feature_platform.serving.fastpath.plans import PlanCache, Unsupported
 
 # path -> methods: everything the platform serves itself.
 ENDPOINTS: dict[str, tuple[str, ...]] = {

@@ -15,7 +15,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from feature_platform import tls
+from feature_platform.config import tls
 from feature_platform.serving import lifecycle
 from feature_platform.serving.protocol import bounded_read_protocol
 from feature_platform.serving.settings import ServerSettings

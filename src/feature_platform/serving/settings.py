@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from feature_platform.config_guard import ConfigError, positive_number
+from feature_platform.config.guard import ConfigError, positive_number
 
 WRITE_MODES = ("off", "token", "open")
 

@@ -30,13 +30,8 @@ from feast.data_source import PushMode, PushSource
 from feast.errors import FeatureViewNotFoundException
 from feast.value_type import ValueType
 
-from feature_platform.serving.errors import (
-    HTTPError,
-    bad_request,
-    not_found,
-    require_booleans,
-    unavailable,
-)
+from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
+from feature_platform.serving.errors import require_booleans
 
 log = logging.getLogger("feature_platform.server")
 

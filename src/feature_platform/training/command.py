@@ -21,15 +21,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureStore
-from feast.errors import FeastError
 
-from feature_platform import feast_commands, offline_mirror
+from feature_platform.config import feast_commands
+from feature_platform.console import Say
+from feature_platform.offline import mirror as offline_mirror
 from feature_platform.training import engine, labels, ray_engine
 from feature_platform.training.feast_join import FEATURE_SERVICE
 from feature_platform.training.labels import LabelError
 
 DEFAULT_CHUNK_ROWS = 200_000
-EXIT_BAD_INPUT = 2
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,6 @@ class Request:
     engine: str = "auto"
 
 
-def cli(request: Request, say: Callable[[str], None]) -> int:
-    """Exit 0 with the file written; 2 with one line on bad input."""
-    try:
-        build(request, say)
-    except LabelError as exc:
-        say(f"training-set: {exc}")
-        return EXIT_BAD_INPUT
-    except FeastError as exc:
-        say(f"training-set: {str(exc).splitlines()[0]}")
-        return EXIT_BAD_INPUT
-    return 0
-
-
 def _features(store: FeatureStore, request: Request) -> list[str] | FeatureService:
     if request.features:
         bad = [ref for ref in request.features if ref.count(":") != 1]
@@ -66,7 +53,7 @@ def _features(store: FeatureStore, request: Request) -> list[str] | FeatureServi
     return store.get_feature_service(request.feature_service)
 
 
-def build(request: Request, say: Callable[[str], None]) -> int:
+def build(request: Request, say: Say) -> int:
     """Write the training set; the number of rows written."""
     started = time.monotonic()
     settings = feast_commands.prepare(request.env)
@@ -121,7 +108,7 @@ def build(request: Request, say: Callable[[str], None]) -> int:
 
 
 def _files_for_ray(
-    store: FeatureStore, plan: engine.Plan, settings: dict[str, str], say: Callable[[str], None]
+    store: FeatureStore, plan: engine.Plan, settings: dict[str, str], say: Say
 ) -> list[list[str]]:
     files = engine.view_files(store, plan, settings, say)
     missing = [view.name for view, f in zip(plan.views, files, strict=True) if f is None]
@@ -159,7 +146,7 @@ def _write(
     work: Path,
     total: int,
     started: float,
-    say: Callable[[str], None],
+    say: Say,
 ) -> int:
     """Each chunk into one parquet file, replaced whole at the end: a failed run leaves
     no half-written training set. Arrow writes without the GIL, so a chunk is written

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,7 +48,9 @@ from feast.transformation.python_transformation import PythonTransformation
 from feast.type_map import feast_value_type_to_pa
 from psycopg import sql
 
-from feature_platform import offline_mirror, postgres_copy
+from feature_platform.console import Say
+from feature_platform.offline import mirror as offline_mirror
+from feature_platform.offline import postgres_copy
 from feature_platform.stores.duckdb_offline import DuckDBOfflineStoreConfig
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.training.labels import TIMESTAMP, LabelError
@@ -56,8 +58,6 @@ from feature_platform.training.labels import TIMESTAMP, LabelError
 # DuckDB's share of the machine: past it, it spills to its work directory.
 MEMORY_LIMIT = "1GB"
 ROW, LABEL_US = "__row", "__label_us"
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def unsupported(store: FeatureStore, plan: Plan) -> str | None:
 
 
 def view_files(
-    store: FeatureStore, plan: Plan, settings: Mapping[str, str], say: Progress
+    store: FeatureStore, plan: Plan, settings: Mapping[str, str], say: Say
 ) -> list[list[str] | None]:
     """Per view, the parquet files holding its rows: a file source's own, or the offline
     mirror's copy of a Postgres table (refreshed first) when `OFFLINE_MIRROR_DIR` is set;
@@ -222,7 +222,7 @@ class Stage:
 
     # -- labels ---------------------------------------------------------------------
 
-    def add_labels(self, batches: Iterator[pa.RecordBatch], plan: Plan, say: Progress) -> int:
+    def add_labels(self, batches: Iterator[pa.RecordBatch], plan: Plan, say: Say) -> int:
         """Stage every label batch, numbered in input order; check the columns."""
         for batch in batches:
             if self.rows == 0:
@@ -275,7 +275,7 @@ class Stage:
         i: int,
         view: ViewJoin,
         files: list[str] | None,
-        say: Progress,
+        say: Say,
         store: FeatureStore | None = None,
     ) -> None:
         """Stage the rows the labels can use, from the view's parquet `files` or, without

@@ -14,12 +14,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from feature_platform import offline_tables, postgres_copy
+from feature_platform.errors import PlatformError
+from feature_platform.offline import postgres_copy
+from feature_platform.offline import tables as offline_tables
 
 TIMESTAMP = "event_timestamp"
 
 
-class LabelError(ValueError):
+class LabelError(PlatformError, ValueError):
     """Labels the join cannot use; the message is one line for the user."""
 
 

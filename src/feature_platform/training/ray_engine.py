@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from feature_platform.config_guard import ConfigError
+from feature_platform.config.guard import ConfigError
 from feature_platform.training import engine
 
 ADDRESS_VAR, TASKS_VAR = "TRAINING_RAY_ADDRESS", "TRAINING_RAY_TASKS"

@@ -1,0 +1,1 @@
+"""Checks on what the platform serves: the skew check."""

@@ -1,0 +1,107 @@
+"""Stop before Feast runs on a configuration it would silently get wrong.
+
+Feast expands `$VAR` and `${VAR}` in feature_store.yaml with `os.path.expandvars`, which
+leaves an unset variable in the text as it is: a registry URL with `${POSTGRES_HOST}` in
+it fails later and far from the cause, or not at all. The guard names every missing
+variable up front and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from feature_platform.errors import PlatformError
+
+# What os.path.expandvars treats as a variable reference.
+_REFERENCE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+class ConfigError(PlatformError):
+    """A configuration problem, phrased for one line of output."""
+
+
+def referenced_variables(text: str) -> list[str]:
+    """Variable names referenced in `text`, in order of first appearance."""
+    names: list[str] = []
+    for match in _REFERENCE.finditer(text):
+        name = match.group(1).strip("{}")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _value_problems(env: Mapping[str, str], names: list[str]) -> list[str]:
+    """Values that would be set but still misread by Feast's parsers."""
+    problems = []
+    if "REDIS_PASSWORD" in names and "REDIS_PASSWORD" in env:
+        password = env["REDIS_PASSWORD"]
+        # Feast splits the Redis connection string on commas and json-decodes each value.
+        if "," in password:
+            problems.append(
+                "REDIS_PASSWORD contains a comma, which Feast's Redis "
+                "connection string cannot carry"
+            )
+        else:
+            try:
+                decoded = json.loads(password)
+            except ValueError:
+                decoded = password
+            if password and not isinstance(decoded, str):
+                problems.append(
+                    "REDIS_PASSWORD reads as a JSON literal (a number, boolean or "
+                    "null), which Feast would not pass on as text"
+                )
+    for name in names:
+        value = env.get(name)
+        # Passwords sit inside double-quoted YAML strings.
+        if name.endswith("PASSWORD") and value is not None and ('"' in value or "\\" in value):
+            problems.append(
+                f"{name} contains a double quote or backslash, which the "
+                "quoted YAML value cannot carry"
+            )
+    return problems
+
+
+def check(yaml_path: Path, env: Mapping[str, str]) -> None:
+    """Raise ConfigError naming every unset or unusable variable `yaml_path` needs."""
+    names = referenced_variables(yaml_path.read_text())
+    missing = [name for name in names if name not in env]
+    if missing:
+        raise ConfigError(
+            f"{yaml_path.name} needs unset environment variable"
+            f"{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+        )
+    problems = _value_problems(env, names)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def redact(text: str, values: Mapping[str, str]) -> str:
+    """`text` with every secret's value masked: errors from drivers are printed."""
+    for key, value in values.items():
+        if value and (key.endswith("PASSWORD") or key.endswith("TOKEN")):
+            text = text.replace(value, "***")
+    return text
+
+
+def one_line_error(exc: BaseException, values: Mapping[str, str]) -> str:
+    """An unexpected exception as one line, with the secrets in `values` masked."""
+    text = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {text[0] if text else ''}", values)
+
+
+def positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    """`name`'s value as a positive number, `default` when unset or empty."""
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value

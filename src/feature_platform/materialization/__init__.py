@@ -1,0 +1,1 @@
+"""Loading the online store: the load, its watermarks, Ray writes."""

@@ -1,0 +1,429 @@
+"""A parquet mirror of Postgres offline tables, kept exact by the database itself.
+
+Reading millions of rows out of Postgres costs seconds on every training set; the mirror
+pays that once, then copies only what changed. Its files serve the fast training engine
+and engines that read files only (Ray).
+
+Statement-level triggers the platform installs on each mirrored table record changes in
+the same transaction as the change:
+
+- an INSERT (or COPY) copies its new rows from the statement's transition table into
+  `<table>__mirror_delta`;
+- an UPDATE, DELETE or TRUNCATE marks the table in `feature_platform_mirror_marks`: the
+  next refresh copies it whole.
+
+A refresh, under an advisory lock per table, does one of two things:
+
+- a full copy (no mirror yet, the table replaced or its columns changed, a mark, the
+  triggers gone, or another mirror directory took the delta over): the triggers and the
+  delta table are (re)created in a transaction that locks out writers for that DDL only
+  (SHARE ROW EXCLUSIVE; readers go on); then, in a REPEATABLE READ snapshot taken after
+  it, the table is copied to a new generation directory while the delta rows and marks
+  that snapshot sees (changes the copy holds) are deleted. Writes go on during the copy
+  and reach the next refresh through the delta.
+- a delta copy: in one REPEATABLE READ transaction the delta rows it sees are claimed with
+  a batch number and copied to one part file; rows committed after its snapshot stay
+  unclaimed for the next refresh. The claimed rows are deleted once the manifest that
+  lists the part is published; a crash in between copies them again next time.
+
+Each table's copy lives in `<root>/<database>/<schema>.<table>/`; its `manifest.json`
+(replaced atomically) names the parts of the current copy; the parts of the previous
+manifest are kept too, for readers that opened it just before. One root serves one
+Postgres server: the delta belongs to the last mirror directory that copied the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from feature_platform.console import Say
+from feature_platform.errors import PlatformError
+from feature_platform.offline import postgres_copy
+
+# The mirror's root directory, in an environment's settings; empty: no mirror.
+DIR_VAR = "OFFLINE_MIRROR_DIR"
+MANIFEST = "manifest.json"
+# More delta parts than this are merged into one, so reads stay one scan per file.
+MAX_PARTS = 16
+DELTA_SUFFIX = "__mirror_delta"
+BATCH = "__mirror_batch"
+TRIGGERS = ("insert", "update", "delete", "truncate")
+
+
+# Installed once per database; SECURITY DEFINER so a writer needs no rights on the delta.
+# A delta insert that fails (a column dropped since the delta was made) marks the table
+# instead: a write to the offline table never fails because of the mirror.
+_SETUP = """
+CREATE TABLE IF NOT EXISTS feature_platform_mirror_marks (
+    table_name text NOT NULL, marked_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS feature_platform_mirror_marks_table
+    ON feature_platform_mirror_marks (table_name);
+CREATE TABLE IF NOT EXISTS feature_platform_mirror_state (
+    table_name text PRIMARY KEY, table_oid oid NOT NULL, mirror_id text NOT NULL,
+    generation bigint NOT NULL);
+CREATE OR REPLACE FUNCTION feature_platform_mirror_mark() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    INSERT INTO public.feature_platform_mirror_marks (table_name)
+    VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION feature_platform_mirror_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    BEGIN
+        EXECUTE format('INSERT INTO %I.%I SELECT *, NULL FROM feature_platform_new_rows',
+                       TG_TABLE_SCHEMA, TG_TABLE_NAME || '__mirror_delta');
+    EXCEPTION WHEN OTHERS THEN
+        INSERT INTO public.feature_platform_mirror_marks (table_name)
+        VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
+    END;
+    RETURN NULL;
+END $$;
+"""
+
+
+class MirrorError(PlatformError, RuntimeError):
+    """The table cannot be mirrored (missing, a view, a name too long)."""
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """One refresh's outcome: the files that hold the table now."""
+
+    table: str
+    parts: list[Path]
+    full: bool  # copied whole in this refresh
+    copied_rows: int  # rows read out of Postgres by this refresh
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Table:
+    qualified: str  # schema.name, quoted as the triggers record it
+    schema: str
+    name: str
+    oid: int
+    columns: list[list[str]]  # [name, type] in column order
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def delta(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name + DELTA_SUFFIX)
+
+
+def refresh(
+    connect: Callable[[], psycopg.Connection], table: str, root: Path, say: Say
+) -> Mirrored:
+    """Bring `root/<table>` up to date with the Postgres table `table` and return its parts."""
+    started = time.monotonic()
+    with connect() as conn:
+        conn.autocommit = True
+        conn.execute(_SETUP)
+        found = _describe(conn, table)
+        (database,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
+        directory = root / database / f"{found.schema}.{found.name}"
+        directory.mkdir(parents=True, exist_ok=True)
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_SPACE, found.oid))
+        try:
+            manifest = _read_manifest(directory)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            copied = _copy_delta(conn, found, directory, manifest)
+            full = copied is None
+            if copied is None:
+                copied = _copy_full(conn, found, directory, manifest)
+            manifest = _read_manifest(directory)  # the one the copy just wrote
+            assert manifest is not None
+            if len(manifest["parts"]) > MAX_PARTS:
+                manifest = _compact(directory, manifest)
+        finally:
+            conn.isolation_level = None
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_SPACE, found.oid))
+    seconds = time.monotonic() - started
+    how = "copied whole" if full else "brought up to date"
+    say(f"  mirror {found.name}: {how}, {copied:,} rows from Postgres in {seconds:.1f}s")
+    return Mirrored(
+        table=found.name,
+        parts=[directory / p for p in manifest["parts"]],
+        full=full,
+        copied_rows=copied,
+        seconds=seconds,
+    )
+
+
+# The advisory lock's first key: the mirror's own space, the table's oid the second.
+_LOCK_SPACE = 0x6D697272
+
+
+def _describe(conn: psycopg.Connection, table: str) -> _Table:
+    row = conn.execute(
+        "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+        (table,),
+    ).fetchone()
+    if row is None:
+        raise MirrorError(f"no table {table!r} in the offline database")
+    oid, schema, name, kind = row
+    if kind not in ("r", "p"):
+        raise MirrorError(f"{table!r} is not a table (relkind {kind}): only tables are mirrored")
+    if len((name + DELTA_SUFFIX).encode()) > 63:
+        raise MirrorError(f"table name {name!r} is too long to mirror (the delta table's name)")
+    columns = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (oid,),
+    ).fetchall()
+    qualified = conn.execute("SELECT quote_ident(%s) || '.' || quote_ident(%s)", (schema, name))
+    (text,) = qualified.fetchone()  # type: ignore[misc]
+    return _Table(text, schema, name, int(oid), [[c, t] for c, t in columns])
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    partial = directory / f".{MANIFEST}.{os.getpid()}"
+    partial.write_text(json.dumps(manifest, indent=1))
+    os.replace(partial, directory / MANIFEST)
+
+
+def _delta_applies(conn: psycopg.Connection, table: _Table, manifest: dict[str, Any]) -> bool:
+    """Whether the mirror holds the table up to its delta, in the snapshot that copies it."""
+    if manifest["columns"] != table.columns:
+        return False
+    marked = conn.execute(
+        "SELECT 1 FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
+    ).fetchone()
+    if marked:
+        return False
+    state = conn.execute(
+        "SELECT table_oid, mirror_id, generation FROM feature_platform_mirror_state "
+        "WHERE table_name = %s",
+        (table.qualified,),
+    ).fetchone()
+    if state is None or (int(state[0]), state[1], state[2]) != (
+        table.oid,
+        manifest["mirror_id"],
+        manifest["generation"],
+    ):
+        return False
+    (triggers,) = conn.execute(  # type: ignore[misc]
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s AND tgname = ANY(%s)",
+        (table.oid, [_trigger(kind) for kind in TRIGGERS]),
+    ).fetchone()
+    current, delta = conn.execute(  # type: ignore[misc]
+        "SELECT to_regclass(%s)::oid, to_regclass(%s)",
+        (table.qualified, f"{table.qualified}{DELTA_SUFFIX}"),
+    ).fetchone()
+    return triggers == len(TRIGGERS) and current == table.oid and delta is not None
+
+
+def _trigger(kind: str) -> str:
+    return f"feature_platform_mirror_{kind}"
+
+
+def _copy_full(
+    conn: psycopg.Connection, table: _Table, directory: Path, manifest: dict[str, Any] | None
+) -> int:
+    mirror_id = manifest["mirror_id"] if manifest else uuid.uuid4().hex
+    generation = _start_delta(conn, table, mirror_id)
+    part = f"gen-{generation}/full.parquet"
+    rows = _copy_table(conn, table, directory / part)
+    previous = manifest["parts"] if manifest else []
+    _write_manifest(
+        directory,
+        {
+            "table": table.qualified,
+            "mirror_id": mirror_id,
+            "generation": generation,
+            "columns": table.columns,
+            "last_batch": 0,
+            "parts": [part],
+            "previous_parts": previous,
+        },
+    )
+    _remove_unlisted(directory)
+    return rows
+
+
+def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int:
+    """(Re)create the delta table and the triggers; the new generation. Writers are locked
+    out for this DDL only: every write that commits after it goes through the triggers,
+    every write before it is in the snapshot of the copy that follows."""
+    with conn.transaction():
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.ident))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.delta))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {}, {} bigint)").format(
+                table.delta, table.ident, sql.Identifier(BATCH)
+            )
+        )
+        for kind in TRIGGERS:
+            conn.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    sql.Identifier(_trigger(kind)), table.ident
+                )
+            )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER INSERT ON {} REFERENCING NEW TABLE AS "
+                "feature_platform_new_rows FOR EACH STATEMENT "
+                "EXECUTE FUNCTION feature_platform_mirror_insert()"
+            ).format(sql.Identifier(_trigger("insert")), table.ident)
+        )
+        for kind in ("update", "delete", "truncate"):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER {} AFTER {} ON {} FOR EACH STATEMENT "
+                    "EXECUTE FUNCTION feature_platform_mirror_mark()"
+                ).format(sql.Identifier(_trigger(kind)), sql.SQL(kind.upper()), table.ident)
+            )
+        # A crash before the new manifest leaves the manifest a generation behind: the
+        # next refresh copies again.
+        (generation,) = conn.execute(  # type: ignore[misc]
+            "INSERT INTO feature_platform_mirror_state AS s VALUES (%s, %s, %s, 1) "
+            "ON CONFLICT (table_name) DO UPDATE SET table_oid = excluded.table_oid, "
+            "mirror_id = excluded.mirror_id, generation = s.generation + 1 "
+            "RETURNING generation",
+            (table.qualified, table.oid, mirror_id),
+        ).fetchone()
+    return int(generation)
+
+
+def _copy_table(conn: psycopg.Connection, table: _Table, path: Path) -> int:
+    """The whole table into `path`, writers going on. The delta rows and marks this
+    snapshot sees are changes the copy holds; the ones it does not see stay for the next
+    refresh."""
+    with conn.transaction():
+        conn.execute(sql.SQL("DELETE FROM {}").format(table.delta))
+        conn.execute(
+            "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
+        )
+        query = sql.SQL("SELECT * FROM {}").format(table.ident)
+        return _copy_to_parquet(conn, query, path, keep_empty=True)
+
+
+def _copy_delta(
+    conn: psycopg.Connection, table: _Table, directory: Path, manifest: dict[str, Any] | None
+) -> int | None:
+    """The rows inserted since the last refresh, as one more part; None when the mirror
+    needs a full copy instead."""
+    if manifest is None:
+        return None
+    batch = manifest["last_batch"] + 1
+    batch_column = sql.Identifier(BATCH)
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in table.columns)
+    part = f"gen-{manifest['generation']}/delta-{batch}.parquet"
+    with conn.transaction():
+        if not _delta_applies(conn, table, manifest):
+            return None
+        conn.execute(
+            sql.SQL("UPDATE {} SET {} = %s WHERE {} IS NULL").format(
+                table.delta, batch_column, batch_column
+            ),
+            (batch,),
+        )
+        # Rows a crashed refresh claimed but never published are copied again here.
+        query = sql.SQL("SELECT {} FROM {} WHERE {} > {}").format(
+            columns, table.delta, batch_column, sql.Literal(manifest["last_batch"])
+        )
+        rows = _copy_to_parquet(conn, query, directory / part, keep_empty=False)
+    if rows:
+        _write_manifest(
+            directory,
+            {
+                **manifest,
+                "last_batch": batch,
+                "parts": [*manifest["parts"], part],
+                "previous_parts": manifest["parts"],
+            },
+        )
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE {} <= %s").format(table.delta, batch_column),
+            (batch if rows else manifest["last_batch"],),
+        )
+    return rows
+
+
+def _copy_to_parquet(
+    conn: psycopg.Connection, query: sql.Composable, path: Path, keep_empty: bool
+) -> int:
+    """The query's rows into one parquet file; for no rows, an empty file of the query's
+    columns if `keep_empty`, else none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema, batches = postgres_copy.stream(conn, query, path.parent)
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(partial, schema)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        if not keep_empty:
+            return 0
+        pq.write_table(schema.empty_table(), partial)
+    os.replace(partial, path)
+    return rows
+
+
+def _compact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Merge the parts into one file, so a read opens one file again; the new manifest."""
+    generation = manifest["generation"]
+    part = f"gen-{generation}/compact-{manifest['last_batch']}.parquet"
+    partial = directory / f"gen-{generation}/.compact.partial"
+    writer: pq.ParquetWriter | None = None
+    try:
+        for name in manifest["parts"]:
+            source = pq.ParquetFile(directory / name)
+            if writer is None:
+                writer = pq.ParquetWriter(partial, source.schema_arrow)
+            for batch in source.iter_batches():
+                writer.write_batch(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(partial, directory / part)
+    compacted = {**manifest, "parts": [part], "previous_parts": manifest["parts"]}
+    _write_manifest(directory, compacted)
+    _remove_unlisted(directory)
+    return compacted
+
+
+def _remove_unlisted(directory: Path) -> None:
+    """Files neither manifest lists: parts of older copies."""
+    manifest = _read_manifest(directory)
+    assert manifest is not None
+    keep = {directory / p for p in [*manifest["parts"], *manifest["previous_parts"]]}
+    for generation in directory.glob("gen-*"):
+        for path in generation.glob("*.parquet"):
+            if path not in keep:
+                path.unlink(missing_ok=True)
+        if not any(generation.iterdir()):
+            shutil.rmtree(generation, ignore_errors=True)

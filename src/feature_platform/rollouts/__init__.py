@@ -1,0 +1,1 @@
+"""Rollouts of the feature repository: plan, classify, apply under a lock, log."""

@@ -1,0 +1,1 @@
+"""The feature server's own read path: read plans, pipelined Redis reads, decoding."""
