@@ -12,7 +12,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,73 +162,83 @@ def test_server_command_serves_ready_and_live(
 ) -> None:
     assert materialized.returncode == 0
     command = rendered.command("Deployment", "server", "-server")
-    log = rendered.root / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command.argv, env=command.env, cwd=command.cwd, stdout=out, stderr=out
-        )
-        try:
-            url = f"http://127.0.0.1:{rendered.port}"
-            statuses = _wait_for(process, url, log)
-            assert statuses == {"/health": 200, "/ready": 200}
-            reply = requests.post(
-                f"{url}/get-online-features",
-                json={
-                    "feature_service": "fraud_detection_v1",
-                    "entities": {
-                        "customer_id": [1, 2],
-                        "merchant_id": [1, 2],
-                        "amount": [10.0, 20.0],
-                    },
+    url = f"http://127.0.0.1:{rendered.port}"
+    with _running(command.argv, command, rendered.root / "server.log") as server:
+        # Probe like the kubelet until both paths answer 200.
+        server.wait_until(lambda: _statuses(url) == {"/health": 200, "/ready": 200})
+        reply = requests.post(
+            f"{url}/get-online-features",
+            json={
+                "feature_service": "fraud_detection_v1",
+                "entities": {
+                    "customer_id": [1, 2],
+                    "merchant_id": [1, 2],
+                    "amount": [10.0, 20.0],
                 },
-                timeout=10,
-            )
-            assert reply.status_code == 200, reply.text[:500]
-            body = reply.json()
-            names = body["metadata"]["feature_names"]
-            present = [
-                name
-                for name, result in zip(names, body["results"], strict=True)
-                if name not in ("customer_id", "merchant_id", "amount")
-                and "PRESENT" in result["statuses"]
-            ]
-            assert present, body
-            assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
-            # The `helm test` pod's own script, with the Service's address made local.
-            helm_test = rendered.command("Pod", "fetch-vector", "-test")
-            helm_test.env["SERVER_URL"] = url
-            done = run(helm_test)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-            # The skew-check CronJob's command, pointed at this server: what it serves
-            # equals the training rows of the materialized data.
-            skew_check = rendered.command("CronJob", "skew-check", "-skew-check")
-            skew_check.env["SKEW_CHECK_SERVER_URL"] = url
-            done = run(skew_check)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-            assert "Skew check of dev: consistent" in done.stdout
+            },
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text[:500]
+        body = reply.json()
+        names = body["metadata"]["feature_names"]
+        present = [
+            name
+            for name, result in zip(names, body["results"], strict=True)
+            if name not in ("customer_id", "merchant_id", "amount")
+            and "PRESENT" in result["statuses"]
+        ]
+        assert present, body
+        assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
+        # The `helm test` pod's own script, with the Service's address made local.
+        helm_test = rendered.command("Pod", "fetch-vector", "-test")
+        helm_test.env["SERVER_URL"] = url
+        done = run(helm_test)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        # The skew-check CronJob's command, pointed at this server: what it serves
+        # equals the training rows of the materialized data.
+        skew_check = rendered.command("CronJob", "skew-check", "-skew-check")
+        skew_check.env["SKEW_CHECK_SERVER_URL"] = url
+        done = run(skew_check)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "Skew check of dev: consistent" in done.stdout
+
+
+def _statuses(url: str) -> dict[str, int]:
+    try:
+        return {p: requests.get(url + p, timeout=2).status_code for p in ("/health", "/ready")}
+    except (requests.ConnectionError, requests.Timeout):
+        return {}  # not listening yet, or a worker still loading
+
+
+@dataclass
+class _Process:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float = 120) -> None:
+        """Poll `ready` until it holds; fails with the log's tail if the process exits first
+        or the time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"exited: {self.log.read_text()[-3000:]}"
+            if ready():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"not ready in {timeout_s}s: {self.log.read_text()[-3000:]}")
+
+
+@contextmanager
+def _running(argv: list[str], command: LocalCommand, log: Path) -> Iterator[_Process]:
+    """A rendered container's command as a local process, its output in `log`; on leaving,
+    SIGTERM (as the kubelet sends it) must end it cleanly."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=command.env, cwd=command.cwd, stdout=out, stderr=out)
+        try:
+            yield _Process(process, log)
         finally:
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=60)
-    # SIGTERM, as the kubelet sends it, ends the server cleanly.
     assert code == 0, log.read_text()[-3000:]
-
-
-def _wait_for(process: subprocess.Popen[bytes], url: str, log: Path) -> dict[str, int]:
-    """Probe like the kubelet until both paths answer 200, or the process dies."""
-    statuses: dict[str, int] = {}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-        try:
-            statuses = {
-                p: requests.get(url + p, timeout=2).status_code for p in ("/health", "/ready")
-            }
-        except (requests.ConnectionError, requests.Timeout):
-            statuses = {}  # not listening yet, or a worker still loading
-        if statuses == {"/health": 200, "/ready": 200}:
-            break
-        time.sleep(0.5)
-    return statuses
 
 
 @pytest.mark.parametrize("part", ["registry", "offline"])
@@ -243,41 +254,22 @@ def test_client_server_commands_answer_their_probes(
     probe = container["readinessProbe"]
     port = (probe.get("grpc") or probe["tcpSocket"])["port"]
     command = rendered.command("Deployment", part, f"-{part}")
-    log = rendered.root / f"{part}.log"
     address = f"127.0.0.1:{port}"
-    with log.open("wb") as out:
-        # Loopback here; the pod listens on every address.
-        process = subprocess.Popen(
-            [*command.argv, "--host", "127.0.0.1"],
-            env=command.env,
-            cwd=command.cwd,
-            stdout=out,
-            stderr=out,
-        )
+
+    def answers() -> bool:
         try:
-            answered = False
-            deadline = time.monotonic() + 120
-            while not answered and time.monotonic() < deadline:
-                assert process.poll() is None, f"{part} exited: {log.read_text()[-3000:]}"
-                try:
-                    answered = (
-                        grpc_health(address) == "SERVING"
-                        if "grpc" in probe
-                        else flight_answers(address)
-                    )
-                except grpc.RpcError:
-                    answered = False
-                if not answered:
-                    time.sleep(0.5)
-            assert answered, log.read_text()[-3000:]
-            if part == "registry":
-                rest = container["args"][container["args"].index("--rest-port") + 1]
-                listed = requests.get(f"http://127.0.0.1:{rest}/api/v1/projects", timeout=10).json()
-                assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=60)
-    assert code == 0, log.read_text()[-3000:]
+            return grpc_health(address) == "SERVING" if "grpc" in probe else flight_answers(address)
+        except grpc.RpcError:
+            return False
+
+    # Loopback here; the pod listens on every address.
+    argv = [*command.argv, "--host", "127.0.0.1"]
+    with _running(argv, command, rendered.root / f"{part}.log") as server:
+        server.wait_until(answers)
+        if part == "registry":
+            rest = container["args"][container["args"].index("--rest-port") + 1]
+            listed = requests.get(f"http://127.0.0.1:{rest}/api/v1/projects", timeout=10).json()
+            assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
 
 
 def test_ui_command_answers_its_probe(rendered: Rendered, applied: None) -> None:
@@ -287,30 +279,15 @@ def test_ui_command_answers_its_probe(rendered: Rendered, applied: None) -> None
     probe = container["readinessProbe"]["httpGet"]
     url = f"http://127.0.0.1:{probe['port']}"
     command = rendered.command("Deployment", "ui", "-ui")
-    log = rendered.root / "ui.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command.argv, "--host", "127.0.0.1"],
-            env=command.env,
-            cwd=command.cwd,
-            stdout=out,
-            stderr=out,
-        )
+
+    def answers() -> bool:
         try:
-            status = None
-            deadline = time.monotonic() + 120
-            while status != 200 and time.monotonic() < deadline:
-                assert process.poll() is None, f"ui exited: {log.read_text()[-3000:]}"
-                try:
-                    status = requests.get(url + probe.get("path", "/"), timeout=2).status_code
-                except (requests.ConnectionError, requests.Timeout):
-                    status = None
-                if status != 200:
-                    time.sleep(0.5)
-            assert status == 200, log.read_text()[-3000:]
-            listed = requests.get(f"{url}/api/v1/projects", timeout=10).json()
-            assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=60)
-    assert code == 0, log.read_text()[-3000:]
+            return requests.get(url + probe.get("path", "/"), timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False
+
+    argv = [*command.argv, "--host", "127.0.0.1"]
+    with _running(argv, command, rendered.root / "ui.log") as server:
+        server.wait_until(answers)
+        listed = requests.get(f"{url}/api/v1/projects", timeout=10).json()
+        assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]

@@ -1,6 +1,6 @@
 """The PrometheusRule and the Grafana dashboard: off by default, valid PromQL by the real
 `promtool`, and each alert firing when it should and silent when it should not.
-tests/integration/test_freshness.py checks that a running server exports the metrics
+tests/integration/serving/test_freshness.py checks that a running server exports the metrics
 they read."""
 
 from __future__ import annotations

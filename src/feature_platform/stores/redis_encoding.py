@@ -5,7 +5,7 @@ Feast converts an Arrow batch to one protobuf per value and per entity key
 about two thirds of a materialization's time. Here each column becomes its list of
 serialized values at once: fixed-width values (doubles, floats, integer entity keys) by
 numpy, the others by serializing each distinct value once with protobuf itself. The bytes
-are Feast's, byte for byte (tests/unit/test_redis_encoding.py compares them with Feast's
+are Feast's, byte for byte (tests/unit/stores/test_redis_encoding.py compares them with Feast's
 conversion over generated values): an empty `Value` for a null or NaN, the oneof field
 with its tag otherwise, keys as `serialize_entity_key` version 3 plus the project.
 

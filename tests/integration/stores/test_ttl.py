@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 import requests
 from compare import feature_types, offline_rows
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from property_settings import COSTLY_EXAMPLES
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
 from feature_platform.devtools.launcher import FeatureServer
@@ -177,14 +178,7 @@ def _ambiguous(tables: dict[str, pd.DataFrame], t0: datetime, t1: datetime) -> s
     return out
 
 
-@settings(
-    max_examples=3,
-    deadline=None,
-    derandomize=True,
-    # Each example costs a materialization; a failure is readable without shrinking.
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(COSTLY_EXAMPLES, max_examples=3)
 @given(cases=st.lists(_case, min_size=5, max_size=40))
 def test_online_equals_training_around_the_ttl(
     ttl_stack: Stack, ttl_server: FeatureServer, cases: list[dict[str, list[float]]]

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from property_settings import COSTLY_EXAMPLES
 from stacks import Stack
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")
@@ -105,14 +106,7 @@ def _labels(snapshots: pd.DataFrame, hours: list[int]) -> pd.DataFrame:
     return labels.assign(merchant_id=1, amount=20.0, label_id=range(len(labels)))
 
 
-@settings(
-    max_examples=12,
-    deadline=None,
-    derandomize=True,
-    # Each example writes two stores; a failure is readable without shrinking.
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(COSTLY_EXAMPLES, max_examples=12)
 @given(
     rows=st.lists(_row, min_size=1, max_size=30),
     minutes=st.lists(st.integers(0, 120 * 60), min_size=1, max_size=8),

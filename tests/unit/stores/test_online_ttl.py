@@ -1,7 +1,7 @@
 """The ttl rule on Feast's own response builder, at the offline store's boundary.
 
 The offline joins keep a value for a label at t while `event_time >= t - ttl`
-(Postgres and duckdb alike, see tests/integration/test_point_in_time.py): a value
+(Postgres and duckdb alike, see tests/integration/training/test_point_in_time.py): a value
 exactly ttl old is served, one a microsecond older is not.
 """
 

@@ -17,8 +17,9 @@ import pandas as pd
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from property_settings import COSTLY_EXAMPLES
 from stacks import Stack, patched_environ
 
 from feature_platform import cli
@@ -144,13 +145,7 @@ def assert_same(fast: pd.DataFrame, feast: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(fast, feast, check_exact=True)
 
 
-@settings(
-    max_examples=12,
-    deadline=None,
-    derandomize=True,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(COSTLY_EXAMPLES, max_examples=12)
 @given(
     customers=st.lists(_row, min_size=1, max_size=14),
     merchants=st.lists(_row, min_size=0, max_size=8),

@@ -17,7 +17,7 @@ import pytest
 
 from feature_platform.devtools.launcher import FeatureServer
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = re.compile(r"<!-- client-example: (\w+) -->\n```\w+\n(.*?)\n```", re.DOTALL)
 # language -> (runtime it needs, file name, command)
 RUNNERS = {
@@ -33,7 +33,8 @@ REQUEST = {
 
 
 def _examples() -> dict[str, str]:
-    return dict(EXAMPLE.findall(README.read_text()))
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return {lang: code for page in pages for lang, code in EXAMPLE.findall(page.read_text())}
 
 
 def test_the_readme_shows_each_client() -> None:

@@ -30,7 +30,7 @@ from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.stores import freshness
 from feature_platform.training import FEATURE_SERVICE
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "chart"))
 import monitoring  # the chart tier's helpers, on the path set above
 
 SIZES = generator.Sizes(customers=20, merchants=4, days=3, transactions=60)

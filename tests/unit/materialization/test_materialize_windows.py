@@ -1,5 +1,5 @@
 """What a materialization run reads, and which row an online store keeps: the rules
-without the services (tests/integration/test_late_rows.py runs them for real)."""
+without the services (tests/integration/materialization/test_late_rows.py runs them for real)."""
 
 from __future__ import annotations
 
