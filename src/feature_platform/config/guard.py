@@ -15,6 +15,8 @@ from pathlib import Path
 
 from feature_platform.errors import PlatformError
 
+# Secrets the local services (make services: trust auth, no Redis password) take empty.
+LOCAL_EMPTY_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 # What os.path.expandvars treats as a variable reference.
 _REFERENCE = re.compile(r"\$(\w+|\{[^}]*\})")
 
@@ -70,9 +72,16 @@ def check(yaml_path: Path, env: Mapping[str, str]) -> None:
     names = referenced_variables(yaml_path.read_text())
     missing = [name for name in names if name not in env]
     if missing:
+        secrets = [name for name in missing if name in LOCAL_EMPTY_SECRETS]
+        hint = (
+            f" (secrets are in no env file; the local services take them empty: "
+            f"export {' '.join(f'{name}=' for name in secrets)})"
+            if secrets
+            else ""
+        )
         raise ConfigError(
             f"{yaml_path.name} needs unset environment variable"
-            f"{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+            f"{'s' if len(missing) > 1 else ''}: {', '.join(missing)}{hint}"
         )
     problems = _value_problems(env, names)
     if problems:

@@ -57,15 +57,17 @@ def test_dev_and_prod_need_only_the_secrets_beyond_their_env_files() -> None:
         settings = environments.settings(env, {})
         with pytest.raises(ConfigError) as err:
             config_guard.check(environments.feature_store_yaml(env), settings)
-        assert str(err.value).endswith("POSTGRES_PASSWORD, REDIS_PASSWORD")
+        assert "variables: POSTGRES_PASSWORD, REDIS_PASSWORD (" in str(err.value)
         config_guard.check(
             environments.feature_store_yaml(env),
             {**settings, "POSTGRES_PASSWORD": "s3cret", "REDIS_PASSWORD": "an0ther"},
         )
 
 
-def _cli(*args: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+def _cli(
+    *args: str, drop: tuple[str, ...] = (), extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in drop} | (extra or {})
     return subprocess.run(
         [sys.executable, "-m", "feature_platform", *args],
         env=env,
@@ -97,3 +99,22 @@ def test_cli_names_an_unknown_environment() -> None:
     result = _cli("check-config", "staging")
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "unknown environment 'staging'" in result.stderr
+
+
+def test_missing_passwords_come_with_what_to_export_for_the_local_services() -> None:
+    """Secrets are in no env file, so a direct command on the local services (trust auth,
+    no Redis password) needs them set, even empty; the error says how in the same line."""
+    result = _cli("check-config", "dev", drop=("POSTGRES_PASSWORD", "REDIS_PASSWORD"))
+    assert result.returncode == EXIT_CONFIG_ERROR
+    (line,) = result.stderr.strip().splitlines()
+    assert "export POSTGRES_PASSWORD= REDIS_PASSWORD=" in line
+    exported = _cli("check-config", "dev", extra={"POSTGRES_PASSWORD": "", "REDIS_PASSWORD": ""})
+    assert exported.returncode == 0, exported.stderr
+
+
+def test_a_missing_setting_gets_no_password_hint(tmp_path: Path) -> None:
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text("registry: ${REGISTRY_URL}\n")
+    with pytest.raises(ConfigError) as raised:
+        config_guard.check(yaml, {})
+    assert "REGISTRY_URL" in str(raised.value) and "export" not in str(raised.value)
