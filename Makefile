@@ -74,8 +74,11 @@ clean: ## Remove the local data directory and caches
 # --- rollouts: the same entry points CI uses (ci/plan.sh, ci/apply.sh) -------------------
 .PHONY: plan apply rollout-log
 
-plan: install ## Plan the feature repository for ENV: summary, exit 3 if breaking
-	bash ci/plan.sh $(ENV)
+# make ends with 2 whenever a recipe fails, so the recipe names ci/plan.sh's own code.
+plan: install ## Plan the feature repository for ENV: summary; ci/plan.sh exits 3 if breaking
+	@bash ci/plan.sh $(ENV) || { code=$$?; \
+	  echo "ci/plan.sh exited $$code (3: breaking change, 2: configuration error, 1: plan failed);" \
+	       "make itself exits 2 on any failure: CI calls ci/plan.sh for the code" >&2; exit $$code; }
 
 apply: install ## Apply to ENV under its lock (breaking needs ALLOW_BREAKING_CHANGES=true)
 	bash ci/apply.sh $(ENV)
