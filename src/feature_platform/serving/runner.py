@@ -100,9 +100,13 @@ class _DrainingArbiter(Arbiter):
         return signals
 
     def manage_workers(self) -> None:
-        if self._drain_ends is not None and time.monotonic() >= self._drain_ends:
-            lifecycle.stop_accepting(listener.sock for listener in self.LISTENERS)
-            raise StopIteration
+        if self._drain_ends is not None:
+            # A worker that stops while draining (SIGTERM to the whole process group) is not
+            # replaced; with none left, nothing can answer, so the drain ends early.
+            if time.monotonic() >= self._drain_ends or not self.WORKERS:
+                lifecycle.stop_accepting(listener.sock for listener in self.LISTENERS)
+                raise StopIteration
+            return
         super().manage_workers()
 
 

@@ -8,6 +8,7 @@ tests can pause and cut them without touching the shared services.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -298,3 +299,34 @@ def test_half_sent_requests_are_closed_within_the_read_timeout(services: Service
             sock.close()
     assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers)
     assert _online(services.server.url).status_code == 200
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_sigterm_to_the_whole_process_group_boots_no_worker(
+    services: Services, tmp_path: Path
+) -> None:
+    """SIGTERM to every process of the server, as a terminal or a supervisor sends it to
+    the process group: the workers stop, and the draining master boots none in their place."""
+    server_log = tmp_path / "group.log"
+    with server_log.open("wb") as log, services.stack.active():
+        server = FeatureServer(services.stack.env, workers=WORKERS, log=log, settings=SETTINGS)
+        server.start()
+    _every_worker_started(server_log)
+    process = server.process
+    assert process is not None
+    workers = _children(process.pid)
+    assert len(workers) == WORKERS
+    try:
+        for pid in (process.pid, *workers):
+            os.kill(pid, signal.SIGTERM)
+        code = process.wait(timeout=30)
+    finally:
+        server.stop()
+    text = server_log.read_text()
+    assert "SIGTERM: not ready" in text
+    after = text[text.index("SIGTERM: not ready") :]
+    assert "Booting worker" not in after, after[:3000]
+    assert code == 0, text[-3000:]
