@@ -147,7 +147,11 @@ def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
             training_command.Request(env=env, labels_path=labels_path, output=output), _detail
         )
         train = pd.read_parquet(output)
-        sample = train.iloc[:: max(1, len(train) // 5)].head(5)
+        # Spread over the whole period, from rows with every feature when there are enough:
+        # the hourly counters hold a value for few transactions.
+        complete = train.dropna()
+        pool = complete if len(complete) >= 5 else train
+        sample = pool.iloc[:: max(1, len(pool) // 5)].head(5)
         print("\nTraining rows: features as they were at each transaction's time")
         print(sample.set_index("transaction_id").T.to_string())
         _done(started)
