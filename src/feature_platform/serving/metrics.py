@@ -12,7 +12,7 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -226,16 +226,27 @@ class FreshnessCollector(Collector):
         yield newest_age
 
 
+class _PlatformSeries:
+    """The series of `source` but Feast's (`feast_*`, from its metrics module): Feast's
+    own handlers drive those, and here every request is counted as `feature_server_*`,
+    so they would stay at 0."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.source.collect() if not family.name.startswith("feast_"))
+
+
 def exposition(freshness: Freshness | None = None) -> tuple[bytes, str]:
     """All workers' metrics under gunicorn (this process's alone otherwise), and the
     freshness of this scrape once, not per worker."""
     flush()
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
-        body = b""
+        registry.register(_PlatformSeries(multiprocess.MultiProcessCollector(None)))
     else:
-        body = generate_latest(REGISTRY)
+        registry.register(_PlatformSeries(REGISTRY))
     if freshness is not None:
         registry.register(FreshnessCollector(freshness))
-    return body + generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -252,3 +252,13 @@ def test_readiness_follows_redis_down_and_back(fragile: Fragile) -> None:
     finally:
         fragile.redis.start()
     eventually(lambda: requests.get(ready, timeout=10).status_code == 200, "ready 200 again")
+
+
+def test_metrics_carry_no_counter_the_server_never_moves(fragile: Fragile) -> None:
+    """Feast's metrics module registers `feast_*` series that only Feast's own handlers
+    drive; here every request is counted as `feature_server_*`, so they would sit at 0."""
+    assert _post(fragile.server, _service(GOOD)).status_code == 200
+    text = requests.get(f"{fragile.server.url}/metrics", timeout=10).text
+    assert 'feature_server_requests_total{endpoint="/get-online-features",status="200"}' in text
+    feast_series = [line for line in text.splitlines() if line.startswith("feast_")]
+    assert not feast_series, feast_series[:5]
