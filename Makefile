@@ -13,7 +13,7 @@ PLATFORM := $(BIN)/feature-platform
 export POSTGRES_PASSWORD ?=
 export REDIS_PASSWORD ?=
 
-.PHONY: help install services test-tools demo test test-unit test-integration lint format \
+.PHONY: help runtime install services test-tools demo test test-unit test-integration lint format \
         typecheck check-config generate materialize clean
 
 help: ## List the targets
@@ -22,17 +22,27 @@ help: ## List the targets
 	@echo "  ENV=local|dev|prod selects the environment (default: local)"
 
 # Bytecode is compiled once here: every process (servers, commands, tests) starts from it.
-$(VENV)/.installed: pyproject.toml uv.lock
+# The runtime alone for make demo; with the dev groups (tests, lint, charts, load, docs)
+# for everything else.
+$(VENV)/.runtime: pyproject.toml uv.lock
 	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen --compile-bytecode
+	uv sync --frozen --no-default-groups --inexact
+	$(BIN)/python -m feature_platform.devtools.bytecode
 	@touch $@
 
-install: $(VENV)/.installed ## Install the locked dependencies into .venv
+$(VENV)/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	uv sync --frozen
+	$(BIN)/python -m feature_platform.devtools.bytecode
+	@touch $@ $(VENV)/.runtime
+
+runtime: $(VENV)/.runtime ## Install the locked runtime dependencies only into .venv
+install: $(VENV)/.installed ## Install the locked dependencies and dev tools into .venv
 
 services: ## Start local PostgreSQL and Redis if they are not running
 	@bash ci/start-services.sh
 
-demo: install ## Generate data, apply, materialize, serve, query, check skew: end to end (ENV=local)
+demo: runtime ## Generate data, apply, materialize, serve, query, check skew: end to end (ENV=local)
 	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
 	$(PLATFORM) demo $(ENV)
 
