@@ -4,8 +4,8 @@ Each topology runs once for the module (redis_topologies.py), with a dev stack d
 on it: materialized through the platform's store (its compare-and-set script on every
 node), served by the platform's server and by stock `feast serve` on Feast's own Redis
 store (stock_feast.py). A planned failover must lose no push made after it; then the
-primary is killed under a bounded read loop: errors are 503s inside the failover window,
-every request afterwards is a 200 with the same values.
+primary is killed under a read loop: errors are 503s between the kill and the recovery,
+which follows the promotion, and every request afterwards is a 200 with the same values.
 """
 
 from __future__ import annotations
@@ -187,11 +187,12 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
     before = [r for r in results if r[1] < killed]
     assert before and all(r[3] for r in before), "every read before the failover is served"
     assert all(r[2] == 503 for r in failures), f"failures are 503s: {failures[:5]}"
-    # Errors end within 2 s of the promotion; every read sent after the last is served.
-    last_failure = max((r[1] for r in failures), default=killed)
-    assert last_failure < promoted + 2, f"errors {last_failure - promoted:.1f}s after promotion"
-    after = [r for r in results if r[0] > last_failure]
-    assert len(after) > 20 and all(r[3] for r in after)
+    # One window of errors, closed after the promotion: from the first read sent after it
+    # and served, every read is served. How long the window lasts is reported, not asserted.
+    recovered = min((r[0] for r in results if r[0] > promoted and r[3]), default=None)
+    assert recovered is not None, "no read sent after the promotion was served"
+    after = [r for r in results if r[0] >= recovered]
+    assert len(after) > 20 and all(r[3] for r in after), "errors after the recovery"
     assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
 
     figures = {
@@ -199,8 +200,10 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
         "requests": len(results),
         "errors": len(failures),
         "promotion_s": round(promoted - killed, 2),
-        "error_window_s": round(last_failure - min(r[0] for r in failures), 2) if failures else 0,
-        "recovered_after_kill_s": round(min(r[1] for r in after) - killed, 2),
+        "error_window_s": (
+            round(max(r[1] for r in failures) - min(r[0] for r in failures), 2) if failures else 0
+        ),
+        "recovered_after_promotion_s": round(recovered - promoted, 2),
         "served_after_recovery": len(after),
     }
     print(json.dumps(figures))
