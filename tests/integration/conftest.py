@@ -62,18 +62,22 @@ def generated_tables() -> dict[str, pd.DataFrame]:
     return generator.generate(SIZES, seed=SEED, as_of=AS_OF)
 
 
-def deploy(stack: Stack, tables: dict[str, pd.DataFrame]) -> Stack:
+def deploy(stack: Stack, tables: dict[str, pd.DataFrame], history: bool = False) -> Stack:
     """Apply, then load each view's ttl window before MAT_END into the online store.
 
     An explicit window per view, so that every stack holds exactly the rows a training
     set at MAT_END sees (materialize-incremental's first window depends on the clock;
     see compare.materialized_at, and test_materialization for the incremental runs).
+    `history`: load every row before MAT_END instead, so entities whose newest value is
+    older than the ttl have that value online too.
     """
     stack.write(tables)
     stack.feast("apply")
     store = stack.store()
+    first = min(table["event_timestamp"].min() for table in tables.values()) if history else None
     for view in store.list_feature_views():
-        store.materialize(MAT_END - view.ttl, MAT_END, feature_views=[view.name])
+        start = MAT_END - view.ttl if first is None else first
+        store.materialize(start, MAT_END, feature_views=[view.name])
     return stack
 
 

@@ -1,13 +1,19 @@
 """The server's lifecycle as hard as its read path: readiness bounded by the store
 deadline, the registry refresh through outages, SIGTERM under load, slow clients.
 
+Checked by the order of events (an answer before Redis comes back, refusals only after
+the drain began); how long things took is printed, not asserted: timings belong to the
+benchmark.
+
 This module's stack has a Redis of its own and reaches Postgres through a proxy, so the
 tests can pause and cut them without touching the shared services.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -34,6 +40,8 @@ STORE_TIMEOUT_S = 0.5
 REGISTRY_TTL_S = 1
 READ_TIMEOUT_S = 1.0
 DRAIN_S = 2
+# Only stops a test whose server never acts; far beyond every setting above.
+HANG_GUARD_S = 30
 SETTINGS = {
     "FEATURE_SERVER_STORE_TIMEOUT_SECONDS": str(STORE_TIMEOUT_S),
     "FEATURE_SERVER_REGISTRY_TTL_SECONDS": str(REGISTRY_TTL_S),
@@ -95,21 +103,34 @@ def _online(url: str, session: requests.Session | None = None) -> requests.Respo
     return post(f"{url}/get-online-features", json=REQUEST, timeout=10)
 
 
-def test_ready_is_503_within_the_store_deadline_while_redis_hangs(services: Services) -> None:
+def test_ready_is_503_at_the_store_deadline_while_redis_hangs(services: Services) -> None:
     ready = f"{services.server.url}/ready"
     assert requests.get(ready, timeout=10).status_code == 200
     services.redis.pause()
+    resumed = threading.Event()
+
+    def resume() -> None:
+        services.redis.resume()
+        resumed.set()
+
+    # Redis stays paused until the server has answered, or for ten deadlines: a server
+    # waiting on Redis rather than on its deadline answers only once it is back.
+    later = threading.Timer(10 * STORE_TIMEOUT_S, resume)
+    later.start()
     try:
         started = time.monotonic()
-        # requests' own timeout is 10 s: the server must give up at its deadline.
-        response = requests.get(ready, timeout=10)
+        response = requests.get(ready, timeout=30)
+        answered_while_paused = not resumed.is_set()
         waited_s = time.monotonic() - started
     finally:
-        services.redis.resume()
+        later.cancel()
+        later.join()
+        if not resumed.is_set():
+            resume()
+    print(f"/ready with Redis paused: {response.status_code} after {waited_s:.2f}s")
+    assert answered_while_paused, "/ready answered only after Redis came back"
     assert response.status_code == 503
     assert response.json()["detail"] == f"online store did not answer within {STORE_TIMEOUT_S}s"
-    assert waited_s < STORE_TIMEOUT_S + 0.5, f"/ready took {waited_s:.2f}s"
-    print(f"/ready with Redis paused: 503 after {waited_s:.2f}s")
     eventually(lambda: requests.get(ready, timeout=10).status_code == 200, "ready again")
 
 
@@ -144,13 +165,13 @@ def test_registry_changes_reach_the_server_after_a_registry_outage(services: Ser
         # fresh connections, so the scrapes spread over both workers
         return all(f"{_metric(url, *ttl_metric):.1f}" == changed for _ in range(8))
 
-    applied = time.monotonic()
+    applied = time.time()
     eventually(every_worker_has_it, "the change served by every worker", attempts=10 * 5)
-    print(f"registry change served {time.monotonic() - applied:.1f}s after apply")
+    print(f"registry change served {time.time() - applied:.1f}s after apply")
     assert (_metric(url, failures) or 0.0) > failed_before
-    assert (_metric(url, "feature_server_registry_last_refresh_success_timestamp_seconds") or 0) > (
-        time.time() - 10 * REGISTRY_TTL_S
-    )
+    # the stalest worker's last success, as the metric reports it, comes after the apply
+    last_success = "feature_server_registry_last_refresh_success_timestamp_seconds"
+    eventually(lambda: (_metric(url, last_success) or 0) > applied, "a refresh after the apply")
 
     log_text = services.server_log.read_text()
     assert "registry refresh failed (OperationalError)" in log_text
@@ -196,9 +217,10 @@ def _load(url: str, keep_alive: bool, process: subprocess.Popen[bytes]) -> list[
 
 def _sigterm_under_load(
     stack: Stack, server_log: Path
-) -> tuple[list[Outcome], float, requests.Response]:
+) -> tuple[list[list[Outcome]], float, requests.Response | None, float]:
     """One server under load from two keep-alive and two fresh-connection clients, sent
-    SIGTERM; the outcomes, when SIGTERM was sent, and /ready halfway through the drain."""
+    SIGTERM; each client's outcomes, when SIGTERM was sent, and /ready halfway through
+    the drain (None if refused) with when it answered."""
     with server_log.open("wb") as log, stack.active():
         server = FeatureServer(stack.env, workers=WORKERS, log=log, settings=SETTINGS).start()
     _every_worker_started(server_log)
@@ -210,6 +232,7 @@ def _sigterm_under_load(
         results[slot] = _load(server.url, slot % 2 == 0, process)
 
     threads = [threading.Thread(target=client, args=(slot,)) for slot in range(4)]
+    ready: requests.Response | None = None
     try:
         for thread in threads:
             thread.start()
@@ -217,43 +240,53 @@ def _sigterm_under_load(
         terminated = time.monotonic()
         process.send_signal(signal.SIGTERM)
         time.sleep(DRAIN_S / 2)
-        ready = requests.get(f"{server.url}/ready", timeout=10)
+        with contextlib.suppress(requests.ConnectionError):
+            ready = requests.get(f"{server.url}/ready", timeout=10)
+        ready_at = time.monotonic()
         assert process.wait(timeout=30) == 0
     finally:
         for thread in threads:
             thread.join()
         server.stop()
-    return [o for slot in results for o in slot], terminated, ready
+    return results, terminated, ready, ready_at
 
 
 SIGTERMS = 3
 
 
 def test_sigterm_under_load_loses_no_request(services: Services, tmp_path: Path) -> None:
-    """Three shutdowns under load. Lost: any request without a 200, except a refused
-    connection once the drain is over (the listener closes then; in Kubernetes the pod
-    left the endpoints when it turned not-ready)."""
+    """Three shutdowns under load, each in this order: SIGTERM; /ready says 503 while
+    requests are still answered, each with Connection: close; then connections are
+    refused (the listener closed; in Kubernetes the pod left the endpoints when it turned
+    not-ready), and stay refused. Lost: any request without a 200 but those refusals.
+    How long the drain lasted is printed: its length is a setting, not a result."""
     sent = lost = during_drain = 0
     for round_ in range(SIGTERMS):
-        outcomes, terminated, ready = _sigterm_under_load(
+        clients, terminated, ready, ready_at = _sigterm_under_load(
             services.stack, tmp_path / f"{round_}.log"
         )
-        drain_ends = terminated + DRAIN_S
-        lost_here = [
-            o
-            for o in outcomes
-            if o.result != "ok" and not (o.result == "refused" and o.done_at >= drain_ends)
-        ]
-        drained = [o for o in outcomes if terminated + 0.25 < o.sent_at < drain_ends - 0.25]
+        assert ready is not None, "the listener closed before /ready turned 503"
+        assert ready.status_code == 503 and ready.json()["detail"] == "shutting down"
+        outcomes = [o for outcomes in clients for o in outcomes]
+        refused = [o for o in outcomes if o.result == "refused"]
+        closed = min((o.sent_at for o in refused), default=math.inf)
+        lost_here = [o for o in outcomes if o.result not in ("ok", "refused")]
+        lost_here += [o for o in refused if o.sent_at < ready_at]
+        # answered while not ready, before the listener closed: the drain
+        drained = [o for o in outcomes if ready_at < o.sent_at < closed]
         sent, lost, during_drain = (
             sent + len(outcomes),
             lost + len(lost_here),
             during_drain + len(drained),
         )
-        assert ready.status_code == 503 and ready.json()["detail"] == "shutting down"
-        assert drained, "the load did not overlap the drain"
-        assert all(o.result == "ok" and o.closes for o in drained), "drain answers close"
         assert not lost_here, [o.result for o in lost_here][:5]
+        assert drained, "nothing was answered between not-ready and the listener closing"
+        assert all(o.result == "ok" and o.closes for o in drained), "drain answers close"
+        for outcomes in clients:
+            results = [o.result for o in outcomes]
+            first = results.index("refused") if "refused" in results else len(results)
+            assert set(results[first:]) <= {"refused"}, "served again after a refusal"
+        print(f"SIGTERM {round_}: first refusal {closed - terminated:.2f}s after it")
     print(f"{SIGTERMS} SIGTERMs: {sent} requests sent, {during_drain} during drains, {lost} lost")
 
 
@@ -263,7 +296,10 @@ def _half_sent(url_port: int, request: bytes) -> socket.socket:
     return sock
 
 
-def test_half_sent_requests_are_closed_within_the_read_timeout(services: Services) -> None:
+def test_half_sent_requests_are_answered_408_and_closed(services: Services) -> None:
+    """The server ends requests its clients never finish (the read timeout), while it
+    serves others. No client here gives up first: a server without the timeout fails
+    only at the hang guard, far past it."""
     port = services.server.port
     half_header = b"POST /get-online-features HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"
     half_body = (
@@ -284,19 +320,19 @@ def test_half_sent_requests_are_closed_within_the_read_timeout(services: Service
         assert all(_online(services.server.url).status_code == 200 for _ in range(10))
         answers = []
         for sock in slow + silent:
-            sock.settimeout(max(0.01, started + READ_TIMEOUT_S + 1.0 - time.monotonic()))
+            sock.settimeout(HANG_GUARD_S)
             received = b""
             try:
-                while chunk := sock.recv(4096):
+                while chunk := sock.recv(4096):  # until the server closes it
                     received += chunk
             except TimeoutError:
-                pytest.fail(
-                    f"a half-sent request still open {READ_TIMEOUT_S + 1.0}s after it began"
-                )
+                pytest.fail(f"a half-sent request still open after {HANG_GUARD_S}s")
             answers.append(received)
+        closed_s = time.monotonic() - started
     finally:
         for sock in slow + silent:
             sock.close()
+    print(f"{len(answers)} half-sent requests closed by the server within {closed_s:.2f}s")
     assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers)
     assert _online(services.server.url).status_code == 200
 

@@ -2,10 +2,10 @@
 
 Each topology runs once for the module (redis_topologies.py), with a dev stack deployed
 on it: materialized through the platform's store (its compare-and-set script on every
-node), served by the platform's server and by stock `feast serve`. A planned failover
-must lose no push made after it; then the primary is killed under a bounded read loop: errors
-are 503s inside the failover window, every request afterwards is a 200 with the same
-values.
+node), served by the platform's server and by stock `feast serve` on Feast's own Redis
+store (stock_feast.py). A planned failover must lose no push made after it; then the
+primary is killed under a read loop: errors are 503s between the kill and the recovery,
+which follows the promotion, and every request afterwards is a 200 with the same values.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import requests
 from conftest import AS_OF, SEED, deploy
 from redis_topologies import Topology, available, cluster, sentinel, topology_stack
 from stacks import WRITABLE, WRITE_TOKEN, Stack
-from test_stock_equality import _by_name, _requests
+from stock_feast import PAST_TTL, Views, by_name, compare, launch_stock, request_bodies
 
 from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
@@ -60,11 +60,10 @@ def deployed(
     with start(tmp_path_factory.mktemp(f"redis_{request.param}")) as topology:
         stack = topology_stack(topology, f"topo_{request.param}")
         try:
-            deploy(stack, generator.generate(SIZES, seed=SEED, as_of=AS_OF))
-            with stack.active():
-                # launched with the stack's environment; both servers boot at once
-                stock = FeatureServer(stack.env, stock=True).launch()
-            stack.cleanups.append(stock.stop)
+            # every row online, so that values past their view's ttl are among them
+            deploy(stack, generator.generate(SIZES, seed=SEED, as_of=AS_OF), history=True)
+            # both servers boot at once
+            stock = launch_stock(stack, tmp_path_factory.mktemp(f"stock_{request.param}"))
             server = stack.server(settings={**WRITABLE, "FEATURE_SERVER_DRAIN_SECONDS": "0"})
             stock.wait_ready()
             yield Deployed(topology, stack, server, stock)
@@ -78,23 +77,27 @@ def _post(server: FeatureServer, body: dict[str, Any], timeout_s: float = 10) ->
 
 def test_answers_equal_stock_feast(deployed: Deployed) -> None:
     # The stock-equality request set: 1 to 100 entities, unseen ones, repeated rows.
-    for body in _requests():
-        ours, theirs = _post(deployed.server, body), _post(deployed.stock, body)
-        assert ours.status_code == theirs.status_code == 200
-        assert _by_name(ours.json()) == _by_name(theirs.json())
-    present = _by_name(_post(deployed.server, READ).json())["avg_purchase_30d"][1]
+    views = Views.of(deployed.stack.store())
+    past_ttl = 0
+    for body in request_bodies(SIZES):
+        compared = compare(deployed.server, deployed.stock, body, views)
+        assert compared.problems == []
+        past_ttl += sum(states[PAST_TTL] for states in compared.states.values())
+    assert past_ttl > 0, "the ttl rule must be part of the comparison"
+    present = by_name(_post(deployed.server, READ).json())["avg_purchase_30d"][1]
     assert present.count("PRESENT") > 20, "the topology must hold the materialized rows"
 
 
 def test_fast_path_equals_feasts_read_in_process(deployed: Deployed) -> None:
-    """Feast's own read (its sync client on the topology) gives the served values."""
+    """Feast's read path in this process (the platform's store class, its sync client on
+    the topology) gives the values the fast path serves."""
     store = deployed.stack.store()
     rows = [dict(zip(ENTITIES, row, strict=True)) for row in zip(*ENTITIES.values(), strict=True)]
     feast = store.get_online_features(
         features=store.get_feature_service(FEATURE_SERVICE), entity_rows=rows
     ).to_dict()
     served = {
-        name: column[0] for name, column in _by_name(_post(deployed.server, READ).json()).items()
+        name: column[0] for name, column in by_name(_post(deployed.server, READ).json()).items()
     }
     assert served == {name: feast[name] for name in served}
 
@@ -117,7 +120,7 @@ def _push(server: FeatureServer, customers: list[int], counts: list[int]) -> req
 
 def _served_counts(server: FeatureServer, customers: list[int]) -> list[Any]:
     read = {"features": ["customer_txn_1h:n_txn_1h"], "entities": {"customer_id": customers}}
-    return list(_by_name(_post(server, read).json())["n_txn_1h"][0])
+    return list(by_name(_post(server, read).json())["n_txn_1h"][0])
 
 
 CUSTOMERS = [101, 102, 103, 104, 105, 106]  # spread over the cluster's slots
@@ -148,7 +151,7 @@ def test_writes_and_reads_follow_a_switchover(deployed: Deployed) -> None:
 
 
 def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> None:
-    expected = _by_name(_post(deployed.server, READ).json())
+    expected = by_name(_post(deployed.server, READ).json())
     results: list[tuple[float, float, int, bool]] = []
     stop = threading.Event()
 
@@ -162,7 +165,7 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
                     f"{deployed.server.url}/get-online-features", json=READ, timeout=5
                 )
                 status = response.status_code
-                equal = status == 200 and _by_name(response.json()) == expected
+                equal = status == 200 and by_name(response.json()) == expected
             except requests.RequestException:
                 status, equal = 0, False
             results.append((sent, time.monotonic(), status, equal))
@@ -184,11 +187,12 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
     before = [r for r in results if r[1] < killed]
     assert before and all(r[3] for r in before), "every read before the failover is served"
     assert all(r[2] == 503 for r in failures), f"failures are 503s: {failures[:5]}"
-    # Errors end within 2 s of the promotion; every read sent after the last is served.
-    last_failure = max((r[1] for r in failures), default=killed)
-    assert last_failure < promoted + 2, f"errors {last_failure - promoted:.1f}s after promotion"
-    after = [r for r in results if r[0] > last_failure]
-    assert len(after) > 20 and all(r[3] for r in after)
+    # One window of errors, closed after the promotion: from the first read sent after it
+    # and served, every read is served. How long the window lasts is reported, not asserted.
+    recovered = min((r[0] for r in results if r[0] > promoted and r[3]), default=None)
+    assert recovered is not None, "no read sent after the promotion was served"
+    after = [r for r in results if r[0] >= recovered]
+    assert len(after) > 20 and all(r[3] for r in after), "errors after the recovery"
     assert requests.get(f"{deployed.server.url}/ready", timeout=5).status_code == 200
 
     figures = {
@@ -196,8 +200,10 @@ def test_failover_under_load(deployed: Deployed, tmp_path_factory: pytest.TempPa
         "requests": len(results),
         "errors": len(failures),
         "promotion_s": round(promoted - killed, 2),
-        "error_window_s": round(last_failure - min(r[0] for r in failures), 2) if failures else 0,
-        "recovered_after_kill_s": round(min(r[1] for r in after) - killed, 2),
+        "error_window_s": (
+            round(max(r[1] for r in failures) - min(r[0] for r in failures), 2) if failures else 0
+        ),
+        "recovered_after_promotion_s": round(recovered - promoted, 2),
         "served_after_recovery": len(after),
     }
     print(json.dumps(figures))
