@@ -72,6 +72,13 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return materialize.job(args.env, args.end, say)
 
 
+def cmd_rebuild_online(args: argparse.Namespace) -> int:
+    from feature_platform.materialization import rebuild
+
+    views = [name.strip() for name in (args.views or "").split(",") if name.strip()] or None
+    return rebuild.job(args.env, views, say)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from feature_platform.serving.runner import serve
     from feature_platform.serving.settings import ServerSettings
@@ -244,6 +251,13 @@ def parser() -> argparse.ArgumentParser:
         cmd_materialize,
     )
     mat.add_argument("--end", type=_timestamp, default=None)
+    reb = sub(
+        "rebuild-online",
+        "load every entity's newest value within ttl into the online store, whatever the "
+        "watermarks (a lost or replaced store); newer values online stay",
+        cmd_rebuild_online,
+    )
+    reb.add_argument("--views", default=None, help="comma-separated views (default: all)")
 
     sub("serve", "run the feature server in the foreground (FEATURE_SERVER_* settings)", cmd_serve)
 

@@ -31,32 +31,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeGuard
 
 from feast import FeatureStore, FeatureView
 from feast import utils as feast_utils
-from feast.feature_view import DUMMY_ENTITY_NAME
 
 from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_FAILED, PlatformError
-from feature_platform.materialization import ray_writes as materialize_ray
+from feature_platform.materialization import rebuild
+from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
-from feature_platform.stores.load_window import LoadWindow, SourceColumns
-from feature_platform.stores.redis_online import TYPE as REDIS_STORE
-from feature_platform.stores.redis_online import RedisOnlineStore
+from feature_platform.stores.load_window import LoadWindow
 
 OVERLAP_VAR = "MATERIALIZE_OVERLAP_SECONDS"
 ENGINE_VAR = "MATERIALIZE_ENGINE"
 ENGINES = ("local", "ray.engine")
 ENGINE_HELP = 'local, or a JSON mapping of ray.engine settings ({"type": "ray.engine", ...})'
 DEFAULT_OVERLAP = timedelta(minutes=10)
-# Rows converted and written at a time unless feature_store.yaml sets
-# `materialization: online_write_batch_size`.
-DEFAULT_WRITE_BATCH_ROWS = 10_000
-# Feast's first window for a view without a ttl.
-NO_TTL_LOOKBACK = timedelta(weeks=52)
 
 
 class ViewFailed(PlatformError):
@@ -76,24 +68,10 @@ def overlap(values: Mapping[str, str]) -> timedelta:
     return timedelta(seconds=int(text))
 
 
-def by_creation_time(view: Any) -> TypeGuard[FeatureView]:
-    """Whether a run reads this view's rows itself, by creation time."""
-    source = getattr(view, "batch_source", None)
-    return (
-        type(view) is FeatureView
-        and source is not None
-        and bool(source.created_timestamp_column)
-        and DUMMY_ENTITY_NAME not in view.entities
-        and not view.source_views
-        and view.mode is None
-    )
-
-
 def window(
     view: FeatureView, watermark: datetime | None, end: datetime, overlap: timedelta
 ) -> LoadWindow:
-    ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else NO_TTL_LOOKBACK
-    first = end - ttl
+    first = end - view_rows.lookback(view)
     previous_end = view.most_recent_end_time
     return LoadWindow(
         created_since=watermark - overlap if watermark else first,
@@ -104,51 +82,7 @@ def window(
 
 def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) -> int:
     """Write the window's rows of `view` online; the number of rows read."""
-    provider = store._get_provider()
-    offline = provider.offline_store
-    if not hasattr(offline, "pull_latest_created_since"):
-        raise ConfigError(
-            f"offline store {store.config.offline_store.type} cannot read rows by creation "
-            "time: use the platform's (feature_platform.stores.postgres_offline or "
-            "feature_platform.stores.duckdb_offline)"
-        )
-    entities = [store.registry.get_entity(name, store.project) for name in view.entities]
-    # Feast's own mapping of the view's names back to its source's columns.
-    join_keys, features, timestamp, created = feast_utils._get_column_names(view, entities)
-    assert view.batch_source is not None and created
-    columns = SourceColumns(join_keys, features, timestamp, created)
-    table = offline.pull_latest_created_since(
-        store.config, view.batch_source, columns, rows
-    ).to_arrow()
-    mapping = view.batch_source.field_mapping
-    if mapping:
-        table = table.rename_columns([mapping.get(c, c) for c in table.column_names])
-    key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
-    batch_rows = (
-        store.config.materialization_config.online_write_batch_size or DEFAULT_WRITE_BATCH_ROWS
-    )
-    online = provider.online_store
-    # The columns Feast's conversion reads the times from.
-    source = view.batch_source
-    if materialize_ray.enabled(store.config):
-        if not isinstance(online, RedisOnlineStore):
-            raise ConfigError(f"batch_engine ray.engine needs the online store {REDIS_STORE}")
-        say(f"  {view.name}: {table.num_rows:,} rows to write from Ray workers")
-        materialize_ray.write(store.config, view, table, key_types, source.timestamp_field,
-                              source.created_timestamp_column, batch_rows)  # fmt: skip
-        return int(table.num_rows)
-    written = 0
-    for batch in table.to_batches(max_chunksize=batch_rows):
-        if isinstance(online, RedisOnlineStore):
-            online.online_write_arrow(store.config, view, batch, key_types,
-                source.timestamp_field, source.created_timestamp_column)  # fmt: skip
-        else:
-            data = feast_utils._convert_arrow_to_proto(batch, view, key_types)
-            provider.online_write_batch(store.config, view, data, progress=None)
-        written += batch.num_rows
-        if written < table.num_rows:
-            say(f"  {view.name}: {written:,}/{table.num_rows:,} rows written")
-    return int(table.num_rows)
+    return view_rows.write(store, view, view_rows.read(store, view, rows), say)
 
 
 def _load_by_creation_time(
@@ -186,20 +120,26 @@ def engine_name(store: FeatureStore) -> str:
     return name
 
 
-def _run(store: FeatureStore, env: str, margin: timedelta, end: datetime, say: Say) -> None:
+def _run(
+    store: FeatureStore, env: str, margin: timedelta, end: datetime, mode: str, say: Say
+) -> list[rebuild.Coverage]:
+    """Load every view up to `end`, after rebuilding (mode auto) the views whose sampled
+    coverage shows a lost store; the coverage of those."""
     engine = engine_name(store)
     views = store._get_feature_views_to_materialize(None)
-    ours = [view for view in views if by_creation_time(view)]
-    feasts = [view.name for view in views if not by_creation_time(view)]
+    ours = [view for view in views if view_rows.by_creation_time(view)]
+    feasts = [view.name for view in views if not view_rows.by_creation_time(view)]
     say(
         f"materialize {env} up to {end.isoformat()}: {len(ours)} view(s) by creation time "
         f"(overlap {int(margin.total_seconds())} s, engine {engine})"
         + (f", {len(feasts)} by Feast's event-time window" if feasts else "")
     )
+    lost = rebuild.check_and_rebuild(store, ours, margin, end, mode, say) if ours else []
     if ours:
         _load_by_creation_time(store, ours, margin, end, say)
     if feasts:
         store.materialize_incremental(end, feature_views=feasts)
+    return lost
 
 
 def job(env: str, end: datetime | None, say: Say) -> int:
@@ -207,10 +147,11 @@ def job(env: str, end: datetime | None, say: Say) -> int:
     one line (no secret in it) otherwise; a configuration error goes up (exit 2)."""
     values = feast_commands.prepare(env)
     margin = overlap(values)
+    mode = rebuild.rebuild_mode(values)
     end = feast_utils.make_tzaware(end) if end else datetime.now(UTC)
     try:
         with feast_commands.job_store(env) as store:
-            _run(store, env, margin, end, say)
+            lost = _run(store, env, margin, end, mode, say)
     except ConfigError:
         raise
     except ViewFailed as failed:
@@ -222,5 +163,12 @@ def job(env: str, end: datetime | None, say: Say) -> int:
         return EXIT_FAILED
     except Exception as exc:
         say(f"materialize failed: {one_line_error(exc, values)}")
+        return EXIT_FAILED
+    if lost and mode == "off":
+        say(
+            f"materialize: the online store lost {', '.join(str(c) for c in lost)}; with "
+            f"{rebuild.REBUILD_VAR}=off nothing was rebuilt: run feature-platform "
+            f"rebuild-online {env}"
+        )
         return EXIT_FAILED
     return 0

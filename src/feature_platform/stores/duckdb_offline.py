@@ -139,7 +139,11 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
 
     @staticmethod
     def pull_latest_created_since(
-        config: RepoConfig, data_source: DataSource, columns: SourceColumns, window: LoadWindow
+        config: RepoConfig,
+        data_source: DataSource,
+        columns: SourceColumns,
+        window: LoadWindow,
+        sample: int | None = None,
     ) -> RetrievalJob:
         """The rows PostgreSQLOfflineStore.pull_latest_created_since returns, from parquet."""
         store = config.offline_store
@@ -160,8 +164,11 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             created <= end,
             (created >= naive_utc(window.created_since)) | (event >= naive_utc(window.event_since)),
         )
+        table = deduplicate(table, columns.join_keys, columns.timestamp, columns.created)
+        if sample is not None:
+            table = table.order_by(ibis.random()).limit(sample)
         return IbisRetrievalJob(
-            table=deduplicate(table, columns.join_keys, columns.timestamp, columns.created),
+            table=table,
             on_demand_feature_views=[],
             full_feature_names=False,
             metadata=None,

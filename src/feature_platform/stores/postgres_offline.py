@@ -133,10 +133,15 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
 
     @staticmethod
     def pull_latest_created_since(
-        config: RepoConfig, data_source: DataSource, columns: SourceColumns, window: LoadWindow
+        config: RepoConfig,
+        data_source: DataSource,
+        columns: SourceColumns,
+        window: LoadWindow,
+        sample: int | None = None,
     ) -> RetrievalJob:
         """The newest row per entity among the rows `window` loads (`load_window`), the
-        creation column holding the creation time or, where NULL, the event time."""
+        creation column holding the creation time or, where NULL, the event time; with
+        `sample`, that many of those rows drawn at random."""
         source = created_or_event(data_source)
         assert isinstance(source, PostgreSQLSource)
         event, created = f'a."{columns.timestamp}"', f'a."{CREATED_OR_EVENT}"'
@@ -158,6 +163,8 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
             ) b
             WHERE _feast_row = 1
         """
+        if sample is not None:
+            query += f" ORDER BY random() LIMIT {int(sample)}"
         return feast_postgres.PostgreSQLRetrievalJob(
             query=query, config=config, full_feature_names=False, on_demand_feature_views=None
         )

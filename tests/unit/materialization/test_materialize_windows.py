@@ -16,6 +16,7 @@ from feature_platform import cli
 from feature_platform.config.guard import ConfigError
 from feature_platform.errors import EXIT_CONFIG_ERROR
 from feature_platform.materialization import load as materialize
+from feature_platform.materialization import rows as view_rows
 from feature_platform.stores.sqlite_online import newer_rows
 from feature_platform.stores.training_rule import row_version
 
@@ -78,8 +79,8 @@ def test_later_runs_read_from_the_watermark_minus_the_overlap_and_the_last_inter
 
 
 def test_only_plain_views_with_a_creation_column_are_read_by_creation_time() -> None:
-    assert materialize.by_creation_time(_view())
-    assert not materialize.by_creation_time(_view(created_column=None))
+    assert view_rows.by_creation_time(_view())
+    assert not view_rows.by_creation_time(_view(created_column=None))
 
     @on_demand_feature_view(
         sources=[_view()], schema=[Field(name="double", dtype=Float64)], mode="python"
@@ -87,7 +88,7 @@ def test_only_plain_views_with_a_creation_column_are_read_by_creation_time() -> 
     def doubled(inputs: dict) -> dict:
         return {"double": [2 * a for a in inputs["avg"]]}
 
-    assert not materialize.by_creation_time(doubled)
+    assert not view_rows.by_creation_time(doubled)
 
 
 def test_a_missing_creation_time_counts_as_the_event_time() -> None:

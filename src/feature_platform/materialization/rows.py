@@ -1,0 +1,104 @@
+"""A view's rows between the offline and the online store: read per entity the newest in a
+window (`stores/load_window.py`), written through the online store's compare-and-set
+write, in process or from Ray's workers (`ray_writes`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypeGuard
+
+import pyarrow as pa
+from feast import FeatureStore, FeatureView
+from feast import utils as feast_utils
+from feast.feature_view import DUMMY_ENTITY_NAME
+
+from feature_platform.config.guard import ConfigError
+from feature_platform.console import Say
+from feature_platform.materialization import ray_writes as materialize_ray
+from feature_platform.stores.load_window import LoadWindow, SourceColumns
+from feature_platform.stores.redis_online import TYPE as REDIS_STORE
+from feature_platform.stores.redis_online import RedisOnlineStore
+
+# Rows converted and written at a time unless feature_store.yaml sets
+# `materialization: online_write_batch_size`.
+DEFAULT_WRITE_BATCH_ROWS = 10_000
+# Feast's first window for a view without a ttl.
+NO_TTL_LOOKBACK = timedelta(weeks=52)
+
+
+def by_creation_time(view: Any) -> TypeGuard[FeatureView]:
+    """Whether a run reads this view's rows itself, by creation time."""
+    source = getattr(view, "batch_source", None)
+    return (
+        type(view) is FeatureView
+        and source is not None
+        and bool(source.created_timestamp_column)
+        and DUMMY_ENTITY_NAME not in view.entities
+        and not view.source_views
+        and view.mode is None
+    )
+
+
+def lookback(view: FeatureView) -> timedelta:
+    """How far back a view's values count: its ttl, or Feast's first window without one."""
+    return view.ttl if view.ttl and view.ttl > timedelta(0) else NO_TTL_LOOKBACK
+
+
+def read(
+    store: FeatureStore, view: FeatureView, rows: LoadWindow, sample: int | None = None
+) -> pa.Table:
+    """The window's rows of `view` (per entity the newest), named as the view names them;
+    with `sample`, that many of them drawn at random."""
+    provider = store._get_provider()
+    offline = provider.offline_store
+    if not hasattr(offline, "pull_latest_created_since"):
+        raise ConfigError(
+            f"offline store {store.config.offline_store.type} cannot read rows by creation "
+            "time: use the platform's (feature_platform.stores.postgres_offline or "
+            "feature_platform.stores.duckdb_offline)"
+        )
+    entities = [store.registry.get_entity(name, store.project) for name in view.entities]
+    # Feast's own mapping of the view's names back to its source's columns.
+    join_keys, features, timestamp, created = feast_utils._get_column_names(view, entities)
+    assert view.batch_source is not None and created
+    columns = SourceColumns(join_keys, features, timestamp, created)
+    table = offline.pull_latest_created_since(
+        store.config, view.batch_source, columns, rows, sample
+    ).to_arrow()
+    mapping = view.batch_source.field_mapping
+    if mapping:
+        table = table.rename_columns([mapping.get(c, c) for c in table.column_names])
+    return table
+
+
+def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> int:
+    """Write `table` (from `read`) online through the compare-and-set write: a row
+    older than the stored one changes nothing. The number of rows."""
+    provider = store._get_provider()
+    key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
+    batch_rows = (
+        store.config.materialization_config.online_write_batch_size or DEFAULT_WRITE_BATCH_ROWS
+    )
+    online = provider.online_store
+    # The columns Feast's conversion reads the times from.
+    source = view.batch_source
+    assert source is not None
+    if materialize_ray.enabled(store.config):
+        if not isinstance(online, RedisOnlineStore):
+            raise ConfigError(f"batch_engine ray.engine needs the online store {REDIS_STORE}")
+        say(f"  {view.name}: {table.num_rows:,} rows to write from Ray workers")
+        materialize_ray.write(store.config, view, table, key_types, source.timestamp_field,
+                              source.created_timestamp_column, batch_rows)  # fmt: skip
+        return int(table.num_rows)
+    written = 0
+    for batch in table.to_batches(max_chunksize=batch_rows):
+        if isinstance(online, RedisOnlineStore):
+            online.online_write_arrow(store.config, view, batch, key_types,
+                source.timestamp_field, source.created_timestamp_column)  # fmt: skip
+        else:
+            data = feast_utils._convert_arrow_to_proto(batch, view, key_types)
+            provider.online_write_batch(store.config, view, data, progress=None)
+        written += batch.num_rows
+        if written < table.num_rows:
+            say(f"  {view.name}: {written:,}/{table.num_rows:,} rows written")
+    return int(table.num_rows)
