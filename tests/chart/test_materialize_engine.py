@@ -71,3 +71,19 @@ def test_env_files_default_to_in_process() -> None:
     for env in ("dev", "prod"):
         text = (ROOT / "ci" / "env" / f"{env}.env").read_text()
         assert "MATERIALIZE_ENGINE=local" in text.splitlines()
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_the_rebuild_switch_reaches_the_job(mode: str) -> None:
+    """The job rebuilds a lost store by itself unless materialize.rebuild is off."""
+    from feature_platform.materialization import rebuild
+
+    objects = render(DEV, {"materialize": {"rebuild": mode}})
+    job = one(objects, "CronJob", "-materialize")
+    env = container_env(containers(pod_template(job))[0], objects)
+    assert rebuild.rebuild_mode(env) == mode
+
+
+def test_an_unknown_rebuild_mode_is_refused() -> None:
+    with pytest.raises(RenderError):
+        render(DEV, {"materialize": {"rebuild": "sometimes"}})
