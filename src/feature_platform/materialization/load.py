@@ -43,6 +43,7 @@ from feature_platform.materialization import rebuild
 from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.stores.load_window import LoadWindow
+from feature_platform.stores.redis_online import RedisOnlineStore
 
 OVERLAP_VAR = "MATERIALIZE_OVERLAP_SECONDS"
 ENGINE_VAR = "MATERIALIZE_ENGINE"
@@ -139,6 +140,12 @@ def _run(
         _load_by_creation_time(store, ours, margin, end, say)
     if feasts:
         store.materialize_incremental(end, feature_views=feasts)
+    online = store._get_provider().online_store
+    if isinstance(online, RedisOnlineStore):
+        # Found whole, rebuilt, or loaded for the first time; not a loss left as it is.
+        left = {c.view for c in lost} if mode == "off" else set()
+        whole = [view.name for view in ours if view.name not in left] + feasts
+        online.mark_loaded(store.config, whole, datetime.now(UTC).timestamp())
     return lost
 
 

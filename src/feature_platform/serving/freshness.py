@@ -33,6 +33,8 @@ class Freshness:
     views: dict[str, ViewInfo]
     """Online views of the cached registry, the only label values reported."""
     newest_event: dict[str, float]
+    loaded: dict[str, float]
+    """View -> when a materialization run last found it whole (`stores/freshness.py`)."""
     online_read_ok: bool | None
     """None where the online store keeps no record (SQLite)."""
 
@@ -47,15 +49,20 @@ class FreshnessReader:
     async def read(self) -> Freshness:
         views = self._views()
         if self.online_store is None:
-            return Freshness(views, {}, None)
+            return Freshness(views, {}, {}, None)
         try:
-            newest = await asyncio.wait_for(
-                self.online_store.newest_event_times(self.store.config), self.timeout_s
+            record = await asyncio.wait_for(
+                self.online_store.written_record(self.store.config), self.timeout_s
             )
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("freshness not read from the online store: %s", type(exc).__name__)
-            return Freshness(views, {}, False)
-        return Freshness(views, {v: t for v, t in newest.items() if v in views}, True)
+            return Freshness(views, {}, {}, False)
+        return Freshness(
+            views,
+            {v: t for v, t in record.newest_event.items() if v in views},
+            {v: t for v, t in record.loaded.items() if v in views},
+            True,
+        )
 
     def _views(self) -> dict[str, ViewInfo]:
         registry, project = self.store.registry, self.store.project

@@ -183,7 +183,7 @@ class FreshnessCollector(Collector):
         self.freshness = freshness
 
     def collect(self) -> Iterator[Metric]:
-        views, newest = self.freshness.views, self.freshness.newest_event
+        views, newest = self.freshness.views, dict(self.freshness.newest_event)
         now = time.time()
         ttl = GaugeMetricFamily(
             "feature_platform_feature_view_ttl_seconds",
@@ -219,11 +219,26 @@ class FreshnessCollector(Collector):
             "Age at scrape time of the newest value written online, per view.",
             labels=["feature_view"],
         )
+        loaded = GaugeMetricFamily(
+            "feature_platform_online_loaded",
+            "1 if the online store holds the record of a materialization run that found the "
+            "view whole, 0 if the registry says the view was materialized and the record "
+            "is gone (a flushed or replaced store, until a run rebuilds it).",
+            labels=["feature_view"],
+        )
+        for view, info in sorted(views.items()):
+            if info.materialized_until is None or not self.freshness.online_read_ok:
+                continue  # never materialized, or the record unread: nothing to say
+            loaded.add_metric([view], 1.0 if view in self.freshness.loaded else 0.0)
+            # A view materialized with no record of what was written reports the epoch,
+            # so its age alerts instead of its series vanishing with the data.
+            newest.setdefault(view, 0.0)
         for view, event_time in sorted(newest.items()):
             newest_at.add_metric([view], event_time)
             newest_age.add_metric([view], now - event_time)
         yield newest_at
         yield newest_age
+        yield loaded
 
 
 class _PlatformSeries:

@@ -18,7 +18,7 @@ Select it in feature_store.yaml with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -178,7 +178,11 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
             self._get_client(config.online_store), config.project, (t.name for t in tables)
         )
 
-    async def newest_event_times(self, config: RepoConfig) -> dict[str, float]:
-        """View name -> newest event time written, on Feast's own async client."""
+    async def written_record(self, config: RepoConfig) -> freshness.Record:
+        """What was written online per view, on Feast's own async client."""
         client = await self._get_client_async(config.online_store)
         return await freshness.read_async(client, config.project)
+
+    def mark_loaded(self, config: RepoConfig, views: Iterable[str], at: float) -> None:
+        """Record that a materialization run found `views` whole, or made them whole."""
+        freshness.mark_loaded(self._get_client(config.online_store), config.project, views, at)

@@ -44,6 +44,7 @@ AGE = "feature_platform_online_newest_event_age_seconds"
 MATERIALIZED = "feature_platform_materialization_last_success_timestamp_seconds"
 TTL = "feature_platform_feature_view_ttl_seconds"
 UP = "feature_platform_online_freshness_up"
+LOADED = "feature_platform_online_loaded"
 VIEWS = {"customer_stats", "merchant_stats", "customer_txn_1h"}
 # What the skew check pushes to the Pushgateway (its own tests check that it does).
 SKEW_CHECK_METRICS = {
@@ -207,9 +208,33 @@ def test_every_metric_the_alerts_and_dashboard_read_is_exported(fresh: Fresh) ->
     assert {NEWEST, AGE, MATERIALIZED, TTL, UP} <= exported
 
 
+def test_a_flushed_store_is_reported_lost_until_a_run_rebuilds_it(fresh: Fresh) -> None:
+    """The load record goes with the data and a push does not bring it back; the views'
+    freshness series stay, at the epoch, instead of vanishing."""
+    assert _scrape(fresh.server)[LOADED] == dict.fromkeys(VIEWS, 1)
+    flushed = time.monotonic()
+    fresh.stack.redis().flushdb()
+    metrics = _scrape(fresh.server)
+    print(f"loss seen by the first scrape, {time.monotonic() - flushed:.3f} s after FLUSHDB")
+    assert metrics[LOADED] == dict.fromkeys(VIEWS, 0)
+    assert metrics[NEWEST] == dict.fromkeys(VIEWS, 0)
+    assert all(age > 50 * 365 * 86400 for age in metrics[AGE].values())
+
+    pushed_at = _now()
+    _push(fresh.server, 950_000_003, pushed_at)
+    metrics = _scrape(fresh.server)
+    assert metrics[NEWEST]["customer_txn_1h"] == pushed_at.timestamp()
+    assert metrics[LOADED]["customer_txn_1h"] == 0, "a push is not a load"
+
+    _materialize(fresh.stack, _now())  # finds the loss and rebuilds
+    metrics = _scrape(fresh.server)
+    assert metrics[LOADED] == dict.fromkeys(VIEWS, 1)
+    assert all(metrics[NEWEST][view] > 0 for view in VIEWS)
+
+
 def test_the_sqlite_store_reports_the_registry_part_only(server_local: FeatureServer) -> None:
     """The embedded store keeps no record of writes: ttl and materialization only."""
     metrics = _scrape(server_local)
     assert set(metrics[TTL]) == VIEWS
     assert set(metrics[MATERIALIZED]) == VIEWS
-    assert not {NEWEST, AGE, UP} & set(metrics)
+    assert not {NEWEST, AGE, UP, LOADED} & set(metrics)
