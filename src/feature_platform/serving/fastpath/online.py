@@ -114,8 +114,10 @@ def _finite(column: list[Any], kind: type) -> bool:
         return True
     try:
         return math.isfinite(math.fsum(column))
-    except OverflowError:
+    except OverflowError:  # an int too large for a double, or a sum past the largest
         return all(_is_of(v, float) for v in column)
+    except ValueError:  # fsum of inf and -inf
+        return False
 
 
 def _is_of(value: Any, kind: type) -> bool:
