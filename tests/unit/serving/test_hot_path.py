@@ -23,7 +23,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -59,6 +59,8 @@ def _typed(values: list[Any]) -> list[tuple[str, str]]:
 
 
 ints64 = st.integers(-(2**63), 2**63 - 1)
+# NaN, the infinities and -0.0 in most columns of doubles, not only now and then
+floats = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, -0.0]), st.floats())
 
 # What an on-demand view's function returns, by the feature's declared type: values of
 # that type (all sizes, NaN and infinities), and values of other types that Feast
@@ -66,15 +68,15 @@ ints64 = st.integers(-(2**63), 2**63 - 1)
 outputs_by_type = {
     ValueType.INT64: st.integers(),
     ValueType.INT32: st.integers(-(2**40), 2**40),
-    ValueType.DOUBLE: st.floats(),
-    ValueType.FLOAT: st.floats(width=32),
+    ValueType.DOUBLE: floats,
+    ValueType.FLOAT: floats,
     ValueType.STRING: st.text(max_size=5),
     ValueType.BOOL: st.booleans(),
     ValueType.INT64_LIST: st.lists(ints64, max_size=3),
-    ValueType.DOUBLE_LIST: st.lists(st.floats(), max_size=3),
+    ValueType.DOUBLE_LIST: st.lists(floats, max_size=3),
     ValueType.STRING_LIST: st.lists(st.text(max_size=3), max_size=3),
 }
-other_outputs = st.one_of(st.integers(), st.floats(), st.text(max_size=3), st.booleans())
+other_outputs = st.one_of(st.integers(), floats, st.text(max_size=3), st.booleans())
 
 
 @st.composite
@@ -91,6 +93,10 @@ def test_on_demand_values_equal_feasts_answer() -> None:
 
     @settings(max_examples=600, deadline=None)
     @given(on_demand_outputs())
+    @example((ValueType.DOUBLE, [math.nan, None, 1.5]))
+    @example((ValueType.DOUBLE, [math.inf]))
+    @example((ValueType.STRING, ["", None]))
+    @example((ValueType.INT64, [2**63]))
     def check(output: tuple[ValueType, list[Any]]) -> None:
         value_type, column = output
         try:
@@ -123,15 +129,15 @@ def test_on_demand_values_equal_feasts_answer() -> None:
 stored_by_kind = {
     "int64_val": ints64,
     "int32_val": st.integers(-(2**31), 2**31 - 1),
-    "double_val": st.floats(),
-    "float_val": st.floats(width=32),
+    "double_val": floats,
+    "float_val": floats,
     "string_val": st.text(max_size=4),
     "bool_val": st.booleans(),
     "bytes_val": st.binary(max_size=4),
     "null_val": st.just(NULL),
     "int64_list_val": st.lists(ints64, max_size=3).map(lambda v: Int64List(val=v)),
-    "double_list_val": st.lists(st.floats(), max_size=3).map(lambda v: DoubleList(val=v)),
-    "float_list_val": st.lists(st.floats(width=32), max_size=3).map(lambda v: FloatList(val=v)),
+    "double_list_val": st.lists(floats, max_size=3).map(lambda v: DoubleList(val=v)),
+    "float_list_val": st.lists(floats, max_size=3).map(lambda v: FloatList(val=v)),
     "string_list_val": st.lists(st.text(max_size=3), max_size=3).map(lambda v: StringList(val=v)),
     "bytes_list_val": st.lists(st.binary(max_size=3), max_size=3).map(lambda v: BytesList(val=v)),
 }
@@ -169,6 +175,10 @@ def test_decoded_columns_equal_feasts_answer() -> None:
 
     @settings(max_examples=600, deadline=None)
     @given(stored_columns)
+    @example([ValueProto(double_val=math.nan).SerializeToString(), None, b""])
+    @example([ValueProto(double_val=-math.inf).SerializeToString()])
+    @example([ValueProto(string_val="").SerializeToString(), ValueProto().SerializeToString()])
+    @example([ValueProto(int64_list_val=Int64List(val=[1])).SerializeToString()])
     def check(raws: list[bytes | None]) -> None:
         protos = _feast_reads(raws)
         try:
