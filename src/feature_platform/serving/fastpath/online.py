@@ -377,7 +377,7 @@ def _served_values(column: list[Any], value_type: ValueType) -> list[Any]:
 
 
 def _within_int64(values: list[int]) -> bool:
-    return not values or (-(2**63) <= min(values) and max(values) < 2**63)
+    return not values or (min(values) >= -(2**63) and max(values) < 2**63)
 
 
 # Stored values repeat (categories, counts, ratings): decode each distinct one once.
