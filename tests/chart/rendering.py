@@ -371,6 +371,33 @@ def ci_load_steps(environment: str, sizes: Sequence[str]) -> list[tuple[str, lis
     ]
 
 
+# The hourly counters of some customers, pushed now online and offline as the payment
+# stream pushes them: the generated ones are mostly older than the view's two hours, and
+# `helm test` passes only if every feature of its customer's vector is PRESENT.
+PUSH_COUNTERS = """
+import sys
+import pandas as pd
+from feast.data_source import PushMode
+from feature_platform.config import feast_commands
+environment, customers = sys.argv[1], [int(c) for c in sys.argv[2:]]
+now = pd.Timestamp.now(tz="UTC").floor("s")
+rows = pd.DataFrame({"customer_id": customers, "event_timestamp": now, "created_timestamp": now,
+                     "n_txn_1h": 1, "sum_amount_1h": 42.0})
+store = feast_commands.open_store(environment)
+store.push("customer_txn_1h_push", rows, to=PushMode.ONLINE_AND_OFFLINE)
+print(f"pushed the counters of customers {customers} at {now}")
+"""
+
+
+def push_counters_job(
+    deployment: dict[str, Any], name: str, environment: str, customers: Iterable[int]
+) -> dict[str, Any]:
+    """A Job that runs PUSH_COUNTERS for `customers` (what the kind tier applies and the
+    chart-to-process tests run as a process)."""
+    args = ["-c", PUSH_COUNTERS, environment, *map(str, customers)]
+    return platform_job(deployment, name, args, command=["python"])
+
+
 def dump(objects: Iterable[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(list(objects), sort_keys=False)
 

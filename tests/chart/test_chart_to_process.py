@@ -9,6 +9,7 @@ runs it. No cluster is needed to prove that the commands and settings are right.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -22,6 +23,9 @@ import grpc
 import psycopg
 import pytest
 import requests
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
 from rendering import (
     SCENARIOS,
@@ -31,6 +35,7 @@ from rendering import (
     one,
     platform_job,
     pod_template,
+    push_counters_job,
     render,
     secret_object,
     stack_values,
@@ -157,50 +162,109 @@ def test_cronjob_command_materializes_into_redis(
     assert client.dbsize() > 50
 
 
-def test_server_command_serves_ready_and_live(
-    rendered: Rendered, materialized: subprocess.CompletedProcess[str]
+@pytest.fixture(scope="module")
+def helm_test_entity(rendered: Rendered) -> dict[str, int]:
+    """The customer and merchant the `helm test` pod asks for (helmTest values)."""
+    env = rendered.command("Pod", "fetch-vector", "-test").env
+    return {"customer_id": int(env["CUSTOMER_ID"]), "merchant_id": int(env["MERCHANT_ID"])}
+
+
+@pytest.fixture(scope="module")
+def live_counters(
+    rendered: Rendered,
+    materialized: subprocess.CompletedProcess[str],
+    helm_test_entity: dict[str, int],
 ) -> None:
-    assert materialized.returncode == 0
+    """Fresh hourly counters for the customers read here, pushed by the Job the kind tier
+    runs before `helm test`."""
+    assert materialized.returncode == 0, materialized.stderr[-3000:]
+    customers = sorted({1, 2, helm_test_entity["customer_id"]})
+    deployment = one(rendered.objects, "Deployment", "-server")
+    job = push_counters_job(deployment, "push-counters", "dev", customers)
+    done = run(rendered.command_of(job["spec"]["template"], "push-counters"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server_url(rendered: Rendered, live_counters: None) -> Iterator[str]:
+    """The server Deployment's command, ready by its probes; SIGTERM must end it cleanly."""
     command = rendered.command("Deployment", "server", "-server")
     url = f"http://127.0.0.1:{rendered.port}"
     with _running(command.argv, command, rendered.root / "server.log") as server:
         # Probe like the kubelet until both paths answer 200.
         server.wait_until(lambda: _statuses(url) == {"/health": 200, "/ready": 200})
-        reply = requests.post(
-            f"{url}/get-online-features",
-            json={
-                "feature_service": "fraud_detection_v1",
-                "entities": {
-                    "customer_id": [1, 2],
-                    "merchant_id": [1, 2],
-                    "amount": [10.0, 20.0],
-                },
-            },
-            timeout=10,
-        )
-        assert reply.status_code == 200, reply.text[:500]
-        body = reply.json()
-        names = body["metadata"]["feature_names"]
-        present = [
-            name
-            for name, result in zip(names, body["results"], strict=True)
-            if name not in ("customer_id", "merchant_id", "amount")
-            and "PRESENT" in result["statuses"]
-        ]
-        assert present, body
-        assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
-        # The `helm test` pod's own script, with the Service's address made local.
-        helm_test = rendered.command("Pod", "fetch-vector", "-test")
-        helm_test.env["SERVER_URL"] = url
-        done = run(helm_test)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        # The skew-check CronJob's command, pointed at this server: what it serves
-        # equals the training rows of the materialized data.
-        skew_check = rendered.command("CronJob", "skew-check", "-skew-check")
-        skew_check.env["SKEW_CHECK_SERVER_URL"] = url
-        done = run(skew_check)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        assert "Skew check of dev: consistent" in done.stdout
+        yield url
+
+
+def _service_features(rendered: Rendered) -> set[str]:
+    service = rendered.stack.store().get_feature_service("fraud_detection_v1")
+    return {f.name for p in service.feature_view_projections for f in p.features}
+
+
+def _helm_test(rendered: Rendered, url: str) -> subprocess.CompletedProcess[str]:
+    """The `helm test` pod's own script, with the Service's address made local."""
+    helm_test = rendered.command("Pod", "fetch-vector", "-test")
+    helm_test.env["SERVER_URL"] = url
+    return run(helm_test)
+
+
+def test_server_command_serves_ready_and_live(rendered: Rendered, server_url: str) -> None:
+    entities = {"customer_id": [1, 2], "merchant_id": [1, 2], "amount": [10.0, 20.0]}
+    reply = requests.post(
+        f"{server_url}/get-online-features",
+        json={"feature_service": "fraud_detection_v1", "entities": entities},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text[:500]
+    body = reply.json()
+    statuses = {
+        name: result["statuses"]
+        for name, result in zip(body["metadata"]["feature_names"], body["results"], strict=True)
+        if name not in entities
+    }
+    assert set(statuses) == _service_features(rendered)
+    missing = {name: s for name, s in statuses.items() if s != ["PRESENT", "PRESENT"]}
+    assert not missing, f"not PRESENT for both rows: {missing}"
+    assert requests.get(f"{server_url}/metrics", timeout=5).status_code == 200
+    done = _helm_test(rendered, server_url)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"all {len(statuses)} features PRESENT" in done.stdout
+    # The skew-check CronJob's command, pointed at this server: what it serves
+    # equals the training rows of the materialized data.
+    skew_check = rendered.command("CronJob", "skew-check", "-skew-check")
+    skew_check.env["SKEW_CHECK_SERVER_URL"] = server_url
+    done = run(skew_check)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Skew check of dev: consistent" in done.stdout
+
+
+def test_helm_test_fails_naming_the_features_not_present(
+    rendered: Rendered, server_url: str, helm_test_entity: dict[str, int]
+) -> None:
+    """One view's row of the helm test's merchant gone from Redis: the pod's script fails
+    and names that view's features, and only those."""
+    merchant = EntityKeyProto(
+        join_keys=["merchant_id"],
+        entity_values=[ValueProto(int64_val=helm_test_entity["merchant_id"])],
+    )
+    key = serialize_entity_key(merchant, 3) + b"fraud_detection"
+    # Without its write timestamp the view's row reads as not found.
+    field = "_ts:merchant_stats"
+    client = rendered.stack.redis()
+    written = client.hget(key, field)
+    assert written, "the merchant's row was not materialized"
+    client.hdel(key, field)
+    try:
+        done = _helm_test(rendered, server_url)
+    finally:
+        client.hset(key, field, written)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    (verdict,) = [line for line in done.stdout.splitlines() if "not PRESENT" in line]
+    named = set(re.findall(r"(\w+) \(NOT_FOUND\)", verdict))
+    view = rendered.stack.store().get_feature_view("merchant_stats")
+    assert named == {f.name for f in view.features}, verdict
+    # and with the row back, it passes
+    assert _helm_test(rendered, server_url).returncode == 0
 
 
 def _statuses(url: str) -> dict[str, int]:

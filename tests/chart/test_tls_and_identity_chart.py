@@ -430,7 +430,7 @@ def test_the_helm_test_pod_sends_its_token_over_verified_tls(
     done = _run_pod_script(objects, stand_in, tls_files.ca, token)
     assert done.returncode == 0, done.stdout + done.stderr
     assert stand_in.seen == [("/get-online-features", "Bearer service-account-token")]
-    assert "1 stored features present" in done.stdout
+    assert "all 1 features PRESENT" in done.stdout
     # A server whose certificate another CA signed is refused before anything is sent.
     stand_in.seen.clear()
     done = _run_pod_script(objects, stand_in, tls_files.other_ca, token)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import requests
 from cluster import NAMESPACE, RELEASE, ROOT, Cluster, PortForward, helm_values_args
-from rendering import platform_job
+from rendering import platform_job, push_counters_job
 
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from compare import feature_types, materialized_at, offline_rows, online_rows
@@ -87,6 +87,14 @@ def test_vectors_match_offline_training_rows(kind_cluster: Cluster, server: Port
 
 
 def test_helm_test_passes(kind_cluster: Cluster) -> None:
+    # The pod wants every feature of its customer PRESENT: that customer's hourly
+    # counters are pushed first, as the payment stream keeps them (the sample's are older).
+    values = json.loads(kind_cluster.helm("get", "values", RELEASE, "--all", "-o", "json"))
+    deployment = kind_cluster.get("deployment", f"{FULL}-server")
+    name = f"push-counters-{int(time.time())}"
+    customers = [values["helmTest"]["customerId"]]
+    kind_cluster.apply(push_counters_job(deployment, name, "dev", customers))
+    kind_cluster.wait_job(name)
     kind_cluster.helm("test", RELEASE, "--timeout", "300s", "--logs")
 
 

@@ -114,8 +114,10 @@ def _finite(column: list[Any], kind: type) -> bool:
         return True
     try:
         return math.isfinite(math.fsum(column))
-    except OverflowError:
+    except OverflowError:  # an int too large for a double, or a sum past the largest
         return all(_is_of(v, float) for v in column)
+    except ValueError:  # fsum of inf and -inf
+        return False
 
 
 def _is_of(value: Any, kind: type) -> bool:
@@ -366,13 +368,16 @@ _SERVED_AS = {
 def _served_values(column: list[Any], value_type: ValueType) -> list[Any]:
     """An on-demand feature's values as Feast serves them (through its proto types)."""
     kind = _SERVED_AS.get(value_type)
-    if (
-        kind is not None
-        and set(map(type, column)) <= {kind, type(None)}
-        and _finite([v for v in column if v is not None], kind)
-    ):
-        return column
+    if kind is not None and set(map(type, column)) <= {kind, type(None)}:
+        values = [v for v in column if v is not None]
+        # Feast's conversion serves NaN as null and refuses an int outside int64
+        if _finite(values, kind) and (kind is not int or _within_int64(values)):
+            return column
     return [_decode_proto(p) for p in python_values_to_proto_values(column, value_type)]
+
+
+def _within_int64(values: list[int]) -> bool:
+    return not values or (min(values) >= -(2**63) and max(values) < 2**63)
 
 
 # Stored values repeat (categories, counts, ratings): decode each distinct one once.
