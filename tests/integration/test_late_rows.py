@@ -29,7 +29,7 @@ from faults import Proxy
 from feast import FeatureStore
 from stacks import Stack
 
-from feature_platform.config import environments, feast_commands
+from feature_platform.config import environments
 from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.materialization import load as materialize
 from feature_platform.materialization.watermarks import Watermarks
@@ -148,7 +148,7 @@ def late(
         opened = []
         for stack in (local, dev):
             with stack.active():
-                opened.append(stores.enter_context(feast_commands.job_store(stack.env)))
+                opened.append(stores.enter_context(materialize.job_store(stack.env)))
         late = Late(local, dev, server, redis_proxy, tables, *opened)
         late.materialize(T1)
         yield late

@@ -29,7 +29,8 @@ Feast's own servers from serving a view meanwhile, and stays when a run is kille
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
@@ -41,6 +42,8 @@ from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_FAILED, PlatformError
+from feature_platform.feast_seam import conversion, feature_store
+from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.materialization import ray_writes as materialize_ray
 from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
@@ -104,7 +107,7 @@ def window(
 
 def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) -> int:
     """Write the window's rows of `view` online; the number of rows read."""
-    provider = store._get_provider()
+    provider = feature_store.provider(store)
     offline = provider.offline_store
     if not hasattr(offline, "pull_latest_created_since"):
         raise ConfigError(
@@ -114,7 +117,7 @@ def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) ->
         )
     entities = [store.registry.get_entity(name, store.project) for name in view.entities]
     # Feast's own mapping of the view's names back to its source's columns.
-    join_keys, features, timestamp, created = feast_utils._get_column_names(view, entities)
+    join_keys, features, timestamp, created = conversion.column_names(view, entities)
     assert view.batch_source is not None and created
     columns = SourceColumns(join_keys, features, timestamp, created)
     table = offline.pull_latest_created_since(
@@ -143,7 +146,7 @@ def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) ->
             online.online_write_arrow(store.config, view, batch, key_types,
                 source.timestamp_field, source.created_timestamp_column)  # fmt: skip
         else:
-            data = feast_utils._convert_arrow_to_proto(batch, view, key_types)
+            data = conversion.arrow_to_proto(batch, view, key_types)
             provider.online_write_batch(store.config, view, data, progress=None)
         written += batch.num_rows
         if written < table.num_rows:
@@ -172,7 +175,7 @@ def _load_by_creation_time(
             f"{rows.created_since.isoformat()} or with event time since "
             f"{rows.event_since.isoformat()}; watermark {until.isoformat()}"
         )
-    store._precompute_affected_services([view.name for view in views])
+    feature_store.precompute_services(store, [view.name for view in views])
 
 
 def engine_name(store: FeatureStore) -> str:
@@ -188,7 +191,7 @@ def engine_name(store: FeatureStore) -> str:
 
 def _run(store: FeatureStore, env: str, margin: timedelta, end: datetime, say: Say) -> None:
     engine = engine_name(store)
-    views = store._get_feature_views_to_materialize(None)
+    views = feature_store.views_to_materialize(store, None)
     ours = [view for view in views if by_creation_time(view)]
     feasts = [view.name for view in views if not by_creation_time(view)]
     say(
@@ -202,6 +205,19 @@ def _run(store: FeatureStore, env: str, margin: timedelta, end: datetime, say: S
         store.materialize_incremental(end, feature_views=feasts)
 
 
+@contextmanager
+def job_store(env: str) -> Iterator[FeatureStore]:
+    """`feast_commands.open_store` for one job inside a longer-lived process (a test
+    session). Feast's cached registry refreshes itself on a timer and registers an exit
+    handler, so it and its database connections live as long as the process: released
+    here (`feast_seam.registry.release`)."""
+    store = feast_commands.open_store(env)
+    try:
+        yield store
+    finally:
+        feast_registry.release(store)
+
+
 def job(env: str, end: datetime | None, say: Say) -> int:
     """Materialize `env` up to `end` (default: now). 0 when every view is loaded, 1 with
     one line (no secret in it) otherwise; a configuration error goes up (exit 2)."""
@@ -209,7 +225,7 @@ def job(env: str, end: datetime | None, say: Say) -> int:
     margin = overlap(values)
     end = feast_utils.make_tzaware(end) if end else datetime.now(UTC)
     try:
-        with feast_commands.job_store(env) as store:
+        with job_store(env) as store:
             _run(store, env, margin, end, say)
     except ConfigError:
         raise
