@@ -47,6 +47,28 @@ patches.compared_also_by             a feature service whose == also compares mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from feature_platform.errors import PlatformError
+
+
+class BrokenSeam(PlatformError):
+    """A seam's private name is not in the installed Feast."""
+
+
+def feast_private(owner: Any, name: str, seam: str) -> Any:
+    """`owner.<name>`, Feast's own object, so calling it costs nothing more. Where the
+    installed Feast has no such name, a stand-in that raises BrokenSeam when called: what
+    uses the seam fails, naming it, and the modules beside it still import."""
+    found = getattr(owner, name, None)
+    if found is not None:
+        return found
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        where = getattr(owner, "__name__", type(owner).__name__)
+        raise BrokenSeam(f"seam {seam}: the installed Feast has no {where}.{name}")
+
+    return broken
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ from typing import Any
 from feast import utils as _feast_utils
 from feast.on_demand_feature_view import OnDemandFeatureView
 
-parse_feature_ref = _feast_utils._parse_feature_ref
+from feature_platform.feast_seam import feast_private
+
+parse_feature_ref = feast_private(
+    _feast_utils, "_parse_feature_ref", "feature_refs.parse_feature_ref"
+)
 
 
 def resolve(store: Any, features: Any) -> tuple[list[str], list[Any], list[Any]]:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from feast import FeatureStore
 from feast import repo_operations as _repo_operations
 
-provider = FeatureStore._get_provider
-views_to_materialize = FeatureStore._get_feature_views_to_materialize
-precompute_services = FeatureStore._precompute_affected_services
-repo_contents = _repo_operations._get_repo_contents
+from feature_platform.feast_seam import feast_private
+
+provider = feast_private(FeatureStore, "_get_provider", "feature_store.provider")
+views_to_materialize = feast_private(
+    FeatureStore, "_get_feature_views_to_materialize", "feature_store.views_to_materialize"
+)
+precompute_services = feast_private(
+    FeatureStore, "_precompute_affected_services", "feature_store.precompute_services"
+)
+repo_contents = feast_private(_repo_operations, "_get_repo_contents", "feature_store.repo_contents")

@@ -13,13 +13,25 @@ from feast.infra.online_stores import sqlite as _sqlite
 from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.infra.utils.postgres import connection_utils as _postgres_connection
 
-parse_redis_connection_string = RedisOnlineStore._parse_connection_string
-sqlite_table_id = _sqlite._table_id
-sqlite_quote_id = _sqlite._quote_id
-duckdb_read_data_source = _duckdb._read_data_source
-duckdb_write_data_source = _duckdb._write_data_source
-postgres_conninfo = _postgres_connection._get_conninfo
-postgres_conn_kwargs = _postgres_connection._get_conn_kwargs
+from feature_platform.feast_seam import feast_private
+
+parse_redis_connection_string = feast_private(
+    RedisOnlineStore, "_parse_connection_string", "stores.redis_connection_string"
+)
+sqlite_table_id = feast_private(_sqlite, "_table_id", "stores.sqlite_tables")
+sqlite_quote_id = feast_private(_sqlite, "_quote_id", "stores.sqlite_tables")
+duckdb_read_data_source = feast_private(
+    _duckdb, "_read_data_source", "stores.duckdb_data_source_io"
+)
+duckdb_write_data_source = feast_private(
+    _duckdb, "_write_data_source", "stores.duckdb_data_source_io"
+)
+postgres_conninfo = feast_private(
+    _postgres_connection, "_get_conninfo", "stores.postgres_connection"
+)
+postgres_conn_kwargs = feast_private(
+    _postgres_connection, "_get_conn_kwargs", "stores.postgres_connection"
+)
 
 
 def postgres_table(source: PostgreSQLSource) -> str:

@@ -36,10 +36,14 @@ def feature_store() -> ModuleType:
 
 @pytest.mark.seam("feature_store.provider")
 def test_the_provider_holds_the_configured_stores(feature_store: ModuleType, store: Any) -> None:
+    from feast import FeatureStore
+
     from feature_platform.stores.duckdb_offline import DuckDBOfflineStore
     from feature_platform.stores.sqlite_online import SqliteOnlineStore
 
     assert_params(feature_store.provider, "self")
+    # Feast's method itself: /push calls it, at no extra cost
+    assert feature_store.provider is FeatureStore._get_provider
     provider = feature_store.provider(store)
     assert isinstance(provider.online_store, SqliteOnlineStore)
     assert isinstance(provider.offline_store, DuckDBOfflineStore)

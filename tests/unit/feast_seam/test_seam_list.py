@@ -28,6 +28,19 @@ def test_every_seam_has_a_pinning_test() -> None:
     assert marked - names == set(), "tests of seams that are not in SEAMS"
 
 
+def test_a_missing_private_name_fails_where_it_is_called() -> None:
+    import feast.utils
+
+    from feature_platform.feast_seam import BrokenSeam, feast_private
+
+    assert feast_private(feast.utils, "_utc_now", "registry.cache_reload") is feast.utils._utc_now
+    gone = feast_private(feast.utils, "_no_such_helper", "conversion.arrow_to_proto")
+    with pytest.raises(
+        BrokenSeam, match=r"conversion\.arrow_to_proto.*feast\.utils\._no_such_helper"
+    ):
+        gone(1, two=2)
+
+
 def _seams_marked_in(path: Path) -> set[str]:
     return {
         node.args[0].value

@@ -34,29 +34,39 @@ print(hasattr(utils._populate_response_from_feature_data, "__wrapped__"))
 
 
 @pytest.fixture(scope="module")
-def fresh_imports() -> dict[str, list[str]]:
-    """Each script's lines of output; both at once, as each spends seconds importing Feast."""
+def fresh_imports() -> dict[str, tuple[list[str], str]]:
+    """Each script's lines of output and the end of its stderr; both at once, as each
+    spends seconds importing Feast."""
     scripts = {"unchecked": UNCHECKED, "store": AS_FEAST_IMPORTS_THE_STORE}
     running = {
         name: subprocess.Popen(
-            [sys.executable, "-c", code + WRONG_TYPE], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", code + WRONG_TYPE],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, code in scripts.items()
     }
-    return {name: process.communicate(timeout=120)[0].split() for name, process in running.items()}
+    results = {}
+    for name, process in running.items():
+        out, err = process.communicate(timeout=120)
+        results[name] = (out.split(), err[-400:])
+    return results
 
 
 @pytest.mark.seam("patches.import_feast_unchecked")
-def test_feast_imported_unchecked_skips_typeguard(fresh_imports: dict[str, list[str]]) -> None:
-    assert fresh_imports["unchecked"] == ["unchecked"]
-    assert fresh_imports["store"][-1] == "checked"
+def test_feast_imported_unchecked_skips_typeguard(
+    fresh_imports: dict[str, tuple[list[str], str]],
+) -> None:
+    assert fresh_imports["unchecked"][0] == ["unchecked"], fresh_imports["unchecked"][1]
+    assert fresh_imports["store"][0][-1:] == ["checked"], fresh_imports["store"][1]
 
 
 @pytest.mark.seam("patches.online_ttl")
 def test_importing_a_platform_online_store_installs_the_ttl_patch(
-    fresh_imports: dict[str, list[str]],
+    fresh_imports: dict[str, tuple[list[str], str]],
 ) -> None:
-    assert fresh_imports["store"][0] == "True"
+    assert fresh_imports["store"][0][:1] == ["True"], fresh_imports["store"][1]
 
 
 @pytest.mark.seam("patches.compared_also_by")
