@@ -10,9 +10,11 @@ its seams' tests instead of stopping the collection.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -76,6 +78,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(
         f"{kept} seam(s) kept, {len(_broken)} broken, {len(untested)} untested"
     )
+
+
+def _seam_module(name: str) -> Any:
+    """A fixture named `name`: the seam module, imported when a test asks for it."""
+
+    def imported() -> ModuleType:
+        return importlib.import_module(f"feature_platform.feast_seam.{name}")
+
+    return pytest.fixture(name=name)(imported)
+
+
+conversion = _seam_module("conversion")
+feature_refs = _seam_module("feature_refs")
+feature_store = _seam_module("feature_store")
+registry = _seam_module("registry")
+stores = _seam_module("stores")
 
 
 @pytest.fixture

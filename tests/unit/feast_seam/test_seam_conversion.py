@@ -26,13 +26,6 @@ CUSTOMER_1_IN_SEAM = (
 CUSTOMER_1 = EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=1)])
 
 
-@pytest.fixture
-def conversion() -> ModuleType:
-    from feature_platform.feast_seam import conversion
-
-    return conversion
-
-
 @pytest.mark.seam("conversion.redis_key")
 def test_redis_key_is_the_serialized_key_then_the_project(conversion: ModuleType) -> None:
     assert_params(conversion.redis_key, "project, entity_key, entity_key_serialization_version")

@@ -9,13 +9,6 @@ import pytest
 from seam_helpers import assert_params
 
 
-@pytest.fixture
-def feature_refs() -> ModuleType:
-    from feature_platform.feast_seam import feature_refs
-
-    return feature_refs
-
-
 @pytest.mark.seam("feature_refs.parse_feature_ref")
 def test_the_view_comes_first(feature_refs: ModuleType) -> None:
     assert_params(feature_refs.parse_feature_ref, "ref")

@@ -27,13 +27,6 @@ counts = FeatureView(
 """
 
 
-@pytest.fixture
-def feature_store() -> ModuleType:
-    from feature_platform.feast_seam import feature_store
-
-    return feature_store
-
-
 @pytest.mark.seam("feature_store.provider")
 def test_the_provider_holds_the_configured_stores(feature_store: ModuleType, store: Any) -> None:
     from feast import FeatureStore

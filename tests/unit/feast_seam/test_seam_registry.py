@@ -17,13 +17,6 @@ import pytest
 from seam_helpers import asgi_get, assert_params, repo_config
 
 
-@pytest.fixture
-def registry() -> ModuleType:
-    from feature_platform.feast_seam import registry
-
-    return registry
-
-
 def _entity(name: str) -> Any:
     from feast import Entity, ValueType
 

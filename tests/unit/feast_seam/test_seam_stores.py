@@ -11,13 +11,6 @@ import pytest
 from seam_helpers import assert_params
 
 
-@pytest.fixture
-def stores() -> ModuleType:
-    from feature_platform.feast_seam import stores
-
-    return stores
-
-
 @pytest.mark.seam("stores.redis_connection_string")
 def test_a_connection_string_is_nodes_and_client_arguments(stores: ModuleType) -> None:
     assert_params(stores.parse_redis_connection_string, "connection_string")
