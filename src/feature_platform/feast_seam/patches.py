@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from feast import FeatureService
 
-ReadRows = Sequence[tuple[datetime | None, Any]]
-ExpiredRows = Callable[[Any, ReadRows], set[int]]
-"""(feature view, rows read as (event time, values or None)) -> indexes of the rows
-whose values are withheld."""
+TtlSeconds = Callable[[timedelta | None], int]
+"""A view's ttl as the bound the rule compares with, 0 for none."""
+IsExpired = Callable[[float, int, float], bool]
+"""(event time, ttl bound, now), epoch seconds -> whether the value is withheld."""
 
 
-def _withholding(populate: Callable[..., None], expired_rows: ExpiredRows) -> Callable[..., None]:
+def _within_ttl(
+    populate: Callable[..., None], ttl_seconds: TtlSeconds, is_expired: IsExpired
+) -> Callable[..., None]:
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
     outside_max_age = FieldStatus.OUTSIDE_MAX_AGE
@@ -44,7 +47,15 @@ def _withholding(populate: Callable[..., None], expired_rows: ExpiredRows) -> Ca
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        expired = expired_rows(table, read_rows)
+        ttl_s = ttl_seconds(getattr(table, "ttl", None))
+        now_s = time.time()
+        expired = {
+            i
+            for i, (event_time, data) in enumerate(read_rows)
+            if data is not None
+            and event_time is not None
+            and is_expired(event_time.timestamp(), ttl_s, now_s)
+        }
         indexes = tuple(indexes)
         # The timestamp stays, so a client can see how old the withheld value is.
         rows = [
@@ -73,17 +84,19 @@ def _withholding(populate: Callable[..., None], expired_rows: ExpiredRows) -> Ca
     return populate_within_ttl
 
 
-def install_online_ttl(expired_rows: ExpiredRows) -> None:
-    """Withhold the rows `expired_rows` names from every online read in this process, as
-    null with status OUTSIDE_MAX_AGE. Every online read in Feast, whatever the store,
-    builds its response per feature view in `feast.utils._populate_response_from_feature_data`,
-    before on-demand views are computed: wrapped there, Feast's own path, every store and
-    the on-demand views built on them see the nulls. Installed once; later calls keep it."""
+def install_online_ttl(ttl_seconds: TtlSeconds, is_expired: IsExpired) -> None:
+    """Serve a value read online as null with status OUTSIDE_MAX_AGE, its event time kept,
+    once `is_expired` says so for its view's `ttl_seconds`, in every online read of this
+    process. Every online read in Feast, whatever the store, builds its response per
+    feature view in `feast.utils._populate_response_from_feature_data`, before on-demand
+    views are computed: wrapped there, Feast's own path, every store and the on-demand
+    views built on them see the nulls. Installed once; later calls keep it."""
     from feast import utils as feast_utils
 
     current = feast_utils._populate_response_from_feature_data
     if not hasattr(current, "__wrapped__"):
-        feast_utils._populate_response_from_feature_data = _withholding(current, expired_rows)
+        wrapped = _within_ttl(current, ttl_seconds, is_expired)
+        feast_utils._populate_response_from_feature_data = wrapped
 
 
 def import_feast_unchecked() -> None:

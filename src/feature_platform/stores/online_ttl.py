@@ -8,18 +8,15 @@ Here an online value is served only under the same bound, with t the time of the
 read; past it the value is null and its status `OUTSIDE_MAX_AGE`. A view without a
 ttl (None or 0) never expires.
 
-The rule is put on Feast's read path by `feast_seam.patches.install_online_ttl`, with
-`expired_rows` saying which rows to withhold: Feast's own path, every store and the
-on-demand views built on them then see the nulls training would. The platform's stores
+The rule is put on Feast's read path by `feast_seam.patches.install_online_ttl`: Feast's
+own path, every store and the on-demand views built on them then see the nulls training
+would. The platform's stores
 install it when Feast imports them; the Redis fast path applies `ttl_seconds` itself.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 
 def ttl_seconds(ttl: timedelta | None) -> int:
@@ -30,16 +27,3 @@ def ttl_seconds(ttl: timedelta | None) -> int:
 def is_expired(event_time_s: float, ttl_s: int, now_s: float) -> bool:
     """True when a training row at `now_s` would no longer see this value."""
     return ttl_s > 0 and event_time_s < now_s - ttl_s
-
-
-def expired_rows(view: Any, read_rows: Sequence[tuple[datetime | None, Any]]) -> set[int]:
-    """The rows read for `view` that a training row at this moment would not see."""
-    ttl_s = ttl_seconds(getattr(view, "ttl", None))
-    now_s = time.time()
-    return {
-        i
-        for i, (event_time, data) in enumerate(read_rows)
-        if data is not None
-        and event_time is not None
-        and is_expired(event_time.timestamp(), ttl_s, now_s)
-    }

@@ -47,7 +47,7 @@ OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetim
 TYPE = "feature_platform.stores.redis_online.RedisOnlineStore"
 
 # Feast imports this module by its `type:` path: the ttl patch's import hook (feast_seam.patches).
-patches.install_online_ttl(online_ttl.expired_rows)
+patches.install_online_ttl(online_ttl.ttl_seconds, online_ttl.is_expired)
 
 
 class RedisOnlineStoreConfig(feast_redis.RedisOnlineStoreConfig):

@@ -33,7 +33,7 @@ TYPE = "feature_platform.stores.sqlite_online.SqliteOnlineStore"
 KEYS_PER_QUERY = 500
 
 # Feast imports this module by its `type:` path: the ttl patch's import hook (feast_seam.patches).
-patches.install_online_ttl(online_ttl.expired_rows)
+patches.install_online_ttl(online_ttl.ttl_seconds, online_ttl.is_expired)
 
 Version = tuple[datetime, datetime]
 

@@ -8,6 +8,7 @@ exactly ttl old is served, one a microsecond older is not.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ MICROSECOND = timedelta(microseconds=1)
 def _install() -> None:
     from feature_platform.feast_seam import patches
 
-    patches.install_online_ttl(online_ttl.expired_rows)
+    patches.install_online_ttl(online_ttl.ttl_seconds, online_ttl.is_expired)
 
 
 def _view(ttl: timedelta | None) -> FeatureView:
@@ -45,7 +46,7 @@ def _view(ttl: timedelta | None) -> FeatureView:
 def _read_at(now: datetime, view: FeatureView, monkeypatch: pytest.MonkeyPatch) -> tuple:
     """Status, value and timestamp of one stored row, read at `now`."""
     _install()
-    monkeypatch.setattr(online_ttl.time, "time", now.timestamp)
+    monkeypatch.setattr(time, "time", now.timestamp)
     response = GetOnlineFeaturesResponse()
     feast_utils._populate_response_from_feature_data(
         ["n"], [(EVENT, {"n": Value(int64_val=7)})], [[0]], response, False, view, 1
