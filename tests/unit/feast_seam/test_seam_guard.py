@@ -44,9 +44,14 @@ def defined_private_names(root: Path, skip: Path | None = None) -> set[str]:
 
 @functools.cache
 def feast_names() -> frozenset[str]:
-    """Feast's private names, less those the platform (outside the seam) defines too."""
+    """Feast's private names, less those the platform (outside the seam) defines too;
+    not less the hooks, which the platform defines only to override Feast's."""
     feast_defined = defined_private_names(Path(feast.__file__).parent)
-    return frozenset(feast_defined - defined_private_names(PACKAGE, skip=SEAM_PACKAGE))
+    platform_defined = defined_private_names(PACKAGE, skip=SEAM_PACKAGE)
+    hooks = {
+        name for seam in SEAMS if seam.overridden_in for name in declared_hooks(seam.overridden_in)
+    }
+    return frozenset(feast_defined - (platform_defined - hooks))
 
 
 def _is_private(name: str) -> bool:
