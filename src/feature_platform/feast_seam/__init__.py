@@ -165,8 +165,8 @@ SEAMS: tuple[Seam, ...] = (
     ),
     Seam(
         "feature_store.precompute_services",
-        "FeatureStore._precompute_affected_services(view_names) refreshes the services "
-        "with precompute_online that read those views",
+        "FeatureStore._precompute_affected_services(view_names), called after a load as "
+        "Feast's materialize calls it, takes the loaded views' names",
         (f"{_FEATURE_STORE}._precompute_affected_services",),
     ),
     Seam(
