@@ -81,6 +81,14 @@ materialize: install ## Load the rows created since the last run into ENV's onli
 clean: ## Remove the local data directory and caches
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
 
+# --- Feast upgrades: every seam between the platform and Feast, tried on another release --
+.PHONY: feast-candidate
+
+FEAST_VERSION ?=
+feast-candidate: ## The Feast seam tests against FEAST_VERSION=x.y.z in .venv-feast-x.y.z: kept/broken per seam
+	@if [ -z "$(FEAST_VERSION)" ]; then echo "usage: make feast-candidate FEAST_VERSION=x.y.z"; exit 2; fi
+	bash ci/feast-candidate.sh $(FEAST_VERSION)
+
 # --- rollouts: the same entry points CI uses (ci/plan.sh, ci/apply.sh) -------------------
 .PHONY: plan apply rollout-log
 

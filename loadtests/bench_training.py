@@ -170,7 +170,7 @@ def measure(
     # Python and Feast's imports alone, as the command makes them, on this machine now:
     # part of every fast and feast figure below, most of it at small label counts.
     imports = (
-        "from feature_platform import cli; cli._import_feast_unchecked(); "
+        "from feature_platform.feast_seam import patches; patches.import_feast_unchecked(); "
         "import feature_platform.training.command"
     )
     startup = child([sys.executable, "-c", imports], env, log)

@@ -32,10 +32,10 @@ from feast.permissions.enforcer import enforce_policy
 from feast.permissions.permission import Permission
 from feast.permissions.server.utils import AuthManagerType, str_to_auth_manager_type
 from feast.permissions.user import User
-from feast.utils import _parse_feature_ref
 
 from feature_platform.auth.errors import forbidden
 from feature_platform.errors import bad_request, not_found
+from feature_platform.feast_seam.feature_refs import parse_feature_ref
 
 # Distinct (identity, resources, actions) keys kept per snapshot; past it the cache
 # starts over rather than grow with every new combination a caller sends.
@@ -198,7 +198,7 @@ class AccessDecider:
         odfvs: dict[_ResourceKey, FeastObject] = {}
         for ref in features:
             try:
-                name = _parse_feature_ref(ref)[0]
+                name = parse_feature_ref(ref)[0]
             except ValueError:
                 raise not_found(
                     f"feature reference {ref!r} is not of the form view:feature"

@@ -73,7 +73,8 @@ def key_pools(store: Any, service: str, now: datetime) -> dict[str, list[Any]]:
     """Join key -> its distinct values in the recent rows of the offline store, for every
     feature view the service reads (sorted, so a seed picks the same keys again)."""
     from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
-    from feast.utils import _get_column_names
+
+    from feature_platform.feast_seam.conversion import column_names
 
     offline_store = get_offline_store_from_config(store.config.offline_store)
     names = {p.name for p in store.get_feature_service(service).feature_view_projections}
@@ -82,7 +83,7 @@ def key_pools(store: Any, service: str, now: datetime) -> dict[str, list[Any]]:
         if view.name not in names:
             continue
         entities = [store.get_entity(name) for name in view.entities]
-        join_keys, features, timestamp, created = _get_column_names(view, entities)
+        join_keys, features, timestamp, created = column_names(view, entities)
         lookback = LOOKBACK_TTLS * view.ttl if view.ttl else NO_TTL_LOOKBACK
         # Feast's own query, whatever the offline store: the latest row per key.
         latest = offline_store.pull_latest_from_table_or_query(

@@ -167,28 +167,10 @@ def cmd_skew_check(args: argparse.Namespace) -> int:
     )
 
 
-def _import_feast_unchecked() -> None:
-    """Feast wraps 22 of its functions and classes in typeguard's `@typechecked`, which
-    re-parses and recompiles each one's source when Feast is imported: more than half
-    of the training-set command's start (about 3 of 5 s here). The command's calls into
-    Feast are the platform's own, on objects Feast built from the registry, so its
-    process skips that instrumentation. No effect once Feast is imported."""
-    if "feast" in sys.modules:
-        return
-    import typeguard
-
-    real = typeguard.typechecked
-    typeguard.typechecked = lambda target=None, **_options: (  # type: ignore[assignment]
-        target if target is not None else (lambda inner: inner)
-    )
-    try:
-        import feast  # noqa: F401
-    finally:
-        typeguard.typechecked = real
-
-
 def cmd_training_set(args: argparse.Namespace) -> int:
-    _import_feast_unchecked()
+    from feature_platform.feast_seam import patches
+
+    patches.import_feast_unchecked()
     from feature_platform.cli import training_set
     from feature_platform.training import command
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import builtins
 import os
 import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,25 +100,3 @@ def open_store(env: str) -> FeatureStore:
         # Leave no environment's settings behind to leak into the next one's.
         os.environ.clear()
         os.environ.update(saved)
-
-
-@contextmanager
-def job_store(env: str) -> Iterator[FeatureStore]:
-    """`open_store` for one job inside a longer-lived process (a test session).
-
-    Feast's cached registry refreshes itself on a timer and registers an exit handler, so
-    it and its database connections live as long as the process. Released here."""
-    store = open_store(env)
-    try:
-        yield store
-    finally:
-        registry = store._registry
-        timer = getattr(registry, "registry_refresh_thread", None)
-        if timer is not None:
-            timer.cancel()
-        exit_handler = getattr(registry, "_exit_handler", None)
-        if exit_handler is not None:
-            atexit.unregister(exit_handler)
-        for engine in {getattr(registry, name, None) for name in ("write_engine", "read_engine")}:
-            if engine is not None:
-                engine.dispose()

@@ -39,6 +39,7 @@ from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_FAILED, PlatformError
+from feature_platform.feast_seam import feature_store
 from feature_platform.materialization import rebuild
 from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
@@ -107,7 +108,7 @@ def _load_by_creation_time(
             f"{rows.created_since.isoformat()} or with event time since "
             f"{rows.event_since.isoformat()}; watermark {until.isoformat()}"
         )
-    store._precompute_affected_services([view.name for view in views])
+    feature_store.precompute_services(store, [view.name for view in views])
 
 
 def engine_name(store: FeatureStore) -> str:
@@ -127,7 +128,7 @@ def _run(
     """Load every view up to `end`, after rebuilding (mode auto) the views whose sampled
     coverage shows a lost store; the coverage of those."""
     engine = engine_name(store)
-    views = store._get_feature_views_to_materialize(None)
+    views = feature_store.views_to_materialize(store, None)
     ours = [view for view in views if view_rows.by_creation_time(view)]
     feasts = [view.name for view in views if not view_rows.by_creation_time(view)]
     say(
@@ -140,7 +141,7 @@ def _run(
         _load_by_creation_time(store, ours, margin, end, say)
     if feasts:
         store.materialize_incremental(end, feature_views=feasts)
-    online = store._get_provider().online_store
+    online = feature_store.provider(store).online_store
     if isinstance(online, RedisOnlineStore):
         # Found whole, rebuilt, or loaded for the first time; not a loss left as it is.
         left = {c.view for c in lost} if mode == "off" else set()
@@ -157,7 +158,7 @@ def job(env: str, end: datetime | None, say: Say) -> int:
     mode = rebuild.rebuild_mode(values)
     end = feast_utils.make_tzaware(end) if end else datetime.now(UTC)
     try:
-        with feast_commands.job_store(env) as store:
+        with view_rows.job_store(env) as store:
             lost = _run(store, env, margin, end, mode, say)
     except ConfigError:
         raise

@@ -31,6 +31,7 @@ from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_FAILED, EXIT_OK
+from feature_platform.feast_seam import feature_store
 from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.stores.load_window import LoadWindow
@@ -95,7 +96,7 @@ def coverage(
         EntityKeyProto(join_keys=names, entity_values=[columns[n][i] for n in names])
         for i in range(table.num_rows)
     ]
-    read = store._get_provider().online_read(store.config, view, keys) if keys else []
+    read = feature_store.provider(store).online_read(store.config, view, keys) if keys else []
     return Coverage(view.name, len(keys), sum(1 for stamp, _ in read if stamp is not None))
 
 
@@ -147,10 +148,10 @@ def job(env: str, names: list[str] | None, say: Say) -> int:
     `materialize` reads by creation time). 0 when done, 1 with one line otherwise."""
     values = feast_commands.prepare(env)
     try:
-        with feast_commands.job_store(env) as store:
+        with view_rows.job_store(env) as store:
             views = [
                 view
-                for view in store._get_feature_views_to_materialize(None)
+                for view in feature_store.views_to_materialize(store, None)
                 if view_rows.by_creation_time(view)
             ]
             unknown = sorted(set(names or []) - {view.name for view in views})

@@ -1,19 +1,23 @@
 """A view's rows between the offline and the online store: read per entity the newest in a
 window (`stores/load_window.py`), written through the online store's compare-and-set
-write, in process or from Ray's workers (`ray_writes`)."""
+write, in process or from Ray's workers (`ray_writes`); and the store a job opens."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeGuard
 
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
-from feast import utils as feast_utils
 from feast.feature_view import DUMMY_ENTITY_NAME
 
+from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError
 from feature_platform.console import Say
+from feature_platform.feast_seam import conversion, feature_store
+from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.materialization import ray_writes as materialize_ray
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.redis_online import TYPE as REDIS_STORE
@@ -49,7 +53,7 @@ def read(
 ) -> pa.Table:
     """The window's rows of `view` (per entity the newest), named as the view names them;
     with `sample`, that many of them drawn at random."""
-    provider = store._get_provider()
+    provider = feature_store.provider(store)
     offline = provider.offline_store
     if not hasattr(offline, "pull_latest_created_since"):
         raise ConfigError(
@@ -59,7 +63,7 @@ def read(
         )
     entities = [store.registry.get_entity(name, store.project) for name in view.entities]
     # Feast's own mapping of the view's names back to its source's columns.
-    join_keys, features, timestamp, created = feast_utils._get_column_names(view, entities)
+    join_keys, features, timestamp, created = conversion.column_names(view, entities)
     assert view.batch_source is not None and created
     columns = SourceColumns(join_keys, features, timestamp, created)
     table = offline.pull_latest_created_since(
@@ -74,7 +78,7 @@ def read(
 def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> int:
     """Write `table` (from `read`) online through the compare-and-set write: a row
     older than the stored one changes nothing. The number of rows."""
-    provider = store._get_provider()
+    provider = feature_store.provider(store)
     key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     batch_rows = (
         store.config.materialization_config.online_write_batch_size or DEFAULT_WRITE_BATCH_ROWS
@@ -96,9 +100,22 @@ def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> 
             online.online_write_arrow(store.config, view, batch, key_types,
                 source.timestamp_field, source.created_timestamp_column)  # fmt: skip
         else:
-            data = feast_utils._convert_arrow_to_proto(batch, view, key_types)
+            data = conversion.arrow_to_proto(batch, view, key_types)
             provider.online_write_batch(store.config, view, data, progress=None)
         written += batch.num_rows
         if written < table.num_rows:
             say(f"  {view.name}: {written:,}/{table.num_rows:,} rows written")
     return int(table.num_rows)
+
+
+@contextmanager
+def job_store(env: str) -> Iterator[FeatureStore]:
+    """`feast_commands.open_store` for one job inside a longer-lived process (a test
+    session). Feast's cached registry refreshes itself on a timer and registers an exit
+    handler, so it and its database connections live as long as the process: released
+    here (`feast_seam.registry.release`)."""
+    store = feast_commands.open_store(env)
+    try:
+        yield store
+    finally:
+        feast_registry.release(store)

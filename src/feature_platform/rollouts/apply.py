@@ -17,7 +17,6 @@ removes that data, and fails until it could.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import sys
 import tempfile
@@ -28,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from feast import FeatureService
 
 from feature_platform.config import environments
 from feature_platform.config.guard import one_line_error, redact
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_BREAKING, EXIT_OK
+from feature_platform.feast_seam import feature_store, patches
 from feature_platform.rollouts import log as rollout_log
 from feature_platform.rollouts.diff import Plan
 from feature_platform.rollouts.log import Entry, PendingCleanup
@@ -228,22 +227,8 @@ def _feast_apply(planned: Planned) -> None:
     # What Feast's apply skips: a feature service whose only change is its logging_config.
     # The registry too keeps a stored object equal to the new one, by that same equality.
     for service in with_logging_changes(diff_between(store.registry, project, planned.contents)):
-        compared = copy.copy(service)
-        compared.__class__ = _ComparedWithLogging
+        compared = patches.compared_also_by(service, logging_text)
         store.registry.apply_feature_service(compared, project)
-
-
-class _ComparedWithLogging(FeatureService):
-    """A feature service whose equality includes its logging_config."""
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            super().__eq__(other)
-            and isinstance(other, FeatureService)
-            and logging_text(self) == logging_text(other)
-        )
-
-    __hash__ = FeatureService.__hash__
 
 
 def _complete_cleanups(
@@ -268,7 +253,7 @@ def _complete_cleanups(
     removed = [c for c in pending if c.view_name not in defined]
     if removed:
         with contextlib.redirect_stdout(sys.stderr):
-            planned.store._get_provider().update_infra(
+            feature_store.provider(planned.store).update_infra(
                 project=planned.plan.project,
                 tables_to_delete=[_decode(c) for c in removed],
                 tables_to_keep=[*contents.feature_views, *contents.stream_feature_views],

@@ -236,7 +236,8 @@ def plan_in_repo(
 ) -> Planned:
     from feast import FeatureStore
     from feast.diff.property_diff import TransitionType
-    from feast.repo_operations import _get_repo_contents
+
+    from feature_platform.feast_seam import feature_store
 
     registry_path = f"sqlite:///{scratch / 'empty_registry.db'}" if state == "empty" else None
     config = _repo_config(
@@ -245,11 +246,11 @@ def plan_in_repo(
     # Feast prints progress to stdout, which carries the summary.
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            contents = _get_repo_contents(repo, config.project, config)
+            contents = feature_store.repo_contents(repo, config.project, config)
         except SystemExit:
             raise RolloutError(f"Feast could not read the feature repository {repo}") from None
         store = FeatureStore(config=config)
-        provider = store._get_provider()
+        provider = feature_store.provider(store)
         for view in contents.feature_views:
             if view.batch_source is not None:
                 provider.validate_data_source(store.config, view.batch_source)

@@ -18,11 +18,9 @@ from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from feast.permissions.auth.auth_manager import AuthManager, set_auth_manager
 from feast.permissions.auth.token_extractor import TokenExtractor
 from feast.permissions.auth.token_parser import TokenParser
-from feast.permissions.permission import Permission
-from feast.permissions.security_manager import SecurityManager, get_security_manager
+from feast.permissions.security_manager import get_security_manager
 from feast.permissions.user import User
 from starlette.authentication import AuthenticationError
 
@@ -30,6 +28,7 @@ from feature_platform.auth.tokens import TokenVerifier, bearer_token
 from feature_platform.auth.verifiers import verifier_for
 from feature_platform.config.auth import AuthSettings
 from feature_platform.errors import HTTPError
+from feature_platform.feast_seam import auth as feast_auth
 
 if TYPE_CHECKING:
     import pyarrow.flight as fl
@@ -76,7 +75,7 @@ _installed: tuple[AuthSettings, TokenVerifier] | None = None
 
 def install(store: FeatureStore) -> TokenVerifier | None:
     """Start the verifier for the store's `auth:` block and make it Feast's parser. Call
-    after Feast's own set-up (`init_auth_manager`), which it replaces. None under
+    after Feast's own set-up (`feast_seam.auth.init_*_managers`), which it replaces. None under
     no_auth: Feast's allow-all manager stays."""
     global _installed
     settings = AuthSettings.from_feast(store.config.auth_config)
@@ -89,20 +88,8 @@ def install(store: FeatureStore) -> TokenVerifier | None:
         verifier.start()
         _installed = (settings, verifier)
     verifier = _installed[1]
-    set_auth_manager(
-        AuthManager(token_parser=VerifierParser(verifier), token_extractor=HeaderExtractor())
-    )
+    feast_auth.use_token_parser(VerifierParser(verifier), HeaderExtractor())
     return verifier
-
-
-class CachedSecurityManager(SecurityManager):
-    """Feast's security manager reading permissions from the cached registry the server
-    refreshes, not from the registry database on every check."""
-
-    @property
-    def permissions(self) -> list[Permission]:
-        project = self._current_project.get() or self._project
-        return self._registry.list_permissions(project=project, allow_cache=True)
 
 
 def installed() -> TokenVerifier | None:

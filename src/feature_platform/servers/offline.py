@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.flight as fl
-from feast.offline_server import OfflineServer, _init_auth_manager
+from feast.offline_server import OfflineServer
 
 from feature_platform.config.tls import ServerTls, server_tls
 from feature_platform.console import Say
+from feature_platform.feast_seam import auth as feast_auth
 from feature_platform.servers import authentication
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def flight_server(
 ) -> ReadOnlyOfflineServer:
     """Listening once constructed (Arrow Flight binds in the constructor); TLS only when
     `tls` is given."""
-    _init_auth_manager(store)
+    feast_auth.init_arrow_managers(store)
     authentication.install(store)
     scheme = "grpc+tls" if tls else "grpc+tcp"
     certificates = tls.flight_certificates() if tls else []

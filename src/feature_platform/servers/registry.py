@@ -34,6 +34,8 @@ from feast.protos.feast.registry import RegistryServer_pb2, RegistryServer_pb2_g
 
 from feature_platform.config.tls import ServerTls, server_tls
 from feature_platform.console import Say
+from feature_platform.feast_seam import auth as feast_auth
+from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.servers import authentication
 from feature_platform.servers.read_only import ReadOnly
 
@@ -90,25 +92,15 @@ def grpc_server(
     """Feast's registry servicer behind the read-only interceptor, then Feast's own
     (auth, error mapping); the gRPC health service; reflection. TLS only when `tls`."""
     from feast.grpc_error_interceptor import ErrorInterceptor
-    from feast.permissions.server.utils import (
-        ServerType,
-        init_auth_manager,
-        init_security_manager,
-        str_to_auth_manager_type,
-    )
-    from feast.registry_server import RegistryServer, _grpc_interceptors
+    from feast.registry_server import RegistryServer
 
-    auth_type = str_to_auth_manager_type(store.config.auth_config.type)
-    init_security_manager(auth_type=auth_type, fs=store)
-    init_auth_manager(
-        auth_type=auth_type, server_type=ServerType.GRPC, auth_config=store.config.auth_config
-    )
+    auth_type = feast_auth.init_grpc_managers(store)
     # With identities, the platform's verifier replaces Feast's parser and interceptor
     # (servers/authentication.py); Feast's error mapping stays.
     verifier = authentication.install(store)
     interceptors: list[grpc.ServerInterceptor] = [ReadOnlyInterceptor()]
     if verifier is None:
-        interceptors += _grpc_interceptors(auth_type) or []
+        interceptors += feast_registry.grpc_interceptors(auth_type)
     else:
         interceptors += [authentication.GrpcAuthInterceptor(verifier), ErrorInterceptor()]
     server = grpc.server(
@@ -144,36 +136,26 @@ def grpc_server(
 def rest_app(store: FeatureStore) -> ASGIApp:
     """Feast's REST registry API (under /api/v1), read-only."""
     from fastapi import Depends, FastAPI
-    from feast.api.registry.rest.rest_registry_server import RestRegistryServer
     from feast.permissions.server.rest import inject_user_details
-    from feast.registry_server import RegistryServer
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
     # Feast's class supplies the routes, handlers and auth set-up; its __init__ is the
-    # part that fails (see the module docstring), so the instance is assembled here.
-    rest = RestRegistryServer.__new__(RestRegistryServer)
-    rest.store = store
-    rest.registry = store.registry
-    rest.grpc_handler = RegistryServer(store.registry, store=store)
-    # read by Feast's metrics routes; no visit is recorded here
-    rest.recent_visits_limit = 100
-    rest.log_patterns = []
-    rest.app = FastAPI(
-        title="Feast REST Registry Server (read-only)",
-        dependencies=[Depends(inject_user_details)],
-        version="1.0.0",
-        openapi_url="/openapi.json",
-        docs_url=None,
-        redoc_url=None,
+    # part that fails (see the module docstring), so the seam assembles the instance.
+    feast_app = feast_registry.rest_registry_app(
+        store,
+        FastAPI(
+            title="Feast REST Registry Server (read-only)",
+            dependencies=[Depends(inject_user_details)],
+            version="1.0.0",
+            openapi_url="/openapi.json",
+            docs_url=None,
+            redoc_url=None,
+        ),
     )
-    rest._add_exception_handlers()
-    rest._add_openapi_security()
-    rest._init_auth()
-    rest._register_routes()
     # Under /api/v1, where Feast's UI and clients look (Feast's `root_path` is deprecated).
-    app: ASGIApp = Starlette(routes=[Mount("/api/v1", app=rest.app)])
-    # after Feast's _init_auth, whose parser this replaces; inside the read-only refusal,
+    app: ASGIApp = Starlette(routes=[Mount("/api/v1", app=feast_app)])
+    # after Feast's auth set-up, whose parser this replaces; inside the read-only refusal,
     # which no identity gets past
     verifier = authentication.install(store)
     if verifier is not None:

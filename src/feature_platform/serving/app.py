@@ -374,13 +374,12 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> int:
 def _identities(store: FeatureStore) -> TokenVerifier | None:
     """The verifier, also made the parser of Feast's app, with Feast's security manager
     over the cached registry: what reaches Feast's app is decided by Feast as well."""
-    from feast.permissions.security_manager import set_security_manager
-
+    from feature_platform.feast_seam import auth as feast_auth
     from feature_platform.servers import authentication
 
     verifier = authentication.install(store)
     if verifier is not None:
-        set_security_manager(authentication.CachedSecurityManager(store.project, store.registry))
+        feast_auth.use_cached_security_manager(store)
     return verifier
 
 

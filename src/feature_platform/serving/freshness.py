@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from feast import FeatureStore
 from redis.exceptions import RedisError
 
+from feature_platform.feast_seam import feature_store
 from feature_platform.stores.redis_online import RedisOnlineStore
 
 log = logging.getLogger("feature_platform.server")
@@ -43,7 +44,7 @@ class FreshnessReader:
     def __init__(self, store: FeatureStore, timeout_s: float) -> None:
         self.store = store
         self.timeout_s = timeout_s
-        online_store = store._get_provider().online_store
+        online_store = feature_store.provider(store).online_store
         self.online_store = online_store if isinstance(online_store, RedisOnlineStore) else None
 
     async def read(self) -> Freshness:

@@ -15,9 +15,8 @@ import threading
 import time
 
 from feast import FeatureStore
-from feast.infra.registry.caching_registry import CachingRegistry
-from feast.utils import _utc_now
 
+from feature_platform.feast_seam.registry import reload_cache
 from feature_platform.serving import metrics
 
 log = logging.getLogger("feature_platform.server")
@@ -43,7 +42,8 @@ class RegistryRefresher:
 
     def refresh(self) -> bool:
         try:
-            self._load()
+            # Not Feast's refresh, which swallows its errors: a failure here is seen.
+            reload_cache(self.store)
         except Exception as exc:
             metrics.REGISTRY_REFRESH_FAILURES.inc()
             log.warning(
@@ -55,14 +55,3 @@ class RegistryRefresher:
         self._last_success = time.time()
         metrics.REGISTRY_LAST_REFRESH.set(self._last_success)
         return True
-
-    def _load(self) -> None:
-        registry = self.store.registry
-        if not isinstance(registry, CachingRegistry):
-            self.store.refresh_registry()
-            return
-        # CachingRegistry.refresh swallows its errors; reading the proto here lets a
-        # failure be seen (and leaves the cached copy as it was).
-        registry.cached_registry_proto = registry.proto()
-        registry.cached_registry_proto_created = _utc_now()
-        self.store._clear_feature_service_cache()

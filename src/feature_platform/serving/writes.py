@@ -31,6 +31,7 @@ from feast.errors import FeatureViewNotFoundException
 from feast.value_type import ValueType
 
 from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
+from feature_platform.feast_seam import feature_store
 from feature_platform.serving.errors import require_booleans
 
 log = logging.getLogger("feature_platform.server")
@@ -150,7 +151,7 @@ def _write_offline(store: FeatureStore, views: list[FeatureView], rows: pd.DataF
     transaction each). Not Feast's `write_to_offline_store`: it first asks the table for
     its columns on a connection without any timeout, so DDL holding the table would
     hold the request too."""
-    provider = store._get_provider()
+    provider = feature_store.provider(store)
     for view in views:
         columns = [*_declared_columns(view), *_created_columns([view])]
         provider.ingest_df_to_offline_store(

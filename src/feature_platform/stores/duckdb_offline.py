@@ -39,6 +39,7 @@ from feast.repo_config import RepoConfig
 from ibis.expr.types import Table
 from pydantic import StrictBool
 
+from feature_platform.feast_seam.stores import duckdb_read_data_source, duckdb_write_data_source
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import filter_by_created
 
@@ -54,7 +55,7 @@ class DuckDBOfflineStoreConfig(feast_duckdb.DuckDBOfflineStoreConfig):
 def _read_created_or_event(source: DataSource, repo_path: str) -> Table:
     """Feast's reader, with NULL creation times read as the event time: the rule's
     `created <= label` would otherwise drop such rows."""
-    table = feast_duckdb._read_data_source(source, repo_path)
+    table = duckdb_read_data_source(source, repo_path)
     created = source.created_timestamp_column
     if created and created in table.columns:
         table = table.mutate(
@@ -104,7 +105,7 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             project=project,
             full_feature_names=full_feature_names,
             data_source_reader=_read_created_or_event,
-            data_source_writer=feast_duckdb._write_data_source,
+            data_source_writer=duckdb_write_data_source,
             staging_location=store.staging_location,
             staging_location_endpoint_override=store.staging_location_endpoint_override,
             filter_by_created_timestamp=filter_by_created(store, filter_by_created_timestamp),
@@ -132,7 +133,7 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             start_date=start_date,
             end_date=end_date,
             data_source_reader=_read_created_or_event,
-            data_source_writer=feast_duckdb._write_data_source,
+            data_source_writer=duckdb_write_data_source,
             staging_location=store.staging_location,
             staging_location_endpoint_override=store.staging_location_endpoint_override,
         )
@@ -172,7 +173,7 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
             on_demand_feature_views=[],
             full_feature_names=False,
             metadata=None,
-            data_source_writer=feast_duckdb._write_data_source,
+            data_source_writer=duckdb_write_data_source,
             staging_location=store.staging_location,
             staging_location_endpoint_override=store.staging_location_endpoint_override,
             repo_path=str(config.repo_path),

@@ -32,11 +32,15 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
-from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
 from feast.repo_config import RepoConfig
 from psycopg import sql
 from pydantic import PositiveInt, StrictBool
 
+from feature_platform.feast_seam.stores import (
+    postgres_conn_kwargs,
+    postgres_conninfo,
+    postgres_table,
+)
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import CREATED_OR_EVENT, filter_by_created
 
@@ -182,23 +186,23 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
         settings) with every step bounded by `write_timeout_seconds`: a locked table or
         an unreachable server fails the write instead of holding the caller."""
         source = feature_view.batch_source
-        if not isinstance(source, PostgreSQLSource) or not source._postgres_options._table:
+        if not isinstance(source, PostgreSQLSource) or not postgres_table(source):
             raise ValueError(f"{feature_view.name}: offline writes need a PostgreSQLSource table")
         if table.num_rows == 0:
             return
         store = config.offline_store
         timeout_s = store.write_timeout_seconds
-        kwargs = _get_conn_kwargs(store)
+        kwargs = postgres_conn_kwargs(store)
         kwargs["options"] += f" -c lock_timeout={timeout_s}s -c statement_timeout={timeout_s}s"
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             # the table's text as Feast's own queries use it, so writes and reads resolve alike
-            sql.SQL(source._postgres_options._table),
+            sql.SQL(postgres_table(source)),
             sql.SQL(", ").join(sql.Identifier(name) for name in table.column_names),
         )
         columns = [column.to_pylist() for column in table.columns]
         with (
             psycopg.connect(
-                _get_conninfo(store),
+                postgres_conninfo(store),
                 connect_timeout=timeout_s,
                 keepalives_idle=store.keepalives_idle,
                 **kwargs,

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureView
-from feast.infra.online_stores.helpers import _redis_key
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
-from feast.utils import _build_entity_keys
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from feature_platform.feast_seam.conversion import build_entity_keys, redis_key
 
 # Value's oneof fields, as (field number << 3) | wire type: 1 is 64-bit, 5 is 32-bit.
 DOUBLE_TAG = (5 << 3) | 1
@@ -161,8 +161,8 @@ def entity_keys(
         )
         for name, value_type in join_keys.items()
     }
-    protos = _build_entity_keys(batch.num_rows, dict(join_keys), key_values)
-    return [_redis_key(project, key, entity_key_serialization_version=version) for key in protos]
+    protos = build_entity_keys(batch.num_rows, dict(join_keys), key_values)
+    return [redis_key(project, key, entity_key_serialization_version=version) for key in protos]
 
 
 def _micros(column: pa.Array) -> np.ndarray:

@@ -32,6 +32,8 @@ from feast.value_type import ValueType
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
+from feature_platform.feast_seam import patches
+from feature_platform.feast_seam.stores import parse_redis_connection_string
 from feature_platform.stores import (
     freshness,
     online_ttl,
@@ -44,7 +46,8 @@ OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetim
 
 TYPE = "feature_platform.stores.redis_online.RedisOnlineStore"
 
-online_ttl.install()
+# Feast imports this module by its `type:` path: the ttl patch's import hook (feast_seam.patches).
+patches.install_online_ttl(online_ttl.ttl_seconds, online_ttl.is_expired)
 
 
 class RedisOnlineStoreConfig(feast_redis.RedisOnlineStoreConfig):
@@ -65,7 +68,7 @@ def cluster_config(store: feast_redis.RedisOnlineStoreConfig) -> Any:
 def sentinel_primary(store: feast_redis.RedisOnlineStoreConfig, asynchronous: bool) -> Any:
     """Feast's Sentinel client (the same arguments), on a pool that follows a failover
     within a second (`redis_sentinel`)."""
-    nodes, kwargs = feast_redis.RedisOnlineStore._parse_connection_string(store.connection_string)
+    nodes, kwargs = parse_redis_connection_string(store.connection_string)
     hosts = [(node["host"], int(node["port"])) for node in nodes]
     if asynchronous:
         sentinels: Any = AsyncSentinel(hosts, **kwargs)

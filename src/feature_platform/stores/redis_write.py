@@ -22,11 +22,10 @@ from itertools import chain
 from typing import Any
 
 from feast import FeatureView
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.infra.online_stores.redis import _versioned_fv_name
 from feast.repo_config import RepoConfig
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feature_platform.feast_seam.conversion import mmh3, redis_key, versioned_view_name
 from feature_platform.stores import redis_encoding, redis_scripts
 from feature_platform.stores.redis_encoding import EncodedRows
 from feature_platform.stores.training_rule import row_version
@@ -109,14 +108,14 @@ def script_calls(
 ) -> list[tuple[list[bytes], list[Any]]]:
     """(KEYS, ARGV) of each WRITE_IF_NEWER call writing `rows`."""
     store = config.online_store
-    view = _versioned_fv_name(table, config)
+    view = versioned_view_name(table, config)
     header: list[Any] = [
         f"_ts:{view}",
         f"{CREATED_FIELD_PREFIX}{view}",
         store.key_ttl_seconds or 0,
         1 if store.skip_dedup else 0,
         len(rows.features),
-        *(_mmh3(f"{view}:{name}") for name in rows.features),
+        *(mmh3(f"{view}:{name}") for name in rows.features),
     ]
     width = 4 + len(rows.features)
     flat = list(chain.from_iterable(zip(rows.event_micros, rows.created_micros,
@@ -160,7 +159,7 @@ def encode_protos(config: RepoConfig, data: Sequence[Any]) -> list[EncodedRows]:
         rows = data[start:stop]
         versions = [row_version(event, created) for _, _, event, created in rows]
         version = config.entity_key_serialization_version
-        keys = [_redis_key(config.project, row[0], entity_key_serialization_version=version)
+        keys = [redis_key(config.project, row[0], entity_key_serialization_version=version)
                 for row in rows]  # fmt: skip
         groups.append(
             redis_encoding.from_protos(

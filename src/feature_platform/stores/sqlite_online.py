@@ -23,6 +23,8 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores import sqlite as feast_sqlite
 from feast.repo_config import RepoConfig
 
+from feature_platform.feast_seam import patches
+from feature_platform.feast_seam.stores import sqlite_quote_id, sqlite_table_id
 from feature_platform.stores import online_ttl
 from feature_platform.stores.training_rule import row_version
 
@@ -30,7 +32,8 @@ TYPE = "feature_platform.stores.sqlite_online.SqliteOnlineStore"
 # Entity keys per lookup, well under SQLite's limit on bound parameters.
 KEYS_PER_QUERY = 500
 
-online_ttl.install()
+# Feast imports this module by its `type:` path: the ttl patch's import hook (feast_seam.patches).
+patches.install_online_ttl(online_ttl.ttl_seconds, online_ttl.is_expired)
 
 Version = tuple[datetime, datetime]
 
@@ -52,7 +55,7 @@ def _stored_versions(
     for start in range(0, len(wanted), KEYS_PER_QUERY):
         chunk = wanted[start : start + KEYS_PER_QUERY]
         rows = conn.execute(
-            f"SELECT entity_key, event_ts, created_ts FROM {feast_sqlite._quote_id(table_name)} "
+            f"SELECT entity_key, event_ts, created_ts FROM {sqlite_quote_id(table_name)} "
             f"WHERE entity_key IN ({', '.join('?' * len(chunk))})",
             chunk,
         )
@@ -88,7 +91,7 @@ class SqliteOnlineStore(feast_sqlite.SqliteOnlineStore):
         progress: Callable[[int], Any] | None,
     ) -> None:
         conn = self._get_conn(config)
-        table_name = feast_sqlite._table_id(
+        table_name = sqlite_table_id(
             config.project, table, config.registry.enable_online_feature_view_versioning
         )
         keys = [

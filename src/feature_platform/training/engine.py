@@ -36,19 +36,24 @@ from typing import Any
 import duckdb
 import psycopg
 import pyarrow as pa
-from feast import FeatureService, FeatureStore, FeatureView, utils
+from feast import FeatureService, FeatureStore, FeatureView
 from feast.data_format import ParquetFormat
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
 )
 from feast.infra.offline_stores.file_source import FileSource
-from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.transformation.python_transformation import PythonTransformation
 from feast.type_map import feast_value_type_to_pa
 from psycopg import sql
 
 from feature_platform.console import Say
+from feature_platform.feast_seam import feature_refs
+from feature_platform.feast_seam.stores import (
+    postgres_conn_kwargs,
+    postgres_conninfo,
+    postgres_table,
+)
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import postgres_copy
 from feature_platform.stores.duckdb_offline import DuckDBOfflineStoreConfig
@@ -94,13 +99,7 @@ class Plan:
 
 def plan(store: FeatureStore, features: list[str] | FeatureService) -> Plan:
     """What the join reads, resolved the way `get_historical_features` resolves it."""
-    refs = utils._get_features(store.registry, store.project, features, allow_cache=True)
-    all_views, all_odfvs = utils._get_feature_views_to_use(
-        store.registry, store.project, features, allow_cache=True
-    )
-    for odfv in all_odfvs:
-        odfv.write_to_online_store = False
-    grouped, odfvs = utils._group_feature_refs(refs, all_views, all_odfvs)
+    refs, grouped, odfvs = feature_refs.resolve(store, features)
     # Feast's order: the requested references, then what on-demand views need.
     ordered = list(refs)
     for view, names in grouped:
@@ -175,13 +174,15 @@ def view_files(
     files: list[list[str] | None] = []
     for view in plan.views:
         source = view.source
-        name = source._postgres_options._table if isinstance(source, PostgreSQLSource) else ""
+        name = postgres_table(source) if isinstance(source, PostgreSQLSource) else ""
         if isinstance(source, FileSource):
             files.append([FileSource.get_uri_for_file_path(store.config.repo_path, source.path)])
         elif mirror_dir and name:
             if name not in refreshed:
                 mirrored = offline_mirror.refresh(
-                    lambda: psycopg.connect(_get_conninfo(config), **_get_conn_kwargs(config)),
+                    lambda: psycopg.connect(
+                        postgres_conninfo(config), **postgres_conn_kwargs(config)
+                    ),
                     name,
                     Path(mirror_dir),
                     say,
@@ -319,7 +320,7 @@ class Stage:
             source,
             sql.SQL(" AND ").join(where),
         )
-        with psycopg.connect(_get_conninfo(config), **_get_conn_kwargs(config)) as conn:
+        with psycopg.connect(postgres_conninfo(config), **postgres_conn_kwargs(config)) as conn:
             conn.execute(
                 sql.SQL("CREATE TEMP TABLE label_keys AS SELECT {} FROM {} AS src LIMIT 0").format(
                     keys, source
@@ -559,7 +560,7 @@ def _python_udf(
     outputs = pa.Table.from_pydict(transformation.udf(_Inputs(columns, table[TIMESTAMP])))
     # Feast's clean-up: the added aliases dropped, the view's `odfv__feature` names
     # shortened.
-    projected = {odfv._get_projected_feature_name(f.name): f.name for f in odfv.features}
+    projected = {feature_refs.projected_feature_name(odfv, f.name): f.name for f in odfv.features}
     return [
         (projected.get(name, name), column)
         for name, column in zip(outputs.column_names, outputs.columns, strict=True)

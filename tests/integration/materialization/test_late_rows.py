@@ -29,9 +29,10 @@ from faults import Proxy
 from feast import FeatureStore
 from stacks import Stack
 
-from feature_platform.config import environments, feast_commands
+from feature_platform.config import environments
 from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.materialization import load as materialize
+from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.training import FEATURE_SERVICE, training_set
 
@@ -148,7 +149,7 @@ def late(
         opened = []
         for stack in (local, dev):
             with stack.active():
-                opened.append(stores.enter_context(feast_commands.job_store(stack.env)))
+                opened.append(stores.enter_context(view_rows.job_store(stack.env)))
         late = Late(local, dev, server, redis_proxy, tables, *opened)
         late.materialize(T1)
         yield late

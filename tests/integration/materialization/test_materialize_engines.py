@@ -26,6 +26,7 @@ from stacks import CLAIM_KEY, Stack, patched_environ
 from feature_platform.config import environments, feast_commands
 from feature_platform.config.guard import ConfigError
 from feature_platform.materialization import load as materialize
+from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.stores import freshness
 
@@ -87,7 +88,7 @@ def _avg(stack: Stack, customer: int) -> float | None:
 
 
 def _watermark(stack: Stack) -> datetime | None:
-    with stack.active(), feast_commands.job_store(stack.env) as store:
+    with stack.active(), view_rows.job_store(stack.env) as store:
         return Watermarks(store.registry, store.project).get("customer_stats")
 
 
@@ -118,9 +119,9 @@ def _run_both(stacks: tuple[Stack, Stack], end: datetime) -> None:
 
 def test_ray_engine_writes_the_in_process_bytes(stacks: tuple[Stack, Stack]) -> None:
     local, ray = stacks
-    with ray.active(), feast_commands.job_store(ray.env) as store:
+    with ray.active(), view_rows.job_store(ray.env) as store:
         assert type(store.config.batch_engine).__name__ == "RayComputeEngineConfig"
-    with local.active(), feast_commands.job_store(local.env) as store:
+    with local.active(), view_rows.job_store(local.env) as store:
         assert store.config.batch_engine.type == "local"
 
     _run_both(stacks, T1)

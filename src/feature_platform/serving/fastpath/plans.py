@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feast import FeatureStore, FeatureView, OnDemandFeatureView
-from feast.infra.online_stores.helpers import _mmh3
 from feast.value_type import ValueType
 
 from feature_platform.errors import PlatformError, not_found
+from feature_platform.feast_seam.conversion import mmh3
 from feature_platform.stores.online_ttl import ttl_seconds
 
 # Value types decoded on the fast path; anything else goes to Feast's path.
@@ -178,7 +178,7 @@ class PlanCache:
                 if dtypes[feature].to_value_type() not in SCALAR_TYPES:
                     raise Unsupported(f"feature {view_name}:{feature} is not a scalar")
                 plan_v.features.append(feature)
-                plan_v.fields.append(_mmh3(f"{view_name}:{feature}"))
+                plan_v.fields.append(mmh3(f"{view_name}:{feature}"))
         for plan_v in views.values():
             plan_v.fields.append(f"_ts:{plan_v.name}")
         for odfv in odfvs.values():

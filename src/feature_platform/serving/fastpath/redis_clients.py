@@ -23,11 +23,12 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 from feast import FeatureStore
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
 from feature_platform.errors import PlatformError
+from feature_platform.feast_seam.stores import parse_redis_connection_string
 from feature_platform.serving.fastpath.redis_pipeline import PipelinedConnection
 from feature_platform.stores.redis_sentinel import AsyncFollowingSentinelPool
 
@@ -44,7 +45,7 @@ def redis_client(store: FeatureStore) -> AsyncRedis | None:
     config = store.config.online_store
     if not isinstance(config, RedisOnlineStoreConfig):
         return None
-    nodes, kwargs = RedisOnlineStore._parse_connection_string(config.connection_string)
+    nodes, kwargs = parse_redis_connection_string(config.connection_string)
     kwargs.pop("socket_timeout", None)
     addresses = [(node["host"], int(node.get("port", 6379))) for node in nodes]
     if not addresses:

@@ -1,0 +1,73 @@
+"""Feast's registry internals: the caching registry's cache, a job's registry released,
+the REST registry app and the gRPC registry's interceptors built from Feast's pieces."""
+
+from __future__ import annotations
+
+import atexit
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from feast import FeatureStore
+
+
+def reload_cache(store: FeatureStore) -> None:
+    """Load the registry into the store's cache, raising on failure (CachingRegistry's
+    refresh swallows its errors; the cached copy is left as it was)."""
+    from feast.infra.registry.caching_registry import CachingRegistry
+    from feast.utils import _utc_now
+
+    registry = store.registry
+    if not isinstance(registry, CachingRegistry):
+        store.refresh_registry()
+        return
+    registry.cached_registry_proto = registry.proto()
+    registry.cached_registry_proto_created = _utc_now()
+    store._clear_feature_service_cache()
+
+
+def release(store: FeatureStore) -> None:
+    """Stop what a caching registry keeps running for the life of the process: its
+    refresh timer, its exit handler and (SQL registry) its database engines. Nothing
+    when the store never created its registry."""
+    registry = store._registry
+    timer = getattr(registry, "registry_refresh_thread", None)
+    if timer is not None:
+        timer.cancel()
+    exit_handler = getattr(registry, "_exit_handler", None)
+    if exit_handler is not None:
+        atexit.unregister(exit_handler)
+    for engine in {getattr(registry, name, None) for name in ("write_engine", "read_engine")}:
+        if engine is not None:
+            engine.dispose()
+
+
+def rest_registry_app(store: FeatureStore, app: FastAPI) -> FastAPI:
+    """`app` with the routes, error handlers and auth of Feast's REST registry server.
+
+    Feast's `RestRegistryServer.__init__` cannot run with the FastAPI this project locks
+    (servers/registry.py says why), so the instance is assembled here as it does, less
+    its visit-logging middleware, and with the caller's `app`."""
+    from feast.api.registry.rest.rest_registry_server import RestRegistryServer
+    from feast.registry_server import RegistryServer
+
+    rest = RestRegistryServer.__new__(RestRegistryServer)
+    rest.store = store
+    rest.registry = store.registry
+    rest.grpc_handler = RegistryServer(store.registry, store=store)
+    # read by Feast's metrics routes; no visit is recorded here
+    rest.recent_visits_limit = 100
+    rest.log_patterns = []
+    rest.app = app
+    rest._add_exception_handlers()
+    rest._add_openapi_security()
+    rest._init_auth()
+    rest._register_routes()
+    return app
+
+
+def grpc_interceptors(auth_type: Any) -> list[Any]:
+    """Feast's own interceptors of its registry server for `auth_type` (auth, errors)."""
+    from feast.registry_server import _grpc_interceptors
+
+    return _grpc_interceptors(auth_type) or []

@@ -1,0 +1,100 @@
+"""patches.import_feast_unchecked, patches.compared_also_by, and the ttl patch's import
+hook (its rule: test_seam_online_ttl.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+WRONG_TYPE = """
+try:
+    Entity(name=1, join_keys=["customer_id"])
+    print("unchecked")
+except TypeCheckError:
+    print("checked")
+"""
+# Two fresh interpreters, where Feast is not imported yet: one through the seam, one as
+# Feast imports the platform's online store (its `type:` path).
+UNCHECKED = """
+from typeguard import TypeCheckError
+from feature_platform.feast_seam import patches
+patches.import_feast_unchecked()
+from feast import Entity
+"""
+AS_FEAST_IMPORTS_THE_STORE = """
+from typeguard import TypeCheckError
+import feature_platform.stores.sqlite_online
+from feast import Entity, utils
+print(hasattr(utils._populate_response_from_feature_data, "__wrapped__"))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict[str, tuple[list[str], str]]:
+    """Each script's lines of output and the end of its stderr; both at once, as each
+    spends seconds importing Feast."""
+    scripts = {"unchecked": UNCHECKED, "store": AS_FEAST_IMPORTS_THE_STORE}
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code + WRONG_TYPE],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, code in scripts.items()
+    }
+    results = {}
+    for name, process in running.items():
+        out, err = process.communicate(timeout=120)
+        results[name] = (out.split(), err[-400:])
+    return results
+
+
+@pytest.mark.seam("patches.import_feast_unchecked")
+def test_feast_imported_unchecked_skips_typeguard(
+    fresh_imports: dict[str, tuple[list[str], str]],
+) -> None:
+    assert fresh_imports["unchecked"][0] == ["unchecked"], fresh_imports["unchecked"][1]
+    assert fresh_imports["store"][0][-1:] == ["checked"], fresh_imports["store"][1]
+
+
+@pytest.mark.seam("patches.online_ttl")
+def test_importing_a_platform_online_store_installs_the_ttl_patch(
+    fresh_imports: dict[str, tuple[list[str], str]],
+) -> None:
+    assert fresh_imports["store"][0][:1] == ["True"], fresh_imports["store"][1]
+
+
+@pytest.mark.seam("patches.compared_also_by")
+def test_a_logging_change_alone_is_applied_only_through_the_copy(
+    store: Any, objects: dict[str, Any], tmp_path: Path
+) -> None:
+    from feast import FeatureService
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+
+    from feature_platform.feast_seam.patches import compared_also_by
+    from feature_platform.rollouts.plan import logging_text
+
+    logged = FeatureService(
+        name="svc",
+        features=[objects["counts"]],
+        logging_config=LoggingConfig(
+            destination=FileLoggingDestination(path=str(tmp_path / "log")), sample_rate=1.0
+        ),
+    )
+    assert logged == objects["svc"]  # Feast's == leaves logging_config out
+
+    def stored_logging() -> Any:
+        return store.registry.get_feature_service("svc", store.project).logging_config
+
+    store.registry.apply_feature_service(logged, store.project)
+    assert stored_logging() is None  # skipped: equal to the stored one
+    compared = compared_also_by(logged, logging_text)
+    assert compared != objects["svc"] and compared == logged
+    store.registry.apply_feature_service(compared, store.project)
+    assert stored_logging() is not None
