@@ -114,3 +114,13 @@ def positive_number(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ConfigError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """`name`'s value as true or false; unset or empty is false."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "false"):
+        return False
+    if raw == "true":
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
