@@ -96,9 +96,14 @@ def redact(text: str, values: Mapping[str, str]) -> str:
     return text
 
 
+# redis-py prefixes an error inside a pipeline with the command that failed, arguments
+# and all (entity keys, feature values): only the server's own message is kept.
+_PIPELINE_COMMAND = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+
+
 def one_line_error(exc: BaseException, values: Mapping[str, str]) -> str:
     """An unexpected exception as one line, with the secrets in `values` masked."""
-    text = str(exc).strip().splitlines()
+    text = _PIPELINE_COMMAND.sub("", str(exc)).strip().splitlines()
     return redact(f"{type(exc).__name__}: {text[0] if text else ''}", values)
 
 
