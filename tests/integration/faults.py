@@ -47,16 +47,18 @@ def _wait_port(port: int, up: bool, timeout_s: float = 10) -> None:
 class PrivateRedis:
     """A redis-server of this test's own, which it may stop, pause and restart."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *args: str) -> None:
+        """`args`: more redis-server options, such as `--maxmemory 4mb`."""
         self.port = free_port()
         self.work_dir = work_dir
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.work_dir)],
+             "--appendonly", "no", "--dir", str(self.work_dir), *self.args],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_port(self.port, up=True)

@@ -19,6 +19,7 @@ from feature_platform.config import guard as config_guard
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
 FEAST_BIN = Path(sys.executable).parent / "feast"
 
@@ -81,27 +82,40 @@ def _file_args(env: str) -> list[str]:
     return ["-f", str(environments.feature_store_yaml(env))]
 
 
-def open_store(env: str) -> FeatureStore:
-    """An in-process FeatureStore for `env`.
-
-    Feast expands variables from this process's environment when it reads the
-    configuration, so the environment's settings are in place for that moment only.
-    """
-    from feast import FeatureStore  # slow to import: only where a store is needed
-
-    quiet_warnings()
+@contextmanager
+def _settings_in_environ(env: str) -> Iterator[None]:
+    """Feast expands variables from this process's environment when it reads the
+    configuration, so the environment's settings are in place for that moment only."""
     values = prepare(env)
     saved = dict(os.environ)
     os.environ.update(values)
     try:
-        return FeatureStore(
-            repo_path=str(environments.feature_repo()),
-            fs_yaml_file=environments.feature_store_yaml(env),
-        )
+        yield
     finally:
         # Leave no environment's settings behind to leak into the next one's.
         os.environ.clear()
         os.environ.update(saved)
+
+
+def open_store(env: str) -> FeatureStore:
+    """An in-process FeatureStore for `env`."""
+    from feast import FeatureStore  # slow to import: only where a store is needed
+
+    quiet_warnings()
+    with _settings_in_environ(env):
+        return FeatureStore(
+            repo_path=str(environments.feature_repo()),
+            fs_yaml_file=environments.feature_store_yaml(env),
+        )
+
+
+def repo_config(env: str) -> RepoConfig:
+    """`env`'s Feast configuration alone: no registry opened, no store built."""
+    from feast.repo_config import load_repo_config
+
+    quiet_warnings()
+    with _settings_in_environ(env):
+        return load_repo_config(environments.feature_repo(), environments.feature_store_yaml(env))
 
 
 @contextmanager

@@ -18,6 +18,12 @@ the old watermark again. The overlap (MATERIALIZE_OVERLAP_SECONDS, default 600) 
 writers whose creation time precedes their commit, by up to their longest transaction,
 and clock skew between them and this job.
 
+Before any write, the online store's Redis is asked for its eviction policy
+(`stores/redis_memory.py`): anything but `noeviction` stops the run with a configuration
+error (exit 2) unless REDIS_ALLOW_EVICTION=true, since an evicting Redis drops loaded values
+silently. Under `noeviction` a full Redis refuses writes (OOM): the view fails like any
+failed write, and its watermark stays.
+
 The rows are written in process by default; with MATERIALIZE_ENGINE selecting Feast's
 `ray.engine`, from Ray's workers (`materialize_ray`), the same bytes either way.
 
@@ -36,6 +42,7 @@ from typing import Any, TypeGuard
 from feast import FeatureStore, FeatureView
 from feast import utils as feast_utils
 from feast.feature_view import DUMMY_ENTITY_NAME
+from feast.infra.online_stores import redis as feast_redis
 
 from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
@@ -43,6 +50,7 @@ from feature_platform.console import Say
 from feature_platform.errors import EXIT_FAILED, PlatformError
 from feature_platform.materialization import ray_writes as materialize_ray
 from feature_platform.materialization.watermarks import Watermarks
+from feature_platform.stores import redis_memory
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.redis_online import TYPE as REDIS_STORE
 from feature_platform.stores.redis_online import RedisOnlineStore
@@ -186,8 +194,21 @@ def engine_name(store: FeatureStore) -> str:
     return name
 
 
-def _run(store: FeatureStore, env: str, margin: timedelta, end: datetime, say: Say) -> None:
+def _run(
+    store: FeatureStore,
+    env: str,
+    values: Mapping[str, str],
+    margin: timedelta,
+    end: datetime,
+    say: Say,
+) -> None:
     engine = engine_name(store)
+    online = store._get_provider().online_store
+    if isinstance(online, feast_redis.RedisOnlineStore):
+        # Before any write: on an evicting Redis a load can drop the values it loaded.
+        warning = redis_memory.check(online, store.config, values)
+        if warning:
+            say(warning)
     views = store._get_feature_views_to_materialize(None)
     ours = [view for view in views if by_creation_time(view)]
     feasts = [view.name for view in views if not by_creation_time(view)]
@@ -210,7 +231,7 @@ def job(env: str, end: datetime | None, say: Say) -> int:
     end = feast_utils.make_tzaware(end) if end else datetime.now(UTC)
     try:
         with feast_commands.job_store(env) as store:
-            _run(store, env, margin, end, say)
+            _run(store, env, values, margin, end, say)
     except ConfigError:
         raise
     except ViewFailed as failed:
