@@ -14,10 +14,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feature_platform.devtools.launcher import free_port
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from stacks import Stack
 
 
 def eventually(check: Callable[[], bool], what: str, attempts: int = 100) -> None:
@@ -78,6 +83,29 @@ class PrivateRedis:
     def resume(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def stack_on_private_redis(
+    stack_factory: Callable[..., Stack],
+    work_dir: Path,
+    name: str,
+    tables: Mapping[str, pd.DataFrame],
+    *redis_args: str,
+) -> Iterator[tuple[Stack, PrivateRedis]]:
+    """A dev stack on a PrivateRedis of its own (started with `redis_args`), `tables`
+    written and applied; on exit the stack is closed while its Redis still runs, then the
+    Redis is stopped."""
+    redis = PrivateRedis(work_dir, *redis_args)
+    redis.start()
+    stack = stack_factory("dev", name, {"REDIS_PORT": str(redis.port)})
+    try:
+        stack.write(tables)
+        stack.feast("apply")
+        yield stack, redis
+    finally:
+        stack.close()
+        redis.stop()
 
 
 class Proxy:

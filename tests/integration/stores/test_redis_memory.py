@@ -22,7 +22,7 @@ import pytest
 import redis
 import requests
 from conftest import SEED
-from faults import PrivateRedis
+from faults import PrivateRedis, stack_on_private_redis
 from prometheus_client.parser import text_string_to_metric_families
 from stacks import WRITABLE, WRITE_TOKEN, Stack, patched_environ
 
@@ -95,22 +95,15 @@ class Small:
 def small(
     stack_factory: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Small]:
+    tables = generator.generate(SIZES, seed=SEED, as_of=generator.default_as_of())
     work = tmp_path_factory.mktemp("redis_memory")
-    private = PrivateRedis(work, "--maxmemory", str(MAXMEMORY), "--maxmemory-policy", "noeviction")
-    private.start()
-    stack = stack_factory("dev", "memory", {"REDIS_PORT": str(private.port)})
-    try:
-        tables = generator.generate(SIZES, seed=SEED, as_of=generator.default_as_of())
-        stack.write(tables)
-        stack.feast("apply")
+    limits = ("--maxmemory", str(MAXMEMORY), "--maxmemory-policy", "noeviction")
+    with stack_on_private_redis(stack_factory, work, "memory", tables, *limits) as (stack, redis):
         stack.materialize()  # noeviction passes the check
         log = work / "server.log"
         with log.open("wb") as out:
             server = stack.server(settings=SETTINGS, log=out)
-        yield Small(stack, server, private, log, tables)
-    finally:
-        stack.close()  # while its Redis still runs
-        private.stop()
+        yield Small(stack, server, redis, log, tables)
 
 
 def _scrape(server: FeatureServer) -> dict[str, dict[tuple[str, ...], float]]:
