@@ -118,7 +118,13 @@ def check(online_store: Any, config: RepoConfig, env: Mapping[str, str]) -> str 
     allow = flag(env, ALLOW_VAR)
     store_config = config.online_store
     try:
-        nodes = read(online_store._get_client(store_config), store_config)
+        client = online_store._get_client(store_config)
+    except ValueError as exc:  # settings no client is built from, such as a cluster's db
+        raise ConfigError(str(exc)) from None
+    except UNREACHABLE as exc:
+        return f"warning: Redis maxmemory-policy not checked: no answer ({type(exc).__name__})"
+    try:
+        nodes = read(client, store_config)
     except ResponseError as exc:
         return f"warning: Redis maxmemory-policy not checked: INFO refused ({type(exc).__name__})"
     except UNREACHABLE as exc:

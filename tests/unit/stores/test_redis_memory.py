@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
 from feature_platform.config.guard import ConfigError
 from feature_platform.stores import redis_memory
 from feature_platform.stores.redis_memory import NodeMemory
+from feature_platform.stores.redis_online import RedisOnlineStore
 
 
 def _node(name: str, policy: str) -> NodeMemory:
@@ -54,3 +57,17 @@ def test_a_server_is_named_by_its_address_or_its_sentinel_name(
         redis_type=redis_type, connection_string=connection_string, sentinel_master="primary-set"
     )
     assert redis_memory.primary_name(config) == name
+
+
+@dataclass
+class RepoConfigStub:
+    online_store: RedisOnlineStoreConfig
+
+
+def test_settings_no_client_is_built_from_are_a_config_error() -> None:
+    """A cluster has db 0 only: said before anything connects, with exit code 2."""
+    config = RepoConfigStub(
+        RedisOnlineStoreConfig(redis_type=RedisType.redis_cluster, connection_string="c1:7000,db=3")
+    )
+    with pytest.raises(ConfigError, match="database 0 only, not db=3"):
+        redis_memory.check(RedisOnlineStore(), config, {})  # type: ignore[arg-type]
