@@ -122,3 +122,16 @@ def test_rules_select_this_release_only() -> None:
             assert 'job="other-feast-platform-server"' in expr, expr
         if "kube_job_owner" in expr:
             assert 'owner_name="other-feast-platform-' in expr, expr
+
+
+def test_accepted_eviction_reaches_the_settings_and_drops_the_policy_alert() -> None:
+    """redis.allowEviction: the servers and jobs run on an evicting Redis, and the policy
+    alone no longer alerts; evicted keys still do."""
+    default = render(SCENARIOS[SCENARIO])
+    assert one(default, "ConfigMap", "-settings")["data"]["REDIS_ALLOW_EVICTION"] == "false"
+    assert "FeaturePlatformRedisEvictionPolicy" in alert_names(rule_groups(default))
+    allowed = render(SCENARIOS[SCENARIO], {"redis": {"allowEviction": True}})
+    assert one(allowed, "ConfigMap", "-settings")["data"]["REDIS_ALLOW_EVICTION"] == "true"
+    names = alert_names(rule_groups(allowed))
+    assert "FeaturePlatformRedisEvictionPolicy" not in names
+    assert "FeaturePlatformRedisEvictingKeys" in names

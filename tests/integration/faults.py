@@ -14,10 +14,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feature_platform.devtools.launcher import free_port
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from stacks import Stack
 
 
 def eventually(check: Callable[[], bool], what: str, attempts: int = 100) -> None:
@@ -47,16 +52,18 @@ def _wait_port(port: int, up: bool, timeout_s: float = 10) -> None:
 class PrivateRedis:
     """A redis-server of this test's own, which it may stop, pause and restart."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *args: str) -> None:
+        """`args`: more redis-server options, such as `--maxmemory 4mb`."""
         self.port = free_port()
         self.work_dir = work_dir
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.work_dir)],
+             "--appendonly", "no", "--dir", str(self.work_dir), *self.args],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_port(self.port, up=True)
@@ -76,6 +83,29 @@ class PrivateRedis:
     def resume(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def stack_on_private_redis(
+    stack_factory: Callable[..., Stack],
+    work_dir: Path,
+    name: str,
+    tables: Mapping[str, pd.DataFrame],
+    *redis_args: str,
+) -> Iterator[tuple[Stack, PrivateRedis]]:
+    """A dev stack on a PrivateRedis of its own (started with `redis_args`), `tables`
+    written and applied; on exit the stack is closed while its Redis still runs, then the
+    Redis is stopped."""
+    redis = PrivateRedis(work_dir, *redis_args)
+    redis.start()
+    stack = stack_factory("dev", name, {"REDIS_PORT": str(redis.port)})
+    try:
+        stack.write(tables)
+        stack.feast("apply")
+        yield stack, redis
+    finally:
+        stack.close()
+        redis.stop()
 
 
 class Proxy:

@@ -80,6 +80,17 @@ class Topology:
                 return int(address.split(":")[1])
         raise AssertionError("no primary serves slot 0")
 
+    def primary_ports(self) -> list[int]:
+        """Every primary's port: the cluster's three, or the one the sentinels name."""
+        if self.kind == SENTINEL:
+            return [self.primary_port()]
+        nodes = self._cluster_nodes().items()
+        return sorted(
+            int(address.split(":")[1])
+            for address, node in nodes
+            if "master" in node["flags"] and "fail" not in node["flags"]
+        )
+
     def _cluster_nodes(self) -> dict[str, dict[str, Any]]:
         """CLUSTER NODES, parsed: "host:port" -> flags, slots, ... as a live node sees it."""
         for port in self.processes:

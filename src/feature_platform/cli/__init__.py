@@ -80,12 +80,15 @@ def cmd_rebuild_online(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from feature_platform.serving.redis_memory import check_at_start
     from feature_platform.serving.runner import serve
     from feature_platform.serving.settings import ServerSettings
 
     # The workers read the environment's settings from this process's environment.
     os.environ.update(feast_commands.prepare(args.env))
-    serve(ServerSettings.from_env())
+    settings = ServerSettings.from_env()
+    check_at_start(args.env, say)
+    serve(settings)
     return 0
 
 

@@ -22,21 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from feature_platform.config.guard import ConfigError, positive_number
+from feature_platform.config.guard import ConfigError, flag, positive_number
 
 AUTH_TYPES = ("no_auth", "oidc", "kubernetes")
 FEAST_AUTH_VAR = "FEAST_AUTH"
 INTRA_COMMUNICATION_VAR = "INTRA_COMMUNICATION_BASE64"
 OIDC_REQUIRED = ("OIDC_DISCOVERY_URL", "OIDC_CLIENT_ID", "OIDC_AUDIENCE", "OIDC_ISSUER")
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "false"):
-        return False
-    if raw == "true":
-        return True
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +61,7 @@ class AuthSettings:
             raise ConfigError(
                 f"AUTH_TYPE must be one of {', '.join(AUTH_TYPES)}, got {auth_type!r}"
             )
-        if auth_type == "no_auth" and not _flag(env, "AUTH_ALLOW_NO_AUTH"):
+        if auth_type == "no_auth" and not flag(env, "AUTH_ALLOW_NO_AUTH"):
             raise ConfigError(
                 "AUTH_TYPE=no_auth lets anyone who reaches a server read and write: set "
                 "AUTH_TYPE=oidc or kubernetes, or AUTH_ALLOW_NO_AUTH=true to mean it"

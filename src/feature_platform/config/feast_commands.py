@@ -8,7 +8,8 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from feature_platform.config import guard as config_guard
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
 FEAST_BIN = Path(sys.executable).parent / "feast"
 
@@ -46,10 +48,6 @@ def prepare(env: str) -> dict[str, str]:
     """The checked process environment for `env`; ConfigError if anything is missing."""
     values = environments.settings(env)
     config_guard.check(environments.feature_store_yaml(env), values)
-    # For the processes started with these values, such as `feast apply`.
-    values["PYTHONWARNINGS"] = ",".join(
-        filter(None, (values.get("PYTHONWARNINGS"), *QUIET_WARNINGS))
-    )
     if values.get("PLATFORM_DATA_DIR"):
         # SQLite creates its files, not their directory: a fresh checkout has none.
         Path(values["PLATFORM_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -79,24 +77,37 @@ def _file_args(env: str) -> list[str]:
     return ["-f", str(environments.feature_store_yaml(env))]
 
 
-def open_store(env: str) -> FeatureStore:
-    """An in-process FeatureStore for `env`.
-
-    Feast expands variables from this process's environment when it reads the
-    configuration, so the environment's settings are in place for that moment only.
-    """
-    from feast import FeatureStore  # slow to import: only where a store is needed
-
-    quiet_warnings()
+@contextmanager
+def _settings_in_environ(env: str) -> Iterator[None]:
+    """Feast expands variables from this process's environment when it reads the
+    configuration, so the environment's settings are in place for that moment only."""
     values = prepare(env)
     saved = dict(os.environ)
     os.environ.update(values)
     try:
-        return FeatureStore(
-            repo_path=str(environments.feature_repo()),
-            fs_yaml_file=environments.feature_store_yaml(env),
-        )
+        yield
     finally:
         # Leave no environment's settings behind to leak into the next one's.
         os.environ.clear()
         os.environ.update(saved)
+
+
+def open_store(env: str) -> FeatureStore:
+    """An in-process FeatureStore for `env`."""
+    from feast import FeatureStore  # slow to import: only where a store is needed
+
+    quiet_warnings()
+    with _settings_in_environ(env):
+        return FeatureStore(
+            repo_path=str(environments.feature_repo()),
+            fs_yaml_file=environments.feature_store_yaml(env),
+        )
+
+
+def repo_config(env: str) -> RepoConfig:
+    """`env`'s Feast configuration alone: no registry opened, no store built."""
+    from feast.repo_config import load_repo_config
+
+    quiet_warnings()
+    with _settings_in_environ(env):
+        return load_repo_config(environments.feature_repo(), environments.feature_store_yaml(env))

@@ -96,9 +96,14 @@ def redact(text: str, values: Mapping[str, str]) -> str:
     return text
 
 
+# redis-py prefixes an error inside a pipeline with the command that failed, arguments
+# and all (entity keys, feature values): only the server's own message is kept.
+_PIPELINE_COMMAND = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+
+
 def one_line_error(exc: BaseException, values: Mapping[str, str]) -> str:
     """An unexpected exception as one line, with the secrets in `values` masked."""
-    text = str(exc).strip().splitlines()
+    text = _PIPELINE_COMMAND.sub("", str(exc)).strip().splitlines()
     return redact(f"{type(exc).__name__}: {text[0] if text else ''}", values)
 
 
@@ -114,3 +119,13 @@ def positive_number(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ConfigError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """`name`'s value as true or false; unset or empty is false."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "false"):
+        return False
+    if raw == "true":
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")

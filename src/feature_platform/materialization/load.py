@@ -18,6 +18,12 @@ the old watermark again. The overlap (MATERIALIZE_OVERLAP_SECONDS, default 600) 
 writers whose creation time precedes their commit, by up to their longest transaction,
 and clock skew between them and this job.
 
+Before any write, the online store's Redis is asked for its eviction policy
+(`stores/redis_memory.py`): anything but `noeviction` stops the run with a configuration
+error (exit 2) unless REDIS_ALLOW_EVICTION=true, since an evicting Redis drops loaded values
+silently. Under `noeviction` a full Redis refuses writes (OOM): the view fails like any
+failed write, and its watermark stays.
+
 The rows are written in process by default; with MATERIALIZE_ENGINE selecting Feast's
 `ray.engine`, from Ray's workers (`materialize_ray`), the same bytes either way.
 
@@ -34,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 
 from feast import FeatureStore, FeatureView
 from feast import utils as feast_utils
+from feast.infra.online_stores import redis as feast_redis
 
 from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
@@ -43,6 +50,7 @@ from feature_platform.feast_seam import feature_store
 from feature_platform.materialization import rebuild
 from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
+from feature_platform.stores import redis_memory
 from feature_platform.stores.load_window import LoadWindow
 from feature_platform.stores.redis_online import RedisOnlineStore
 
@@ -123,11 +131,23 @@ def engine_name(store: FeatureStore) -> str:
 
 
 def _run(
-    store: FeatureStore, env: str, margin: timedelta, end: datetime, mode: str, say: Say
+    store: FeatureStore,
+    env: str,
+    values: Mapping[str, str],
+    margin: timedelta,
+    end: datetime,
+    mode: str,
+    say: Say,
 ) -> list[rebuild.Coverage]:
     """Load every view up to `end`, after rebuilding (mode auto) the views whose sampled
     coverage shows a lost store; the coverage of those."""
     engine = engine_name(store)
+    online = feature_store.provider(store).online_store
+    if isinstance(online, feast_redis.RedisOnlineStore):
+        # Before any write: on an evicting Redis a load can drop the values it loaded.
+        warning = redis_memory.check(online, store.config, values)
+        if warning:
+            say(warning)
     views = feature_store.views_to_materialize(store, None)
     ours = [view for view in views if view_rows.by_creation_time(view)]
     feasts = [view.name for view in views if not view_rows.by_creation_time(view)]
@@ -141,7 +161,6 @@ def _run(
         _load_by_creation_time(store, ours, margin, end, say)
     if feasts:
         store.materialize_incremental(end, feature_views=feasts)
-    online = feature_store.provider(store).online_store
     if isinstance(online, RedisOnlineStore):
         # Found whole, rebuilt, or loaded for the first time; not a loss left as it is.
         left = {c.view for c in lost} if mode == "off" else set()
@@ -159,7 +178,7 @@ def job(env: str, end: datetime | None, say: Say) -> int:
     end = feast_utils.make_tzaware(end) if end else datetime.now(UTC)
     try:
         with view_rows.job_store(env) as store:
-            lost = _run(store, env, margin, end, mode, say)
+            lost = _run(store, env, values, margin, end, mode, say)
     except ConfigError:
         raise
     except ViewFailed as failed:

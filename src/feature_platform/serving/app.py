@@ -39,6 +39,7 @@ from feature_platform.serving.fastpath.plans import PlanCache, Unsupported
 from feature_platform.serving.fastpath.redis_clients import redis_client
 from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
+from feature_platform.serving.redis_memory import RedisMemoryReader
 from feature_platform.serving.registry_refresh import RegistryRefresher
 from feature_platform.serving.settings import ServerSettings
 from feature_platform.serving.vector_log import VectorLog
@@ -78,6 +79,11 @@ class FeatureServerApp:
             else None
         )
         self.freshness = FreshnessReader(store, settings.store_timeout_s)
+        self.redis_memory = (
+            RedisMemoryReader(self.redis, store.config.online_store, settings.store_timeout_s)
+            if self.redis is not None
+            else None
+        )
         self.vector_log = VectorLog(
             store, settings.served_vectors_queue_rows, settings.served_vectors_flush_s
         )
@@ -127,8 +133,7 @@ class FeatureServerApp:
         if path == "/ready":
             return await self._ready(send)
         if path == "/metrics":
-            body, content_type = metrics.exposition(await self.freshness.read())
-            return await _send(send, 200, body, [(b"content-type", content_type.encode())])
+            return await self._metrics(send)
         user = await self._caller(scope)
         if path == "/openapi.json":
             return await _send(send, 200, await self._openapi(), JSON_HEADERS)
@@ -181,6 +186,17 @@ class FeatureServerApp:
             document = orjson.dumps(built)
             self._document = (snapshot, document)
         return document
+
+    async def _metrics(self, send: Send) -> int:
+        """Freshness and Redis memory are read at once, each within the store deadline."""
+        if self.redis_memory is None:
+            freshness, memory = await self.freshness.read(), None
+        else:
+            freshness, memory = await asyncio.gather(
+                self.freshness.read(), self.redis_memory.read()
+            )
+        body, content_type = metrics.exposition(freshness, memory)
+        return await _send(send, 200, body, [(b"content-type", content_type.encode())])
 
     async def _ready(self, send: Send) -> int:
         if draining():

@@ -1,8 +1,9 @@
 """Prometheus metrics, shared across gunicorn workers through PROMETHEUS_MULTIPROC_DIR.
 
 Feast's own latency histogram starts at 5 ms, coarser than a whole request here; these
-buckets resolve the sub-millisecond range. Freshness is not a per-worker value: it is
-read at scrape time (`serving/freshness.py`) and reported once per scrape.
+buckets resolve the sub-millisecond range. Freshness and the Redis server's memory are
+not per-worker values: they are read at scrape time (`serving/freshness.py`,
+`serving/redis_memory.py`) and reported once per scrape.
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from feature_platform.serving import contract
 
 if TYPE_CHECKING:
     from feature_platform.serving.freshness import Freshness
+    from feature_platform.serving.redis_memory import RedisMemory
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -241,6 +248,47 @@ class FreshnessCollector(Collector):
         yield loaded
 
 
+class RedisMemoryCollector(Collector):
+    """One scrape's INFO of each Redis primary; label values are the primaries."""
+
+    def __init__(self, memory: RedisMemory) -> None:
+        self.memory = memory
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "feature_platform_redis_info_up",
+            "1 if this scrape read INFO from every Redis primary, else 0.",
+            value=1.0 if self.memory.read_ok else 0.0,
+        )
+        used = GaugeMetricFamily(
+            "feature_platform_redis_used_memory_bytes",
+            "Memory Redis has allocated (INFO used_memory), per primary.",
+            labels=["node"],
+        )
+        limit = GaugeMetricFamily(
+            "feature_platform_redis_maxmemory_bytes",
+            "Redis maxmemory, per primary (0: no limit).",
+            labels=["node"],
+        )
+        evicted = CounterMetricFamily(
+            "feature_platform_redis_evicted_keys",
+            "Keys Redis deleted to make room (INFO evicted_keys), per primary; each is an "
+            "entity served NOT_FOUND until written again.",
+            labels=["node"],
+        )
+        policy = InfoMetricFamily(
+            "feature_platform_redis_maxmemory_policy",
+            "Redis maxmemory-policy, per primary; anything but noeviction drops keys when full.",
+            labels=["node"],
+        )
+        for node in sorted(self.memory.nodes, key=lambda n: n.node):
+            used.add_metric([node.node], node.used_bytes)
+            limit.add_metric([node.node], node.max_bytes)
+            evicted.add_metric([node.node], node.evicted_keys)
+            policy.add_metric([node.node], {"policy": node.policy})
+        yield from (used, limit, evicted, policy)
+
+
 class _PlatformSeries:
     """The series of `source` but Feast's (`feast_*`, from its metrics module): Feast's
     own handlers drive those, and here every request is counted as `feature_server_*`,
@@ -253,9 +301,11 @@ class _PlatformSeries:
         return (family for family in self.source.collect() if not family.name.startswith("feast_"))
 
 
-def exposition(freshness: Freshness | None = None) -> tuple[bytes, str]:
+def exposition(
+    freshness: Freshness | None = None, memory: RedisMemory | None = None
+) -> tuple[bytes, str]:
     """All workers' metrics under gunicorn (this process's alone otherwise), and the
-    freshness of this scrape once, not per worker."""
+    freshness and Redis memory of this scrape once, not per worker."""
     flush()
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -264,4 +314,6 @@ def exposition(freshness: Freshness | None = None) -> tuple[bytes, str]:
         registry.register(_PlatformSeries(REGISTRY))
     if freshness is not None:
         registry.register(FreshnessCollector(freshness))
+    if memory is not None:
+        registry.register(RedisMemoryCollector(memory))
     return generate_latest(registry), CONTENT_TYPE_LATEST

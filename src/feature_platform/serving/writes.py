@@ -30,6 +30,7 @@ from feast.data_source import PushMode, PushSource
 from feast.errors import FeatureViewNotFoundException
 from feast.value_type import ValueType
 
+from feature_platform.config.guard import one_line_error
 from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
 from feature_platform.feast_seam import feature_store
 from feature_platform.serving.errors import require_booleans
@@ -109,12 +110,13 @@ def _feature_view(store: FeatureStore, name: str) -> FeatureView:
 
 def _failure(exc: Exception) -> str:
     """A store failure as the log shows it: never the pushed values. PostgreSQL's DETAIL
-    and CONTEXT lines and Arrow's cast errors quote them, so those are left out."""
+    and CONTEXT lines, Arrow's cast errors and redis-py's pipeline errors quote them, so
+    those are left out."""
     if isinstance(exc, psycopg.Error):
         return f"{type(exc).__name__}: {exc.diag.message_primary or exc}"
     if isinstance(exc, pa.ArrowException):
         return type(exc).__name__
-    return f"{type(exc).__name__}: {exc}"
+    return one_line_error(exc, {})
 
 
 def _parse_push(request: dict[str, Any]) -> tuple[str, PushMode, dict[str, Any]]:

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import requests
 from conftest import SEED
-from faults import PrivateRedis, eventually
+from faults import PrivateRedis, eventually, stack_on_private_redis
 from prometheus_client.parser import text_string_to_metric_families
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
@@ -78,20 +78,13 @@ def _materialize(stack: Stack, end: datetime) -> None:
 def fresh(
     stack_factory: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fresh]:
-    redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
-    redis.start()
-    stack = stack_factory("dev", "fresh", {"REDIS_PORT": str(redis.port)})
-    try:
-        tables = generator.generate(SIZES, seed=SEED, as_of=generator.default_as_of())
-        stack.write(tables)
-        stack.feast("apply")
+    tables = generator.generate(SIZES, seed=SEED, as_of=generator.default_as_of())
+    work = tmp_path_factory.mktemp("redis")
+    with stack_on_private_redis(stack_factory, work, "fresh", tables) as (stack, redis):
         first_end = _now()
         _materialize(stack, first_end)
         server = stack.server(settings=SETTINGS)
         yield Fresh(stack, server, redis, tables, first_end)
-    finally:
-        stack.close()  # while its Redis still runs
-        redis.stop()
 
 
 def _scrape(server: FeatureServer) -> dict[str, dict[str, float]]:

@@ -22,12 +22,23 @@ from typing import Any
 import pytest
 import requests
 from conftest import AS_OF, SEED, deploy
-from redis_topologies import Topology, available, cluster, sentinel, topology_stack
+from prometheus_client.parser import text_string_to_metric_families
+from redis_topologies import (
+    CLUSTER,
+    MASTER,
+    Topology,
+    available,
+    cluster,
+    sentinel,
+    topology_stack,
+)
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 from stock_feast import PAST_TTL, Views, by_name, compare, launch_stock, request_bodies
 
+from feature_platform import cli
 from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.errors import EXIT_CONFIG_ERROR
 from feature_platform.stores.redis_sentinel import RECHECK_S
 from feature_platform.training import FEATURE_SERVICE
 
@@ -132,6 +143,42 @@ def test_ready_and_push_reach_the_topology(deployed: Deployed) -> None:
     assert pushed.status_code == 200, pushed.text
     for server in (deployed.server, deployed.stock):
         assert _served_counts(server, CUSTOMERS) == [71, 72, 73, 74, 75, 76]
+
+
+def _policies(server: FeatureServer) -> dict[str, str]:
+    """node -> maxmemory-policy, as the server's /metrics reports them."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        sample.labels["node"]: sample.labels["policy"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "feature_platform_redis_maxmemory_policy_info"
+    }
+
+
+def test_every_primary_is_checked_for_eviction_and_reported(
+    deployed: Deployed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cluster: each primary holds its own slots and fills up on its own; Sentinel: the
+    primary, named as the sentinels know it, across failovers."""
+    topology = deployed.topology
+    primaries = topology.primary_ports()
+    cluster_nodes = topology.kind == CLUSTER
+    names = {port: f"127.0.0.1:{port}" if cluster_nodes else MASTER for port in primaries}
+    assert _policies(deployed.server) == {name: "noeviction" for name in names.values()}
+
+    evicting = primaries[-1]
+    node = topology.node(evicting)
+    node.config_set("maxmemory-policy", "allkeys-lru")
+    capsys.readouterr()
+    try:
+        with deployed.stack.active():
+            assert cli.main(["materialize", deployed.stack.env]) == EXIT_CONFIG_ERROR
+        refused = capsys.readouterr().err
+        assert f"({names[evicting]} has maxmemory-policy allkeys-lru)" in refused
+        assert _policies(deployed.server)[names[evicting]] == "allkeys-lru"
+    finally:
+        node.config_set("maxmemory-policy", "noeviction")
 
 
 def test_writes_and_reads_follow_a_switchover(deployed: Deployed) -> None:

@@ -118,3 +118,17 @@ def test_a_missing_setting_gets_no_password_hint(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         config_guard.check(yaml, {})
     assert "REGISTRY_URL" in str(raised.value) and "export" not in str(raised.value)
+
+
+def test_a_redis_pipeline_error_loses_the_command_it_quotes() -> None:
+    """redis-py's annotation names the failed command with its arguments: the values
+    written. The one line keeps Redis's own message."""
+    import redis
+
+    exc = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    command = ("EVALSHA", "6c04", 1, b"\x01entity", "feature-value-42")
+    redis.client.Pipeline.annotate_exception(None, exc, 1, command)  # type: ignore[arg-type]
+    assert "feature-value-42" in str(exc)
+    assert config_guard.one_line_error(exc, {}) == (
+        "OutOfMemoryError: command not allowed when used memory > 'maxmemory'."
+    )
