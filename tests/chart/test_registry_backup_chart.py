@@ -8,7 +8,6 @@ prune the old ones, and restore it into an empty database."""
 
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -25,14 +24,16 @@ from rendering import (
     RenderError,
     ci_load_steps,
     containers,
+    cronjob_container,
     find,
-    local_command,
+    local_command_with_claim,
     one,
     pod_template,
     render,
     render_templates,
     rendered_scenario,
     secret_object,
+    selects,
     stack_values,
 )
 from test_render import KUBERNETES_VERSIONS
@@ -47,15 +48,7 @@ PARTS = ("registry-backup", "registry-restore")
 
 def _job(objects: list[dict[str, Any]], part: str) -> tuple[dict, dict, dict]:
     """(CronJob, pod, container) of one of the two."""
-    cronjob = one(objects, "CronJob", f"-{part}")
-    pod = pod_template(cronjob)
-    (container,) = containers(pod)
-    return cronjob, pod, container
-
-
-def _selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
-    selector = peer.get("podSelector", {}).get("matchLabels")
-    return "namespaceSelector" not in peer and bool(selector) and selector.items() <= labels.items()
+    return cronjob_container(objects, f"-{part}")
 
 
 def _ours(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -148,9 +141,9 @@ def test_the_policies_let_them_reach_dns_and_postgres_only() -> None:
             [(5432, "TCP")],
         ]
         (peer,) = egress[1]["to"]
-        assert _selects(peer, postgres)
+        assert selects(peer, postgres)
         # And PostgreSQL's own policy lets them in.
-        assert any(_selects(p, labels) for p in rule["from"])
+        assert any(selects(p, labels) for p in rule["from"])
 
 
 def test_external_postgres_is_reached_on_its_addresses() -> None:
@@ -278,7 +271,7 @@ def test_the_jobs_back_up_prune_and_restore(
         for path in [*olds, volume / "registry-prod-20260101T000000Z.backup.gz"]:
             path.write_bytes(b"an older backup")
 
-        backup = _run(objects, "registry-backup", root, volume)
+        backup = _run(objects, "registry-backup", root)
         assert backup.returncode == 0, backup.stderr[-3000:]
         written = Path(backup.stdout.strip())
         assert written.parent == volume and written.name.startswith("registry-dev-")
@@ -290,7 +283,7 @@ def test_the_jobs_back_up_prune_and_restore(
             path.unlink()  # not backups: the restore takes the newest, which is the real one
 
         _drop_databases(s, [s["REGISTRY_DB"]])
-        restore = _run(objects, "registry-restore", root, volume)
+        restore = _run(objects, "registry-restore", root)
         assert restore.returncode == 0, restore.stderr[-3000:]
         assert written.name in restore.stderr
         capsys.readouterr()
@@ -303,17 +296,9 @@ def test_the_jobs_back_up_prune_and_restore(
         stack.close()
 
 
-def _run(
-    objects: list[dict[str, Any]], part: str, root: Path, volume: Path
-) -> subprocess.CompletedProcess[str]:
+def _run(objects: list[dict[str, Any]], part: str, root: Path) -> subprocess.CompletedProcess[str]:
     _, pod, c = _job(objects, part)
-    # The claim as a directory of this machine, as the kubelet mounts it.
-    pod = copy.deepcopy(pod)
-    for v in pod["spec"]["volumes"]:
-        if v.pop("persistentVolumeClaim", None) is not None:
-            v["emptyDir"] = {}
-    command = local_command(pod, c, objects, root)
-    command.argv = [a.replace(MOUNT, str(volume), 1) for a in command.argv]
+    command, _ = local_command_with_claim(pod, c, objects, root, MOUNT)
     return subprocess.run(
         command.argv, env=command.env, cwd=command.cwd, capture_output=True, text=True
     )
