@@ -91,7 +91,14 @@ def _backups(directory: Path, env: str) -> list[Path]:
 
 
 def _versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("feature-platform", "feast")}
+    """The versions that wrote the backup, for whoever reads its header."""
+    found = {}
+    for name in ("feature-platform", "feast"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
 
 
 # --- the catalog: what each table is -------------------------------------------------------
