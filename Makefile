@@ -114,10 +114,12 @@ KUBE_NAMESPACE := feast-dev
 chart-test: install services ## Render, lint, validate and police the chart; run its commands locally
 	$(BIN)/pytest tests/chart
 
-# The Debian tools the tests run, as command:package.
-TEST_TOOLS := promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium
+# The Debian tools the tests run, as command:package. pg_dump reads a restored registry
+# database back, independently of the platform's own backup code.
+TEST_TOOLS := promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium \
+              pg_dump:postgresql-client
 
-test-tools: ## Install the Debian tools the tests run (promtool, prometheus-pushgateway, chromium) if missing
+test-tools: ## Install the Debian tools the tests run (promtool, prometheus-pushgateway, chromium, pg_dump) if missing
 	@missing=""; for tool in $(TEST_TOOLS); do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \

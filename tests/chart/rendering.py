@@ -175,6 +175,22 @@ def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def cronjob_container(
+    objects: Iterable[dict[str, Any]], name_suffix: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(CronJob, pod, container) of the one CronJob named *`name_suffix`, of one container."""
+    cronjob = one(objects, "CronJob", name_suffix)
+    pod = pod_template(cronjob)
+    (container,) = containers(pod)
+    return cronjob, pod, container
+
+
+def selects(peer: dict[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a NetworkPolicy peer selects pods with `labels` in the policy's namespace."""
+    selector = peer.get("podSelector", {}).get("matchLabels")
+    return "namespaceSelector" not in peer and bool(selector) and selector.items() <= labels.items()
+
+
 def workloads(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objects if pod_template(o)]
 
@@ -320,6 +336,26 @@ def local_command(
     executable = shutil.which(argv[0], path=env["PATH"])
     assert executable, f"{argv[0]} not found on the container's PATH {env['PATH']}"
     return LocalCommand([executable, *argv[1:]], env, Path(local_path(image.workdir)))
+
+
+def local_command_with_claim(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    objects: Iterable[dict[str, Any]],
+    root: Path,
+    mount: str,
+) -> tuple[LocalCommand, Path]:
+    """`local_command` for a pod whose PersistentVolumeClaims are directories of this
+    machine, as the kubelet mounts them; the arguments naming `mount` name that directory
+    (below `root`), which is returned too."""
+    pod = copy.deepcopy(pod)
+    for volume in pod["spec"]["volumes"]:
+        if volume.pop("persistentVolumeClaim", None) is not None:
+            volume["emptyDir"] = {}
+    command = local_command(pod, container, objects, root)
+    directory = root / mount.lstrip("/")
+    command.argv = [a.replace(mount, str(directory), 1) for a in command.argv]
+    return command, directory
 
 
 def platform_job(

@@ -23,6 +23,7 @@ from rendering import (
     render,
     render_templates,
     rendered_scenario,
+    selects,
     workloads,
 )
 
@@ -213,12 +214,6 @@ def test_materialization_cronjob(scenario: str, objects: list[dict[str, Any]]) -
     assert c["args"] == ["materialize", environment]
 
 
-def _selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
-    """Whether a NetworkPolicy peer selects pods with `labels` in the policy's namespace."""
-    selector = peer.get("podSelector", {}).get("matchLabels")
-    return "namespaceSelector" not in peer and bool(selector) and selector.items() <= labels.items()
-
-
 def test_skew_check_cronjob(scenario: str, objects: list[dict[str, Any]]) -> None:
     """Off unless enabled. On: its own pod against the release's Service, one run at a
     time and no retry, and NetworkPolicies that let it reach the server and Pushgateway."""
@@ -272,12 +267,12 @@ def test_skew_check_cronjob(scenario: str, objects: list[dict[str, Any]]) -> Non
     (http,) = [p["containerPort"] for p in server["ports"] if p["name"] == "http"]
     assert any(
         {p["port"] for p in rule["ports"]} == {http}
-        and any(_selects(peer, server_pod["metadata"]["labels"]) for peer in rule.get("to", []))
+        and any(selects(peer, server_pod["metadata"]["labels"]) for peer in rule.get("to", []))
         for rule in egress
     ), "the skew check cannot reach the server pods"
     for rule in one(policies, "NetworkPolicy", "-server")["spec"]["ingress"]:
         if "from" in rule:
-            assert any(_selects(peer, labels) for peer in rule["from"]), (
+            assert any(selects(peer, labels) for peer in rule["from"]), (
                 "the server's ingress rule leaves the skew check out"
             )
     if settings["pushgatewayUrl"]:

@@ -25,14 +25,16 @@ from rendering import (
     ci_load_steps,
     container_env,
     containers,
+    cronjob_container,
     find,
-    local_command,
+    local_command_with_claim,
     one,
     pod_template,
     render,
     render_templates,
     rendered_scenario,
     secret_object,
+    selects,
     stack_values,
 )
 from test_render import KUBERNETES_VERSIONS
@@ -60,10 +62,7 @@ DEFAULT_SQL = (
 
 def _job(objects: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
     """(CronJob, pod, container) of the training set."""
-    cronjob = one(objects, "CronJob", "-training-set")
-    pod = pod_template(cronjob)
-    (container,) = containers(pod)
-    return cronjob, pod, container
+    return cronjob_container(objects, "-training-set")
 
 
 def _parsed(args: list[str]) -> Any:
@@ -77,11 +76,6 @@ def _ray_with(**changes: dict[str, Any]) -> dict[str, Any]:
     for key, value in changes.items():
         values["trainingSet"][key] = {**values["trainingSet"][key], **value}
     return values
-
-
-def _selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
-    selector = peer.get("podSelector", {}).get("matchLabels")
-    return "namespaceSelector" not in peer and bool(selector) and selector.items() <= labels.items()
 
 
 def test_off_by_default() -> None:
@@ -175,10 +169,10 @@ def test_the_policy_lets_it_reach_dns_and_postgres_only() -> None:
     ]
     postgres = pod_template(one(objects, "StatefulSet", "-postgres"))["metadata"]["labels"]
     (peer,) = egress[1]["to"]
-    assert _selects(peer, postgres)
+    assert selects(peer, postgres)
     # And PostgreSQL's own policy lets it in.
     (rule,) = one(objects, "NetworkPolicy", "-postgres")["spec"]["ingress"]
-    assert any(_selects(p, pod["metadata"]["labels"]) for p in rule["from"])
+    assert any(selects(p, pod["metadata"]["labels"]) for p in rule["from"])
 
 
 def test_external_postgres_is_reached_on_its_addresses() -> None:
@@ -398,15 +392,7 @@ def test_the_job_writes_the_training_set(tmp_path: Path) -> None:
                 assert cli.main(args) == 0, name
 
         _, pod, c = _job(objects)
-        # The claim as a directory of this machine, as the kubelet mounts it.
-        pod = copy.deepcopy(pod)
-        for volume in pod["spec"]["volumes"]:
-            if volume.pop("persistentVolumeClaim", None) is not None:
-                volume["emptyDir"] = {}
-        root = tmp_path / "pod"
-        command = local_command(pod, c, objects, root)
-        volume_dir = root / MOUNT.lstrip("/")
-        command.argv = [a.replace(MOUNT, str(volume_dir), 1) for a in command.argv]
+        command, volume_dir = local_command_with_claim(pod, c, objects, tmp_path / "pod", MOUNT)
         assert command.env["OFFLINE_MIRROR_DIR"] == str(volume_dir / "mirror")
         done = subprocess.run(
             command.argv, env=command.env, cwd=command.cwd, capture_output=True, text=True

@@ -25,6 +25,7 @@ namespace whose subjects list that ServiceAccount.
 {{- if .Values.materialize.enabled }}{{ $parts = append $parts "materialize" }}{{ end }}
 {{- if .Values.skewCheck.enabled }}{{ $parts = append $parts "skew-check" }}{{ end }}
 {{- if .Values.trainingSet.enabled }}{{ $parts = append $parts "training-set" }}{{ end }}
+{{- if .Values.registryBackup.enabled }}{{ $parts = concat $parts (list "registry-backup" "registry-restore") }}{{ end }}
 {{- toJson $parts }}
 {{- end }}
 

@@ -162,6 +162,18 @@ def cmd_rollout_log(args: argparse.Namespace) -> int:
     return rollouts.cli_log(args.env, args.limit, say)
 
 
+def cmd_registry_backup(args: argparse.Namespace) -> int:
+    from feature_platform.cli import recovery
+
+    return recovery.cli_backup(args.env, args.output, args.retain, say)
+
+
+def cmd_registry_restore(args: argparse.Namespace) -> int:
+    from feature_platform.cli import recovery
+
+    return recovery.cli_restore(args.env, args.input, args.replace, say)
+
+
 def cmd_skew_check(args: argparse.Namespace) -> int:
     from feature_platform.cli import skew_check
 
@@ -310,6 +322,42 @@ def parser() -> argparse.ArgumentParser:
         "rollout-log", "the latest applies recorded in ENV's registry database", cmd_rollout_log
     )
     log.add_argument("--limit", type=_positive, default=20)
+
+    bkp = sub(
+        "registry-backup",
+        "one consistent snapshot of ENV's registry database (Feast's registry and the "
+        "platform's tables) to a file",
+        cmd_registry_backup,
+    )
+    bkp.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="the file to write, or a directory to write registry-ENV-<snapshot time>.backup.gz in",
+    )
+    bkp.add_argument(
+        "--retain",
+        type=_positive,
+        default=None,
+        help="with a directory: keep the newest N backups of ENV there, delete the older ones",
+    )
+    rst = sub(
+        "registry-restore",
+        "restore ENV's registry database from a registry-backup file into an empty database "
+        "(or over one, with --replace); watermarks later than the snapshot are lowered to it",
+        cmd_registry_restore,
+    )
+    rst.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="the backup file, or a directory: the newest backup of ENV in it",
+    )
+    rst.add_argument(
+        "--replace",
+        action="store_true",
+        help="drop the tables of a database that holds a registry, then restore",
+    )
 
     skw = sub(
         "skew-check",

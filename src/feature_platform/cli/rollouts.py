@@ -15,7 +15,7 @@ from pathlib import Path
 
 from feature_platform.config.guard import one_line_error, redact
 from feature_platform.console import Say
-from feature_platform.errors import EXIT_FAILED, EXIT_OK
+from feature_platform.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from feature_platform.rollouts import log as rollout_log
 from feature_platform.rollouts.apply import Applied, apply
 from feature_platform.rollouts.diff import ALLOW_BREAKING_VAR, Plan
@@ -29,14 +29,20 @@ def write_outputs(plan: Plan, json_path: Path | None, markdown_path: Path | None
             path.write_text(text)
 
 
-def _guarded(action: str, say: Say, body: Callable[[], int]) -> int:
-    """Run `body`: a configuration error goes up (exit 2), any other failure is one line."""
+def guarded(
+    action: str, say: Say, body: Callable[[], int], bad_input: tuple[type[Exception], ...] = ()
+) -> int:
+    """Run `body`: a configuration error goes up (exit 2), `bad_input` is one line and exit
+    2, any other failure one line and exit 1."""
     from feature_platform.config.guard import ConfigError
 
     try:
         return body()
     except ConfigError:
         raise
+    except bad_input as exc:
+        say(f"{action} failed: {redact(str(exc), os.environ)}")
+        return EXIT_BAD_INPUT
     except RolloutError as exc:
         say(f"{action} failed: {redact(str(exc), os.environ)}")
     except Exception as exc:
@@ -53,7 +59,7 @@ def cli_plan(env: str, json_path: Path | None, markdown_path: Path | None, say: 
         say(f"{env}: {counts['safe']} safe and {counts['breaking']} breaking change(s)")
         return result.exit_code
 
-    return _guarded("plan", say, body)
+    return guarded("plan", say, body)
 
 
 def cli_apply(env: str, json_path: Path | None, lock_timeout: float | None, say: Say) -> int:
@@ -81,7 +87,7 @@ def cli_apply(env: str, json_path: Path | None, lock_timeout: float | None, say:
             say(f"{env}: applied {done.plan.summary()}{extra} {log}")
         return done.exit_code
 
-    return _guarded("apply", say, body)
+    return guarded("apply", say, body)
 
 
 def _cleanup_text(done: Applied) -> str:
@@ -100,4 +106,4 @@ def cli_log(env: str, limit: int, say: Say) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
 
-    return _guarded("rollout-log", say, body)
+    return guarded("rollout-log", say, body)

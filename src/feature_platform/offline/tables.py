@@ -7,7 +7,7 @@ data sources read, so the generator writes exactly where Feast will look.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -164,12 +164,15 @@ def read(env: Mapping[str, str], table: str) -> pd.DataFrame:
     return df
 
 
-def ensure_databases(env: Mapping[str, str], progress: Say) -> None:
-    """Create the registry and offline databases if missing (needs CREATEDB)."""
+def ensure_databases(
+    env: Mapping[str, str], progress: Say, names: Sequence[str] = ("REGISTRY_DB", "OFFLINE_DB")
+) -> None:
+    """Create the databases the settings `names` name if missing (needs CREATEDB): by
+    default the registry and offline databases."""
     if source_kind(env) == "file":
         return
     with psycopg.connect(postgres_conninfo(env, "postgres"), autocommit=True) as conn:
-        for name in (env["REGISTRY_DB"], env["OFFLINE_DB"]):
+        for name in (env[setting] for setting in names):
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if exists.fetchone() is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -99,8 +99,12 @@ class Provenance:
     run_url: str | None
 
 
+def actor(values: Mapping[str, str]) -> str:
+    """Who runs the command: APPLY_ACTOR, else GITHUB_ACTOR, else the user."""
+    return values.get(ACTOR_VAR) or values.get("GITHUB_ACTOR") or getpass.getuser()
+
+
 def provenance(values: Mapping[str, str], repo: Path) -> Provenance:
-    actor = values.get(ACTOR_VAR) or values.get("GITHUB_ACTOR") or getpass.getuser()
     ref = values.get("GITHUB_SHA") or _git_ref(repo)
     run_url = None
     if all(values.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")):
@@ -108,7 +112,7 @@ def provenance(values: Mapping[str, str], repo: Path) -> Provenance:
             f"{values['GITHUB_SERVER_URL']}/{values['GITHUB_REPOSITORY']}/actions/runs/"
             f"{values['GITHUB_RUN_ID']}"
         )
-    return Provenance(actor, ref, run_url)
+    return Provenance(actor(values), ref, run_url)
 
 
 def _git_ref(repo: Path) -> str | None:

@@ -1,0 +1,1 @@
+"""Recovery: backups of the registry database and their restore."""
