@@ -108,10 +108,8 @@ def rebuild(store: FeatureStore, views: list[FeatureView], end: datetime, say: S
         since = until - view_rows.lookback(view)
         say(f"  rebuilding {view.name} ({number}/{len(views)}): rows with event time since "
             f"{since.isoformat()}")  # fmt: skip
-        table = view_rows.read(store, view, LoadWindow(since, since, until))
-        written = view_rows.write(store, view, table, say)
-        say(f"  {view.name}: {written:,} entities written")
-        total += written
+        batches = view_rows.read_batches(store, view, LoadWindow(since, since, until))
+        total += view_rows.write_batches(store, view, batches, say)
     return total
 
 

@@ -4,28 +4,37 @@ write, in process or from Ray's workers (`ray_writes`); and the store a job open
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, TypeGuard
+from pathlib import Path
+from typing import Any, TypeGuard, TypeVar
 
+import psycopg
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
 from feast.feature_view import DUMMY_ENTITY_NAME
+from feast.infra.offline_stores.offline_store import RetrievalJob
+from psycopg import sql
 
 from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError
 from feature_platform.console import Say
 from feature_platform.feast_seam import conversion, feature_store
 from feature_platform.feast_seam import registry as feast_registry
+from feature_platform.feast_seam.stores import postgres_conn_kwargs, postgres_conninfo
 from feature_platform.materialization import ray_writes as materialize_ray
+from feature_platform.offline import postgres_copy
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
+from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.stores.redis_online import TYPE as REDIS_STORE
 from feature_platform.stores.redis_online import RedisOnlineStore
 
 # Rows converted and written at a time unless feature_store.yaml sets
 # `materialization: online_write_batch_size`.
 DEFAULT_WRITE_BATCH_ROWS = 10_000
+RowsT = TypeVar("RowsT", pa.Table, pa.RecordBatch)
 # Feast's first window for a view without a ttl.
 NO_TTL_LOOKBACK = timedelta(weeks=52)
 
@@ -48,13 +57,10 @@ def lookback(view: FeatureView) -> timedelta:
     return view.ttl if view.ttl and view.ttl > timedelta(0) else NO_TTL_LOOKBACK
 
 
-def read(
+def _pull(
     store: FeatureStore, view: FeatureView, rows: LoadWindow, sample: int | None = None
-) -> pa.Table:
-    """The window's rows of `view` (per entity the newest), named as the view names them;
-    with `sample`, that many of them drawn at random."""
-    provider = feature_store.provider(store)
-    offline = provider.offline_store
+) -> RetrievalJob:
+    offline = feature_store.provider(store).offline_store
     if not hasattr(offline, "pull_latest_created_since"):
         raise ConfigError(
             f"offline store {store.config.offline_store.type} cannot read rows by creation "
@@ -66,18 +72,63 @@ def read(
     join_keys, features, timestamp, created = conversion.column_names(view, entities)
     assert view.batch_source is not None and created
     columns = SourceColumns(join_keys, features, timestamp, created)
-    table = offline.pull_latest_created_since(
+    job: RetrievalJob = offline.pull_latest_created_since(
         store.config, view.batch_source, columns, rows, sample
-    ).to_arrow()
+    )
+    return job
+
+
+def _named_as_the_view(view: FeatureView, rows: RowsT) -> RowsT:
+    assert view.batch_source is not None
     mapping = view.batch_source.field_mapping
-    if mapping:
-        table = table.rename_columns([mapping.get(c, c) for c in table.column_names])
-    return table
+    if not mapping:
+        return rows
+    return rows.rename_columns([mapping.get(c, c) for c in rows.column_names])
+
+
+def read(
+    store: FeatureStore, view: FeatureView, rows: LoadWindow, sample: int | None = None
+) -> pa.Table:
+    """The window's rows of `view` (per entity the newest), named as the view names them;
+    with `sample`, that many of them drawn at random."""
+    return _named_as_the_view(view, _pull(store, view, rows, sample).to_arrow())
+
+
+def read_batches(
+    store: FeatureStore, view: FeatureView, rows: LoadWindow
+) -> Iterator[pa.RecordBatch]:
+    """The rows `read` returns, in batches, without holding them all: from a Postgres
+    offline store through COPY into a spooled file read block by block
+    (`offline.postgres_copy`); from the others (parquet files) as read whole."""
+    job = _pull(store, view, rows)
+    config = store.config.offline_store
+    if not isinstance(config, PostgreSQLOfflineStoreConfig):
+        for batch in job.to_arrow().to_batches():
+            yield _named_as_the_view(view, batch)
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="feature-platform-rows-") as spool,
+        psycopg.connect(postgres_conninfo(config), **postgres_conn_kwargs(config)) as conn,
+    ):
+        _, batches = postgres_copy.stream(conn, sql.SQL(job.to_sql()), Path(spool))
+        for batch in batches:
+            yield _named_as_the_view(view, batch)
 
 
 def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> int:
     """Write `table` (from `read`) online through the compare-and-set write: a row
     older than the stored one changes nothing. The number of rows."""
+    return write_batches(store, view, table.to_batches(), say, total=table.num_rows)
+
+
+def write_batches(
+    store: FeatureStore,
+    view: FeatureView,
+    batches: Iterable[pa.RecordBatch],
+    say: Say,
+    total: int | None = None,
+) -> int:
+    """`write` of rows that come in batches (`read_batches`), `total` of them if known."""
     provider = feature_store.provider(store)
     key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     batch_rows = (
@@ -90,22 +141,25 @@ def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> 
     if materialize_ray.enabled(store.config):
         if not isinstance(online, RedisOnlineStore):
             raise ConfigError(f"batch_engine ray.engine needs the online store {REDIS_STORE}")
+        table = pa.Table.from_batches(list(batches))
         say(f"  {view.name}: {table.num_rows:,} rows to write from Ray workers")
         materialize_ray.write(store.config, view, table, key_types, source.timestamp_field,
                               source.created_timestamp_column, batch_rows)  # fmt: skip
         return int(table.num_rows)
     written = 0
-    for batch in table.to_batches(max_chunksize=batch_rows):
-        if isinstance(online, RedisOnlineStore):
-            online.online_write_arrow(store.config, view, batch, key_types,
-                source.timestamp_field, source.created_timestamp_column)  # fmt: skip
-        else:
-            data = conversion.arrow_to_proto(batch, view, key_types)
-            provider.online_write_batch(store.config, view, data, progress=None)
-        written += batch.num_rows
-        if written < table.num_rows:
-            say(f"  {view.name}: {written:,}/{table.num_rows:,} rows written")
-    return int(table.num_rows)
+    of_total = f"/{total:,}" if total is not None else ""
+    for rows in batches:
+        for batch in pa.Table.from_batches([rows]).to_batches(max_chunksize=batch_rows):
+            if isinstance(online, RedisOnlineStore):
+                online.online_write_arrow(store.config, view, batch, key_types,
+                    source.timestamp_field, source.created_timestamp_column)  # fmt: skip
+            else:
+                data = conversion.arrow_to_proto(batch, view, key_types)
+                provider.online_write_batch(store.config, view, data, progress=None)
+            written += batch.num_rows
+            if total is None or written < total:
+                say(f"  {view.name}: {written:,}{of_total} rows written")
+    return written
 
 
 @contextmanager
