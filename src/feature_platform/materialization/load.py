@@ -40,7 +40,6 @@ from datetime import UTC, datetime, timedelta
 
 from feast import FeatureStore, FeatureView
 from feast import utils as feast_utils
-from feast.infra.online_stores import redis as feast_redis
 
 from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error
@@ -143,7 +142,7 @@ def _run(
     coverage shows a lost store; the coverage of those."""
     engine = engine_name(store)
     online = feature_store.provider(store).online_store
-    if isinstance(online, feast_redis.RedisOnlineStore):
+    if isinstance(online, RedisOnlineStore):
         # Before any write: on an evicting Redis a load can drop the values it loaded.
         warning = redis_memory.check(online, store.config, values)
         if warning:

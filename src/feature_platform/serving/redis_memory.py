@@ -37,9 +37,8 @@ def check_at_start(env: str, say: Say) -> None:
     try:
         warning = redis_memory.check(store, config, os.environ)
     finally:
-        if store._client is not None:
-            # Workers open their own connections; none is inherited from here.
-            store._client.close()
+        # Workers open their own connections; none is inherited from here.
+        store.drop_sync_client()
     if warning:
         say(warning)
 

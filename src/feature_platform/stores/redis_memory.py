@@ -25,6 +25,7 @@ from feast.repo_config import RepoConfig
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from feature_platform.config.guard import ConfigError, flag
+from feature_platform.feast_seam.stores import parse_redis_connection_string
 
 NOEVICTION = "noeviction"
 ALLOW_VAR = "REDIS_ALLOW_EVICTION"
@@ -49,7 +50,7 @@ def primary_name(config: feast_redis.RedisOnlineStoreConfig) -> str:
     """The node label of a server that is not a cluster's."""
     if config.redis_type == feast_redis.RedisType.redis_sentinel:
         return str(config.sentinel_master)
-    nodes, _ = feast_redis.RedisOnlineStore._parse_connection_string(config.connection_string)
+    nodes, _ = parse_redis_connection_string(config.connection_string)
     return f"{nodes[0]['host']}:{nodes[0].get('port', 6379)}"
 
 
@@ -118,7 +119,7 @@ def check(online_store: Any, config: RepoConfig, env: Mapping[str, str]) -> str 
     allow = flag(env, ALLOW_VAR)
     store_config = config.online_store
     try:
-        client = online_store._get_client(store_config)
+        client = online_store.sync_client(store_config)
     except ValueError as exc:  # settings no client is built from, such as a cluster's db
         raise ConfigError(str(exc)) from None
     except UNREACHABLE as exc:

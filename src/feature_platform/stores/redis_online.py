@@ -97,6 +97,16 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
             return self._client_async
         return await super()._get_client_async(online_store_config)
 
+    def sync_client(self, online_store_config: Any) -> Any:
+        """The store's own cached client, for work beside reads and writes (a check)."""
+        return self._get_client(online_store_config)
+
+    def drop_sync_client(self) -> None:
+        """Close and forget the cached client: a process about to fork keeps none."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def _get_features_for_entity(
         self,
         values: Sequence[bytes | bytearray | memoryview | None],
