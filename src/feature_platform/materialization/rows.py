@@ -141,7 +141,10 @@ def write_batches(
     if materialize_ray.enabled(store.config):
         if not isinstance(online, RedisOnlineStore):
             raise ConfigError(f"batch_engine ray.engine needs the online store {REDIS_STORE}")
-        table = pa.Table.from_batches(list(batches))
+        collected = list(batches)
+        if not collected:
+            return 0
+        table = pa.Table.from_batches(collected)
         say(f"  {view.name}: {table.num_rows:,} rows to write from Ray workers")
         materialize_ray.write(store.config, view, table, key_types, source.timestamp_field,
                               source.created_timestamp_column, batch_rows)  # fmt: skip

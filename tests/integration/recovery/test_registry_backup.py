@@ -34,11 +34,11 @@ import pytest
 from stacks import Stack, _drop_databases, patched_environ
 
 from feature_platform import cli
-from feature_platform.config import feast_commands
 from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.errors import EXIT_BAD_INPUT, EXIT_FAILED
 from feature_platform.materialization import load as materialize
+from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import TABLE as WATERMARKS
 from feature_platform.materialization.watermarks import Watermarks
 from feature_platform.offline import tables as offline_tables
@@ -155,7 +155,7 @@ def restored(stack_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> It
                      Run(0, "", ""))  # fmt: skip
     _ok(state.cli("apply", "dev"))
     _ok(state.cli("materialize", "dev"))
-    with stack.active(), feast_commands.job_store("dev") as store:
+    with stack.active(), view_rows.job_store("dev") as store:
         Watermarks(store.registry, store.project).advance(
             "customer_stats", datetime.now(UTC) + timedelta(hours=1)
         )
@@ -175,7 +175,7 @@ def restored(stack_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     _drop_databases(settings, [settings["REGISTRY_DB"]])
     # A restarted server: its init container creates the database, Feast its tables.
     offline_tables.ensure_databases(settings, lambda _line: None, names=("REGISTRY_DB",))
-    with stack.active(), feast_commands.job_store("dev"):
+    with stack.active(), view_rows.job_store("dev"):
         pass
     state.restore = _ok(state.cli("registry-restore", "dev", "--input", str(state.backup)))
     state.dumps.append(state.dump())
