@@ -73,6 +73,11 @@ def _post(
         "422": _error("A field of the wrong kind"),
         "503": _error("The online or offline store failed or did not answer in time"),
     }
+    if writes:
+        responses["422"] = _error(
+            "A field of the wrong kind, or a row breaking its view's expectations under the "
+            "view's `refuse` policy (view, feature, rule and row named)"
+        )
     operation: dict[str, Any] = {
         "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": body}},
