@@ -32,6 +32,13 @@ class ExpectationError(PlatformError):
     """A view's expectation tags that cannot be read."""
 
 
+class Refused(PlatformError):
+    """Rows broke the rules of a view whose policy is `refuse`: nothing is written."""
+
+    def __init__(self, refusal: str) -> None:
+        super().__init__(f"expectations not met: {refusal}")
+
+
 @dataclass(frozen=True)
 class Violation:
     """One broken rule: `row` is the batch's row position, None for the whole batch."""
@@ -81,13 +88,17 @@ class Verdict:
     refused: list[tuple[str, Violation]] = field(default_factory=list)
     set_aside: dict[int, dict[str, list[str]]] = field(default_factory=dict)
 
-    def refusal(self, limit: int = 5) -> str:
-        """The refused rules, for a person: view, feature, rule, row and value."""
-        said = [
-            f"{view}.{v.feature} breaks '{v.rule}'"
-            + ("" if v.row is None else f" at row {v.row} (value {v.value!r})")
-            for view, v in self.refused[:limit]
-        ]
+    def refusal(self, rows: pd.DataFrame, keys: Sequence[str] = (), limit: int = 5) -> str:
+        """The refused rules, for a person: view, feature, rule, value and the row, by
+        its `keys` (a table's join keys) or else its position in `rows`."""
+        said = []
+        for view, v in self.refused[:limit]:
+            where = ""
+            if v.row is not None:
+                names = [key for key in keys if key in rows]
+                at = ", ".join(f"{k}={_scalar(rows[k].iloc[v.row])}" for k in names)
+                where = f" at {at or f'row {v.row}'} (value {v.value!r})"
+            said.append(f"{view}.{v.feature} breaks '{v.rule}'{where}")
         more = len(self.refused) - limit
         return "; ".join(said) + (f"; and {more} more" if more > 0 else "")
 

@@ -6,7 +6,6 @@ when and where it came from (`push`, `write-to-online-store`)."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import closing
@@ -64,15 +63,17 @@ class Quarantined:
 
 
 def for_store(config: RepoConfig, timeout_s: float = 5) -> Target:
-    """The table beside the offline store a server or a job writes to: PostgreSQL's
-    database (its connection bounded by `timeout_s`), else PLATFORM_DATA_DIR's file."""
+    """The table beside the stores a server or a job writes to: the PostgreSQL offline
+    store's database (its connection bounded by `timeout_s`), else PLATFORM_DATA_DIR's
+    file."""
     store = config.offline_store
     if getattr(store, "type", "").endswith("PostgreSQLOfflineStore"):
         kwargs = postgres_conn_kwargs(store)
         kwargs["options"] += f" -c lock_timeout={timeout_s}s -c statement_timeout={timeout_s}s"
         kwargs["connect_timeout"] = int(max(1, timeout_s))
         return Target(conninfo=postgres_conninfo(store), kwargs=kwargs)
-    return Target(sqlite=Path(os.environ["PLATFORM_DATA_DIR"]) / SQLITE_FILE)
+    # local: beside the SQLite online store, in PLATFORM_DATA_DIR as `for_settings` finds it
+    return Target(sqlite=Path(config.online_store.path).parent / SQLITE_FILE)
 
 
 def for_settings(settings: Mapping[str, str]) -> Target:
@@ -82,12 +83,19 @@ def for_settings(settings: Mapping[str, str]) -> Target:
     return Target(sqlite=Path(settings["PLATFORM_DATA_DIR"]) / SQLITE_FILE)
 
 
-def json_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """Each row as a JSON-ready object; times ISO 8601 to the microsecond."""
-    records: list[dict[str, Any]] = json.loads(
-        rows.to_json(orient="records", date_format="iso", date_unit="us")
+def entries(
+    rows: pd.DataFrame, set_aside: Mapping[int, Mapping[str, list[str]]], source: str, at: datetime
+) -> list[Quarantined]:
+    """The quarantine entries of the rows `set_aside` (row position -> view -> the rules
+    it broke): one per row and view, the row as JSON (times ISO 8601, to the microsecond)."""
+    data = json.loads(
+        rows.iloc[sorted(set_aside)].to_json(orient="records", date_format="iso", date_unit="us")
     )
-    return records
+    return [
+        Quarantined(view, "; ".join(rules), row, source, at)
+        for row, (_, by_view) in zip(data, sorted(set_aside.items()), strict=True)
+        for view, rules in by_view.items()
+    ]
 
 
 def write(target: Target, entries: Sequence[Quarantined]) -> None:

@@ -34,6 +34,7 @@ from feature_platform.config.guard import one_line_error
 from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
 from feature_platform.feast_seam import feature_store
 from feature_platform.quality import expectations, quarantine
+from feature_platform.quality.screen import screen
 from feature_platform.serving.errors import require_booleans
 
 log = logging.getLogger("feature_platform.server")
@@ -117,27 +118,19 @@ def _screened(
     out of every store the write reaches. A row set aside by one view of a push source is
     withheld from all of them: a push is one write."""
     expected = [e for view in views if (e := expectations.of_view(view.name, view.tags))]
-    if not expected:
-        return rows
-    verdict = expectations.judge(expected, rows)
-    if verdict.refused:
-        raise HTTPError(422, "unprocessable", f"expectations not met: {verdict.refusal()}")
-    if not verdict.set_aside:
-        return rows
-    data = quarantine.json_rows(rows)
-    entries = [
-        quarantine.Quarantined(view, "; ".join(rules), data[position], source, received)
-        for position, by_view in sorted(verdict.set_aside.items())
-        for view, rules in by_view.items()
-    ]
     timeout_s = getattr(store.config.offline_store, "write_timeout_seconds", 5)
+    target = quarantine.for_store(store.config, timeout_s) if expected else None
     try:
-        quarantine.write(quarantine.for_store(store.config, timeout_s), entries)
+        set_aside = screen(expected, rows, target, source, received) if target else []
+    except expectations.Refused as exc:
+        raise HTTPError(422, "unprocessable", str(exc)) from None
     except (psycopg.Error, sqlite3.Error, OSError) as exc:
-        log.warning("quarantine write of %d rows failed: %s", len(entries), _failure(exc))
+        log.warning("quarantine write failed: %s", _failure(exc))
         raise unavailable(f"quarantine table: {type(exc).__name__}; nothing was written") from None
-    log.info("quarantined %d of %d rows (%s)", len(verdict.set_aside), len(rows), source)
-    return rows.drop(index=rows.index[sorted(verdict.set_aside)]).reset_index(drop=True)
+    if not set_aside:
+        return rows
+    log.info("quarantined %d of %d rows (%s)", len(set_aside), len(rows), source)
+    return rows.drop(index=rows.index[set_aside]).reset_index(drop=True)
 
 
 def _feature_view(store: FeatureStore, name: str) -> FeatureView:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from compare import served_values
 from conftest import AS_OF, SEED
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
@@ -25,7 +26,7 @@ from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.offline import tables as offline_tables
 from feature_platform.quality import quarantine
-from feature_platform.quality.expectations import POLICY_TAG, REFUSE
+from feature_platform.quality.expectations import POLICY_TAG, QUARANTINE, REFUSE
 
 SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=300)
 SOURCE = "customer_txn_1h_push"
@@ -51,14 +52,7 @@ class Writing:
         )
 
     def online(self, customers: list[int]) -> list[int | None]:
-        response = self.server.online_features(
-            {"customer_id": customers}, features=[f"{VIEW}:n_txn_1h"]
-        )
-        column = response["results"][1]
-        return [
-            value if status == "PRESENT" else None
-            for value, status in zip(column["values"], column["statuses"], strict=True)
-        ]
+        return served_values(self.server, f"{VIEW}:n_txn_1h", customers)
 
     def offline(self, customers: list[int]) -> list[int]:
         table = offline_tables.read(self.stack.settings(), VIEW)
@@ -90,36 +84,35 @@ def stacks(stack_factory: Callable[..., Stack]) -> Iterator[Callable[[str], Stac
 
 
 @pytest.fixture(scope="module")
-def servers() -> dict[tuple[str, str], Writing]:
-    """The servers started, by environment and policy."""
-    return {}
+def servers(stacks: Callable[[str], Stack]) -> Callable[[str, str], Writing]:
+    """A server per environment and policy of customer_txn_1h, started when first asked
+    for: `quarantine` as the repository declares it, `refuse` after the view's tag is
+    changed in the registry."""
+    started: dict[tuple[str, str], Writing] = {}
+
+    def server(env: str, policy: str) -> Writing:
+        if (env, policy) not in started:
+            stack = stacks(env)
+            if policy == REFUSE:
+                with stack.active():
+                    store = stack.store()
+                    view = store.get_feature_view(VIEW)
+                    view.tags[POLICY_TAG] = REFUSE
+                    store.apply([view])
+            started[env, policy] = Writing(stack, stack.server(settings=WRITABLE))
+        return started[env, policy]
+
+    return server
 
 
 @pytest.fixture
-def quarantining(
-    env_name: str, stacks: Callable[[str], Stack], servers: dict[tuple[str, str], Writing]
-) -> Writing:
-    """A server of the repository as declared: customer_txn_1h under quarantine."""
-    if (env_name, "quarantine") not in servers:
-        stack = stacks(env_name)
-        servers[env_name, "quarantine"] = Writing(stack, stack.server(settings=WRITABLE))
-    return servers[env_name, "quarantine"]
+def quarantining(env_name: str, servers: Callable[[str, str], Writing]) -> Writing:
+    return servers(env_name, QUARANTINE)
 
 
 @pytest.fixture
-def refusing(
-    env_name: str, stacks: Callable[[str], Stack], servers: dict[tuple[str, str], Writing]
-) -> Writing:
-    """A server started after customer_txn_1h's policy became `refuse` in the registry."""
-    if (env_name, "refuse") not in servers:
-        stack = stacks(env_name)
-        with stack.active():
-            store = stack.store()
-            view = store.get_feature_view(VIEW)
-            view.tags[POLICY_TAG] = REFUSE
-            store.apply([view])
-        servers[env_name, "refuse"] = Writing(stack, stack.server(settings=WRITABLE))
-    return servers[env_name, "refuse"]
+def refusing(env_name: str, servers: Callable[[str, str], Writing]) -> Writing:
+    return servers(env_name, REFUSE)
 
 
 def _rows(customers: list[int], counts: list[int], amounts: list[float]) -> dict[str, list[Any]]:

@@ -143,7 +143,10 @@ def test_policies_refuse_or_set_rows_aside(declared: dict[str, Expectations]) ->
     refusing = Expectations("customer_txn_1h", REFUSE, declared["customer_txn_1h"].features)
     refused = judge([refusing], rows)
     assert not refused.set_aside
-    assert refused.refusal() == (
+    assert refused.refusal(rows, ["customer_id"], limit=1) == (
+        "customer_txn_1h.n_txn_1h breaks 'min 0' at customer_id=2 (value -1); and 1 more"
+    )
+    assert refused.refusal(rows) == (
         "customer_txn_1h.n_txn_1h breaks 'min 0' at row 1 (value -1); "
         "customer_txn_1h.sum_amount_1h breaks 'min 0' at row 2 (value -2.0)"
     )
