@@ -1,10 +1,13 @@
 """What each view's data must look like, checked on the way in (`/push`,
-`/write-to-online-store`): per feature its type, the share of nulls a batch may hold, a
-range or the allowed values; per view a policy.
+`/write-to-online-store`, materialization): per feature its type, the share of nulls a
+batch of 20 rows or more may hold (0: never null), a range or the allowed values; per view
+a policy.
 
-- `refuse`: a row breaking a rule fails the whole write (a 422 naming feature and rule).
+- `refuse`: a row breaking a rule fails the whole write (a 422 naming feature and rule;
+  materialization: the view is not loaded and the job fails naming it).
 - `quarantine`: the rows breaking a rule are set aside in the quarantine table and
-  reach neither store; the others are written.
+  skipped, the others written (a pushed row reaches neither store; a materialized one
+  stays in its offline table).
 
 The views carry these as tags (`quality_tags`), so they travel with the registry: the
 servers read them where they read the views, and `plan` shows a change to them. Plain

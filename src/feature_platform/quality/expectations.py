@@ -1,8 +1,9 @@
 """A view's expectations, read from its tags (`feature_repo/expectations.py` writes
 them), as a pandera schema, and the rows that break them.
 
-Per feature: `type` (int, float or string), `nulls` (the share of nulls a batch may hold;
-0 by default), `min` and `max`, or `allowed` values. Per view a policy, `refuse` or
+Per feature: `type` (int, float or string), `nulls` (the share of nulls a batch of
+MIN_ROWS_FOR_SHARE rows or more may hold; 0 by default: never null), `min` and `max`, or
+`allowed` values. Per view a policy, `refuse` or
 `quarantine`. A view without the tags has no expectations.
 """
 
@@ -26,6 +27,9 @@ REFUSE = "refuse"
 QUARANTINE = "quarantine"
 POLICIES = (REFUSE, QUARANTINE)
 _KEYS = {"type", "nulls", "min", "max", "allowed"}
+# A share of nulls is judged on batches of at least this many rows: in fewer, one null is
+# a large share by chance (a single pushed row, three merchants).
+MIN_ROWS_FOR_SHARE = 20
 
 
 class ExpectationError(PlatformError):
@@ -199,10 +203,11 @@ def _column(name: str, spec: Mapping[str, Any]) -> pa.Column:
 
 
 def _null_share(share: float) -> Callable[[pd.Series], pd.Series]:
-    """Over `share` nulls in the batch, its null rows break the rule; else none does."""
+    """Over `share` nulls in a batch of MIN_ROWS_FOR_SHARE rows or more, its null rows
+    break the rule; else none does."""
 
     def check(values: pd.Series) -> pd.Series:
-        if values.isna().mean() > share:
+        if len(values) >= MIN_ROWS_FOR_SHARE and values.isna().mean() > share:
             return values.notna()
         return pd.Series(True, index=values.index)
 

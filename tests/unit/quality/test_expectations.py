@@ -15,6 +15,7 @@ from feature_platform.config import environments
 from feature_platform.devtools import generator
 from feature_platform.quality import expectations
 from feature_platform.quality.expectations import (
+    MIN_ROWS_FOR_SHARE,
     QUARANTINE,
     REFUSE,
     ExpectationError,
@@ -86,6 +87,22 @@ def test_the_generated_data_meets_every_expectation(
         assert expected.violations(tables[name]) == [], name
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [generator.Sizes(12, 3, 3, 40), generator.Sizes(40, 5, 3, 300), generator.Sizes(200, 20, 14)],
+)
+def test_the_newest_rows_of_small_data_sets_meet_them_too(
+    declared: dict[str, Expectations], sizes: generator.Sizes
+) -> None:
+    """What a materialization reads of the tests' and the demo's data: per entity the
+    newest row."""
+    tables = generator.generate(sizes, seed=11)
+    for name, expected in declared.items():
+        key = "merchant_id" if name == "merchant_stats" else "customer_id"
+        newest = tables[name].sort_values(["event_timestamp", "created_timestamp"])
+        assert expected.violations(newest.groupby(key).tail(1)) == [], name
+
+
 def test_broken_rows_are_named_with_feature_rule_and_value(
     declared: dict[str, Expectations],
 ) -> None:
@@ -111,23 +128,28 @@ def test_broken_rows_are_named_with_feature_rule_and_value(
     }
 
 
-def test_the_null_share_is_judged_on_the_batch(declared: dict[str, Expectations]) -> None:
+def test_the_null_share_is_judged_on_batches_large_enough(
+    declared: dict[str, Expectations],
+) -> None:
     expected = declared["merchant_stats"]  # avg_rating: at most 30% nulls
 
-    def batch(ratings: list[float | None]) -> pd.DataFrame:
-        n = len(ratings)
+    def batch(nulls: int, rows: int) -> pd.DataFrame:
         return pd.DataFrame(
             {
-                "avg_rating": ratings,
-                "n_disputes_30d": [0] * n,
-                "n_sales_30d": [1] * n,
-                "category": ["grocery"] * n,
+                "avg_rating": [None] * nulls + [4.0] * (rows - nulls),
+                "n_disputes_30d": [0] * rows,
+                "n_sales_30d": [1] * rows,
+                "category": ["grocery"] * rows,
             }
         )
 
-    assert expected.violations(batch([None, 4.0, 4.0, 4.0])) == []
-    over = expected.violations(batch([None, None, 4.0, 4.0]))
-    assert [(v.row, v.rule) for v in over] == [(0, "nulls <= 0.3"), (1, "nulls <= 0.3")]
+    assert MIN_ROWS_FOR_SHARE == 20
+    assert expected.violations(batch(6, 20)) == []
+    over = expected.violations(batch(7, 20))
+    assert [(v.row, v.rule) for v in over] == [(i, "nulls <= 0.3") for i in range(7)]
+    # Too few rows to judge a share: one pushed row may be null.
+    assert expected.violations(batch(1, 1)) == []
+    assert expected.violations(batch(19, 19)) == []
 
 
 def test_policies_refuse_or_set_rows_aside(declared: dict[str, Expectations]) -> None:
