@@ -20,6 +20,7 @@ from feast.repo_config import RepoConfig
 
 from feature_platform.feast_seam.stores import postgres_conn_kwargs, postgres_conninfo
 from feature_platform.offline import tables as offline_tables
+from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 
 TABLE = "platform_quarantine"
 SQLITE_FILE = "quarantine.db"
@@ -67,7 +68,7 @@ def for_store(config: RepoConfig, timeout_s: float = 5) -> Target:
     store's database (its connection bounded by `timeout_s`), else PLATFORM_DATA_DIR's
     file."""
     store = config.offline_store
-    if getattr(store, "type", "").endswith("PostgreSQLOfflineStore"):
+    if isinstance(store, PostgreSQLOfflineStoreConfig):
         kwargs = postgres_conn_kwargs(store)
         kwargs["options"] += f" -c lock_timeout={timeout_s}s -c statement_timeout={timeout_s}s"
         kwargs["connect_timeout"] = int(max(1, timeout_s))

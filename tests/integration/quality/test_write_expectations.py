@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 from compare import served_values
@@ -185,6 +186,33 @@ def test_the_quarantine_command_lists_the_rows(
     with stack.active():
         assert main(["quarantine", stack.env, "--view", "merchant_stats"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_quarantine_table_it_cannot_write_fails_the_push_and_writes_nothing(
+    env_name: str, quarantining: Writing
+) -> None:
+    """The table held by DDL: the quarantine write gives up after the offline store's
+    write timeout, and the good rows are not written either."""
+    if env_name != "dev":
+        pytest.skip("a PostgreSQL table lock")
+    good, bad = 970_000_061, 970_000_062
+    settings = quarantining.stack.settings()
+    conninfo = offline_tables.postgres_conninfo(settings, settings["OFFLINE_DB"])
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(f"LOCK TABLE {quarantine.TABLE} IN ACCESS EXCLUSIVE MODE")
+        response = quarantining.push(_rows([good, bad], [1, -1], [1.0, 1.0]))
+        conn.rollback()
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["error"] == "service unavailable"
+    # the lock's or the statement's timeout, whichever ends the wait first
+    assert body["detail"] in {
+        f"quarantine table: {kind}; nothing was written"
+        for kind in ("LockNotAvailable", "QueryCanceled")
+    }
+    assert quarantining.online([good, bad]) == [None, None]
+    assert quarantining.offline([good, bad]) == []
+    assert quarantining.quarantined([good, bad]) == []
 
 
 def test_a_refused_push_is_a_422_naming_feature_and_rule(refusing: Writing) -> None:
