@@ -1,0 +1,34 @@
+"""A batch of rows screened on its way into the stores: a rule broken under `refuse`
+raises `Refused` (nothing of the batch may be written); the rows breaking a rule under
+`quarantine` are written to the quarantine table, and their positions returned, for the
+caller to leave out of every store it writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandas as pd
+
+from feature_platform.quality import quarantine
+from feature_platform.quality.expectations import Expectations, Refused, judge
+
+
+def screen(
+    expected: Sequence[Expectations],
+    rows: pd.DataFrame,
+    target: quarantine.Target,
+    source: str,
+    at: datetime,
+    keys: Sequence[str] = (),
+) -> list[int]:
+    """The positions of `rows` set aside (already in the quarantine table), in order. A
+    refusal names a row by its `keys` (a table's join keys), else by its position."""
+    if not expected:
+        return []
+    verdict = judge(expected, rows)
+    if verdict.refused:
+        raise Refused(verdict.refusal(rows, keys))
+    if verdict.set_aside:
+        quarantine.write(target, quarantine.entries(rows, verdict.set_aside, source, at))
+    return sorted(verdict.set_aside)
