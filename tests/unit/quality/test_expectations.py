@@ -35,10 +35,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModuleT
     patch.setenv("PLATFORM_DATA_DIR", str(tmp_path_factory.mktemp("data")))
     patch.syspath_prepend(str(environments.feature_repo()))
     names = ("expectations", "feature_views")
+    # Feast imports a repository's modules by these bare names: an earlier test's copy of
+    # the repository (a rollout's changed views) may still be cached under them.
+    modules = (*names, "data_sources", "entities")
+    for name in modules:
+        sys.modules.pop(name, None)
     try:
         yield {name: importlib.import_module(name) for name in names}
     finally:
-        for name in (*names, "data_sources", "entities"):
+        for name in modules:
             sys.modules.pop(name, None)
         patch.undo()
 
