@@ -10,7 +10,6 @@ from data_sources import (
     transaction_request,
 )
 from entities import customer, merchant
-from expectations import quality_tags
 from feast import FeatureView, Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
@@ -30,7 +29,7 @@ customer_stats = FeatureView(
     ],
     source=customer_stats_source,
     online=True,
-    tags={"team": "fraud", "cadence": "daily", **quality_tags("customer_stats")},
+    tags={"team": "fraud", "cadence": "daily"},
 )
 
 # Merchants change slowly; three days of tolerance for a late snapshot.
@@ -47,7 +46,7 @@ merchant_stats = FeatureView(
     ],
     source=merchant_stats_source,
     online=True,
-    tags={"team": "fraud", "cadence": "daily", **quality_tags("merchant_stats")},
+    tags={"team": "fraud", "cadence": "daily"},
 )
 
 # Real-time counters pushed by the payment stream; stale after two hours.
@@ -62,7 +61,7 @@ customer_txn_1h = FeatureView(
     ],
     source=customer_txn_1h_push,
     online=True,
-    tags={"team": "fraud", "cadence": "streaming", **quality_tags("customer_txn_1h")},
+    tags={"team": "fraud", "cadence": "streaming"},
 )
 
 

@@ -162,12 +162,6 @@ def cmd_rollout_log(args: argparse.Namespace) -> int:
     return rollouts.cli_log(args.env, args.limit, say)
 
 
-def cmd_quarantine(args: argparse.Namespace) -> int:
-    from feature_platform.cli import quality
-
-    return quality.cli_quarantine(args.env, args.view, args.limit, say)
-
-
 def cmd_registry_backup(args: argparse.Namespace) -> int:
     from feature_platform.cli import recovery
 
@@ -328,14 +322,6 @@ def parser() -> argparse.ArgumentParser:
         "rollout-log", "the latest applies recorded in ENV's registry database", cmd_rollout_log
     )
     log.add_argument("--limit", type=_positive, default=20)
-
-    qrn = sub(
-        "quarantine",
-        "the rows set aside for breaking their view's expectations, newest first, as JSON",
-        cmd_quarantine,
-    )
-    qrn.add_argument("--view", default=None, help="only this feature view's rows")
-    qrn.add_argument("--limit", type=_positive, default=20)
 
     bkp = sub(
         "registry-backup",

@@ -7,11 +7,10 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
-import numpy as np
 import psycopg
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
@@ -27,8 +26,6 @@ from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.feast_seam.stores import postgres_conn_kwargs, postgres_conninfo
 from feature_platform.materialization import ray_writes as materialize_ray
 from feature_platform.offline import postgres_copy
-from feature_platform.quality import expectations, quarantine
-from feature_platform.quality.screen import screen
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.stores.redis_online import TYPE as REDIS_STORE
@@ -120,34 +117,8 @@ def read_batches(
 
 def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> int:
     """Write `table` (from `read`) online through the compare-and-set write: a row
-    older than the stored one changes nothing. The number of rows. Screened whole (one
-    batch): a view that refuses writes nothing."""
-    whole = table.combine_chunks().to_batches()
-    return write_batches(store, view, whole, say, total=table.num_rows)
-
-
-def screened(
-    store: FeatureStore, view: FeatureView, batches: Iterable[pa.RecordBatch], say: Say
-) -> Iterator[pa.RecordBatch]:
-    """The batches without the rows breaking `view`'s expectations (`quality/`), each
-    batch judged on its own: under `quarantine` those rows go to the quarantine table
-    (source `materialization`); under `refuse` the first batch breaking a rule raises
-    `Refused` before it is written."""
-    expected = expectations.of_view(view.name, view.tags)
-    if expected is None:
-        yield from batches
-        return
-    target = quarantine.for_store(store.config)
-    at = datetime.now(UTC)
-    for batch in batches:
-        rows = batch.to_pandas()
-        set_aside = screen([expected], rows, target, "materialization", at, view.join_keys)
-        if set_aside:
-            keep = np.ones(batch.num_rows, dtype=bool)
-            keep[set_aside] = False
-            batch = batch.filter(pa.array(keep))
-            say(f"  {view.name}: {len(set_aside):,} rows quarantined")
-        yield batch
+    older than the stored one changes nothing. The number of rows."""
+    return write_batches(store, view, table.to_batches(), say, total=table.num_rows)
 
 
 def write_batches(
@@ -157,9 +128,7 @@ def write_batches(
     say: Say,
     total: int | None = None,
 ) -> int:
-    """`write` of rows that come in batches (`read_batches`), `total` of them if known,
-    screened against the view's expectations (`screened`)."""
-    batches = screened(store, view, batches, say)
+    """`write` of rows that come in batches (`read_batches`), `total` of them if known."""
     provider = feature_store.provider(store)
     key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     batch_rows = (

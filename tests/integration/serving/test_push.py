@@ -18,7 +18,6 @@ import pandas as pd
 import psycopg
 import pytest
 import requests
-from compare import served_values
 from conftest import AS_OF, SEED
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
@@ -48,7 +47,14 @@ class Pushing:
 
     def online(self, customers: list[int]) -> list[int | None]:
         """n_txn_1h as served for each customer (None: not found)."""
-        return served_values(self.server, "customer_txn_1h:n_txn_1h", customers)
+        response = self.server.online_features(
+            {"customer_id": customers}, features=["customer_txn_1h:n_txn_1h"]
+        )
+        column = response["results"][1]
+        return [
+            value if status == "PRESENT" else None
+            for value, status in zip(column["values"], column["statuses"], strict=True)
+        ]
 
     def offline(self, customers: list[int]) -> pd.DataFrame:
         table = offline_tables.read(self.stack.settings(), TABLE)
