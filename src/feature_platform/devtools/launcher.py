@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import grpc
@@ -17,6 +18,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feature_platform.config import feast_commands, tls
 from feature_platform.serving.client import online_request
+
+
+def exited(what: str, process: subprocess.Popen[bytes], log: IO[bytes] | None) -> RuntimeError:
+    """The error for a server that stopped before it was ready, with the end of its log
+    when it writes to a file: a failed start is then explained where it is reported."""
+    message = f"{what} exited with code {process.returncode}"
+    name = getattr(log, "name", None)
+    if log is not None and isinstance(name, str):
+        log.flush()
+        lines = Path(name).read_bytes().decode(errors="replace").splitlines()[-20:]
+        if lines:
+            message += "; the end of its log:\n" + "\n".join(lines)
+    return RuntimeError(message)
 
 
 def free_port() -> int:
@@ -116,7 +130,7 @@ class FeatureServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"feature server exited with code {self.process.returncode}")
+                raise exited("feature server", self.process, self.log)
             try:
                 probe = "/health" if self.stock else "/ready"
                 reply = requests.get(f"{self.url}{probe}", timeout=1, verify=self.verify)
@@ -249,7 +263,7 @@ class PlatformServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} server exited with code {self.process.returncode}")
+                raise exited(f"{self.kind} server", self.process, self.log)
             if self.ready():
                 return
             time.sleep(0.25)
