@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 import requests
+from feast import FeatureStore
 
 from feature_platform import training
 from feature_platform.checks import comparison
@@ -38,6 +39,7 @@ from feature_platform.config import feast_commands, tls
 from feature_platform.config.guard import ConfigError
 from feature_platform.console import Say
 from feature_platform.errors import PlatformError
+from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.serving.client import online_request
 
 SERVER_URL_VAR = "SKEW_CHECK_SERVER_URL"
@@ -329,6 +331,21 @@ class Result:
 def run(env: str, server_url: str, rows: int, seed: int, token: str | None, say: Say) -> Result:
     """Sample, read online, build the training rows at the read's instant, compare."""
     store = feast_commands.open_store(env)
+    try:
+        return _run(store, env, server_url, rows, seed, token, say)
+    finally:
+        feast_registry.release(store)
+
+
+def _run(
+    store: FeatureStore,
+    env: str,
+    server_url: str,
+    rows: int,
+    seed: int,
+    token: str | None,
+    say: Say,
+) -> Result:
     service = training.FEATURE_SERVICE
     types, not_compared = comparison.comparable(comparison.feature_types(store, service))
     pools = key_pools(store, service, datetime.now(UTC))

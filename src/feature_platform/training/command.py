@@ -24,6 +24,7 @@ from feast import FeatureService, FeatureStore
 
 from feature_platform.config import feast_commands
 from feature_platform.console import Say
+from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.training import engine, labels, ray_engine
 from feature_platform.training.feast_join import FEATURE_SERVICE
@@ -58,6 +59,23 @@ def build(request: Request, say: Say) -> int:
     started = time.monotonic()
     settings = feast_commands.prepare(request.env)
     store = feast_commands.open_store(request.env)
+    try:
+        written = _build(store, settings, request, started, say)
+    finally:
+        # A long-lived caller (a notebook, a test session) would keep the registry's
+        # database connections and refresh timer of every run.
+        feast_registry.release(store)
+    elapsed = time.monotonic() - started
+    say(
+        f"wrote {written:,} rows to {request.output} in {elapsed:.1f}s "
+        f"({written / max(elapsed, 1e-9):,.0f} rows/s)"
+    )
+    return written
+
+
+def _build(
+    store: FeatureStore, settings: dict[str, str], request: Request, started: float, say: Say
+) -> int:
     features = _features(store, request)
     plan = engine.plan(store, features)
     why_not = engine.unsupported(store, plan)
@@ -99,11 +117,6 @@ def build(request: Request, say: Say) -> int:
             written = _write(chunks, request.output, work, total, started, say)
         finally:
             stage.close()
-    elapsed = time.monotonic() - started
-    say(
-        f"wrote {written:,} rows to {request.output} in {elapsed:.1f}s "
-        f"({written / max(elapsed, 1e-9):,.0f} rows/s)"
-    )
     return written
 
 

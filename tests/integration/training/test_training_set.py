@@ -17,6 +17,7 @@ import pandas as pd
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from conftest import AS_OF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from property_settings import COSTLY_EXAMPLES
@@ -326,3 +327,35 @@ def test_offline_tables_keep_every_value_through_copy(dev: Stack) -> None:
     assert back["avg_rating"].dropna().tolist() == [1.5, -0.1, 1e-300]
     assert back["is_new"].tolist() == [True, False, True, False]
     assert list(back["event_timestamp"]) == list(frame["event_timestamp"])
+
+
+def _connections_to(stack: Stack, database: str) -> int:
+    """This process's open connections to `database` (its TCP connections to Postgres)."""
+    import psutil
+
+    settings = stack.settings()
+    port = int(settings["POSTGRES_PORT"])
+    mine = {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port
+    }
+    with psycopg.connect(offline_tables.postgres_conninfo(settings, "postgres")) as conn:
+        ports = conn.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchall()
+    return sum(1 for (client_port,) in ports if client_port in mine)
+
+
+def test_a_training_set_leaves_no_registry_connection_open(dev: Stack, tmp_path: Path) -> None:
+    """Each run in a long-lived process (a notebook, a test session) kept its registry's
+    connection pool and refresh timer: a few runs, and Postgres refused new clients."""
+    labels = pd.DataFrame(
+        {"customer_id": [1], "merchant_id": [1], "amount": [1.0], "label_id": [0],
+         "event_timestamp": [pd.Timestamp(AS_OF)]}
+    )  # fmt: skip
+    registry = dev.settings()["REGISTRY_DB"]
+    before = _connections_to(dev, registry)
+    for _ in range(3):
+        _fast(dev, labels, tmp_path, 10_000)
+    assert _connections_to(dev, registry) == before
