@@ -157,12 +157,15 @@ serve: install ## Run the feature server in the foreground for ENV (FEATURE_SERV
 BENCH_ARGS ?=
 # Options of the materialization benchmark: --rows N (default 1,000,000), --rounds N, --quick.
 BENCH_MATERIALIZE_ARGS ?=
-bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis), training sets and materialization
+# Options of the quality benchmark: --rows N (default 1,000,000), --rounds N.
+BENCH_QUALITY_ARGS ?=
+bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis), training sets, materialization, quality
 	@$(MAKE) --no-print-directory test-tools TEST_TOOLS=wrk:wrk
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtests/bench_training.py
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
 	$(BIN)/python loadtests/bench_served_vectors.py $(BENCH_SERVED_VECTORS_ARGS)
+	$(BIN)/python loadtests/bench_quality.py $(BENCH_QUALITY_ARGS)
 
 bench-materialize: install services ## Materialization against raw redis-py writes (BENCH_MATERIALIZE_ARGS=--quick)
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)

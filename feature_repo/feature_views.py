@@ -10,6 +10,7 @@ from data_sources import (
     transaction_request,
 )
 from entities import customer, merchant
+from expectations import quality_tags
 from feast import FeatureView, Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
@@ -29,7 +30,7 @@ customer_stats = FeatureView(
     ],
     source=customer_stats_source,
     online=True,
-    tags={"team": "fraud", "cadence": "daily"},
+    tags={"team": "fraud", "cadence": "daily", **quality_tags("customer_stats")},
 )
 
 # Merchants change slowly; three days of tolerance for a late snapshot.
@@ -46,7 +47,7 @@ merchant_stats = FeatureView(
     ],
     source=merchant_stats_source,
     online=True,
-    tags={"team": "fraud", "cadence": "daily"},
+    tags={"team": "fraud", "cadence": "daily", **quality_tags("merchant_stats")},
 )
 
 # Real-time counters pushed by the payment stream; stale after two hours.
@@ -61,7 +62,7 @@ customer_txn_1h = FeatureView(
     ],
     source=customer_txn_1h_push,
     online=True,
-    tags={"team": "fraud", "cadence": "streaming"},
+    tags={"team": "fraud", "cadence": "streaming", **quality_tags("customer_txn_1h")},
 )
 
 

@@ -88,20 +88,25 @@ def claim_redis_db(settings: dict[str, str]) -> int:
     raise SystemExit(f"no empty Redis db among {list(CLAIMABLE_DBS)} to claim")
 
 
-def prepare(rows: int) -> dict[str, str]:
-    """Fresh bench databases holding about `rows` snapshots of one day, applied."""
+def fresh_databases(settings: dict[str, str]) -> None:
+    """The environment's registry and offline databases, dropped and made again empty."""
     import psycopg
     from psycopg import sql
 
-    os.environ.update(BENCH_SETTINGS)
-    os.environ["REDIS_DB"] = str(claim_redis_db(environments.settings(ENV)))
-    settings = feast_commands.prepare(ENV)
     with psycopg.connect(offline_tables.postgres_conninfo(settings, "postgres"),
                          autocommit=True) as conn:  # fmt: skip
         for name in (settings["REGISTRY_DB"], settings["OFFLINE_DB"]):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))  # fmt: skip
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def prepare(rows: int) -> dict[str, str]:
+    """Fresh bench databases holding about `rows` snapshots of one day, applied."""
+    os.environ.update(BENCH_SETTINGS)
+    os.environ["REDIS_DB"] = str(claim_redis_db(environments.settings(ENV)))
+    settings = feast_commands.prepare(ENV)
+    fresh_databases(settings)
     say(f"generating about {rows:,} {VIEW} rows")
     sizes = generator.Sizes(customers=rows, merchants=10, days=1, transactions=10)
     tables = generator.generate(sizes, seed=3, as_of=generator.default_as_of())

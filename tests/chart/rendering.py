@@ -459,3 +459,56 @@ def stack_values(settings: Mapping[str, str]) -> dict[str, Any]:
             "db": int(settings["REDIS_DB"]),
         },
     }
+
+
+def assert_reaches_dns_and_postgres_only(
+    objects: list[dict[str, Any]], policy_suffix: str, pod: dict[str, Any]
+) -> None:
+    """A job's NetworkPolicy: no ingress; egress to DNS and the in-cluster PostgreSQL
+    only (never Redis, a server or any other port), and PostgreSQL's own policy lets the
+    job's pod in."""
+    labels = pod["metadata"]["labels"]
+    policy = one(objects, "NetworkPolicy", policy_suffix)
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in policy["spec"], "nothing calls the job"
+    egress = policy["spec"]["egress"]
+    assert [sorted((p["port"], p["protocol"]) for p in r["ports"]) for r in egress] == [
+        [(53, "TCP"), (53, "UDP")],
+        [(5432, "TCP")],
+    ]
+    postgres = pod_template(one(objects, "StatefulSet", "-postgres"))["metadata"]["labels"]
+    (peer,) = egress[1]["to"]
+    assert selects(peer, postgres)
+    (rule,) = one(objects, "NetworkPolicy", "-postgres")["spec"]["ingress"]
+    assert any(selects(p, labels) for p in rule["from"])
+
+
+def assert_external_postgres_egress(objects: list[dict[str, Any]], policy_suffix: str) -> None:
+    """With the stores outside the cluster (ci/external-values), a job's policy reaches
+    PostgreSQL on its configured port and addresses."""
+    values = yaml.safe_load(SCENARIOS["ci/external-values"][0].read_text())
+    egress = one(objects, "NetworkPolicy", policy_suffix)["spec"]["egress"]
+    (store,) = [r for r in egress if "to" in r]
+    assert [p["port"] for p in store["ports"]] == [values["postgres"]["port"]]
+    assert [peer["ipBlock"]["cidr"] for peer in store["to"]] == (
+        values["networkPolicy"]["externalStoreCidrs"]
+    )
+
+
+def assert_settings_of_materialize(
+    objects: list[dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """A job pod with the materialization job's security contexts, settings and config
+    checksum, no service-account token, and the label PostgreSQL's policy admits."""
+    materialize = pod_template(one(objects, "CronJob", "-materialize"))
+    (reference,) = containers(materialize)
+    assert pod["spec"]["securityContext"] == materialize["spec"]["securityContext"]
+    assert container["securityContext"] == reference["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod["spec"]
+    assert pod["metadata"]["labels"][STORE_CLIENT_LABEL] == "true"
+    assert container["envFrom"] == reference["envFrom"]
+    assert container["env"] == reference["env"][:2]
+    assert pod["metadata"]["annotations"] == materialize["metadata"]["annotations"]

@@ -43,7 +43,15 @@ FEAST_ROLES = {"feature-reader", "feature-writer", "training", "fraud-detection-
 # The parts that check callers' tokens, and the jobs that call with their own.
 TOKEN_CHECKERS = {"server", "registry", "offline", "ui"}
 # the helm test pod sends its own token too
-JOBS = {"materialize", "skew-check", "training-set", "registry-backup", "registry-restore", "test"}
+JOBS = {
+    "materialize",
+    "skew-check",
+    "quality",
+    "training-set",
+    "registry-backup",
+    "registry-restore",
+    "test",
+}
 
 
 def _values(scenario: str) -> dict[str, Any]:

@@ -16,14 +16,14 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from rendering import (
     CHART,
     SCENARIOS,
-    STORE_CLIENT_LABEL,
     RenderError,
+    assert_external_postgres_egress,
+    assert_reaches_dns_and_postgres_only,
+    assert_settings_of_materialize,
     ci_load_steps,
-    containers,
     cronjob_container,
     find,
     local_command_with_claim,
@@ -33,7 +33,6 @@ from rendering import (
     render_templates,
     rendered_scenario,
     secret_object,
-    selects,
     stack_values,
 )
 from test_render import KUBERNETES_VERSIONS
@@ -110,52 +109,22 @@ def test_defaults_back_up_hourly_and_restore_only_on_demand() -> None:
 
 def test_security_contexts_settings_and_checksum_are_the_chart_wide_ones() -> None:
     objects = render(DEV, ON)
-    materialize = pod_template(one(objects, "CronJob", "-materialize"))
-    (reference,) = containers(materialize)
     for part in PARTS:
         _, pod, c = _job(objects, part)
-        assert pod["spec"]["securityContext"] == materialize["spec"]["securityContext"]
-        assert c["securityContext"] == reference["securityContext"]
-        assert c["securityContext"]["readOnlyRootFilesystem"] is True
-        assert pod["spec"]["automountServiceAccountToken"] is False
-        assert "serviceAccountName" not in pod["spec"]
-        assert pod["metadata"]["labels"][STORE_CLIENT_LABEL] == "true"
-        assert c["envFrom"] == reference["envFrom"] and c["env"] == reference["env"][:2]
-        assert pod["metadata"]["annotations"] == materialize["metadata"]["annotations"]
+        assert_settings_of_materialize(objects, pod, c)
 
 
 def test_the_policies_let_them_reach_dns_and_postgres_only() -> None:
     objects = render(DEV, ON)
-    postgres = pod_template(one(objects, "StatefulSet", "-postgres"))["metadata"]["labels"]
-    (rule,) = one(objects, "NetworkPolicy", "-postgres")["spec"]["ingress"]
     for part in PARTS:
         _, pod, _ = _job(objects, part)
-        labels = pod["metadata"]["labels"]
-        policy = one(objects, "NetworkPolicy", f"-{part}")
-        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-        assert "ingress" not in policy["spec"], "nothing calls the jobs"
-        egress = policy["spec"]["egress"]
-        assert [sorted((p["port"], p["protocol"]) for p in r["ports"]) for r in egress] == [
-            [(53, "TCP"), (53, "UDP")],
-            [(5432, "TCP")],
-        ]
-        (peer,) = egress[1]["to"]
-        assert selects(peer, postgres)
-        # And PostgreSQL's own policy lets them in.
-        assert any(selects(p, labels) for p in rule["from"])
+        assert_reaches_dns_and_postgres_only(objects, f"-{part}", pod)
 
 
 def test_external_postgres_is_reached_on_its_addresses() -> None:
     objects = rendered_scenario("ci/external-values")
-    values = yaml.safe_load(SCENARIOS["ci/external-values"][0].read_text())
     for part in PARTS:
-        egress = one(objects, "NetworkPolicy", f"-{part}")["spec"]["egress"]
-        (store,) = [r for r in egress if "to" in r]
-        assert [p["port"] for p in store["ports"]] == [values["postgres"]["port"]]
-        assert [peer["ipBlock"]["cidr"] for peer in store["to"]] == (
-            values["networkPolicy"]["externalStoreCidrs"]
-        )
+        assert_external_postgres_egress(objects, f"-{part}")
 
 
 def test_an_existing_claim_is_used_and_none_is_made() -> None:

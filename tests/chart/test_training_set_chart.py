@@ -16,12 +16,13 @@ import kubernetes_validate
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from rendering import (
     CHART,
     SCENARIOS,
     STORE_CLIENT_LABEL,
     RenderError,
+    assert_external_postgres_egress,
+    assert_reaches_dns_and_postgres_only,
     ci_load_steps,
     container_env,
     containers,
@@ -34,7 +35,6 @@ from rendering import (
     render_templates,
     rendered_scenario,
     secret_object,
-    selects,
     stack_values,
 )
 from test_render import KUBERNETES_VERSIONS
@@ -158,32 +158,11 @@ def test_security_contexts_and_checksum_are_the_chart_wide_ones() -> None:
 def test_the_policy_lets_it_reach_dns_and_postgres_only() -> None:
     objects = render(DEV, ON)
     _, pod, _ = _job(objects)
-    policy = one(objects, "NetworkPolicy", "-training-set")
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    assert "ingress" not in policy["spec"], "nothing calls the job"
-    egress = policy["spec"]["egress"]
-    assert [sorted((p["port"], p["protocol"]) for p in r["ports"]) for r in egress] == [
-        [(53, "TCP"), (53, "UDP")],
-        [(5432, "TCP")],
-    ]
-    postgres = pod_template(one(objects, "StatefulSet", "-postgres"))["metadata"]["labels"]
-    (peer,) = egress[1]["to"]
-    assert selects(peer, postgres)
-    # And PostgreSQL's own policy lets it in.
-    (rule,) = one(objects, "NetworkPolicy", "-postgres")["spec"]["ingress"]
-    assert any(selects(p, pod["metadata"]["labels"]) for p in rule["from"])
+    assert_reaches_dns_and_postgres_only(objects, "-training-set", pod)
 
 
 def test_external_postgres_is_reached_on_its_addresses() -> None:
-    objects = rendered_scenario("ci/external-values")
-    values = yaml.safe_load(SCENARIOS["ci/external-values"][0].read_text())
-    egress = one(objects, "NetworkPolicy", "-training-set")["spec"]["egress"]
-    (store,) = [r for r in egress if "to" in r]
-    assert [p["port"] for p in store["ports"]] == [values["postgres"]["port"]]
-    assert [peer["ipBlock"]["cidr"] for peer in store["to"]] == (
-        values["networkPolicy"]["externalStoreCidrs"]
-    )
+    assert_external_postgres_egress(rendered_scenario("ci/external-values"), "-training-set")
 
 
 def test_ray_runs_the_join_on_the_cluster_over_a_shared_volume() -> None:

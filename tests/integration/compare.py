@@ -14,7 +14,17 @@ from feast import FeatureStore
 from feature_platform.checks import comparison
 from feature_platform.checks.comparison import feature_types
 
-__all__ = ["feature_types", "materialized_at", "offline_rows", "online_rows"]
+__all__ = ["feature_types", "materialized_at", "offline_rows", "online_rows", "served_values"]
+
+
+def served_values(server: Any, feature: str, customers: list[int]) -> list[Any]:
+    """`feature` (`view:name`) as `server` serves it for each customer; None: not found."""
+    answer = server.online_features({"customer_id": customers}, features=[feature])
+    column = answer["results"][1]
+    return [
+        value if status == "PRESENT" else None
+        for value, status in zip(column["values"], column["statuses"], strict=True)
+    ]
 
 
 def _typed(rows: list[comparison.Row], types: dict[str, Any], side: str) -> list[comparison.Row]:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
+from pushgateway import pushgateway  # noqa: F401 (a fixture for every module)
 from stacks import WRITABLE, Stack, make_stack
 
 from feature_platform.devtools import generator

@@ -24,6 +24,7 @@ namespace whose subjects list that ServiceAccount.
 {{- $parts := include "feast-platform.tokenCheckingParts" . | fromJsonArray }}
 {{- if .Values.materialize.enabled }}{{ $parts = append $parts "materialize" }}{{ end }}
 {{- if .Values.skewCheck.enabled }}{{ $parts = append $parts "skew-check" }}{{ end }}
+{{- if .Values.quality.enabled }}{{ $parts = append $parts "quality" }}{{ end }}
 {{- if .Values.trainingSet.enabled }}{{ $parts = append $parts "training-set" }}{{ end }}
 {{- if .Values.registryBackup.enabled }}{{ $parts = concat $parts (list "registry-backup" "registry-restore") }}{{ end }}
 {{- toJson $parts }}

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -37,6 +36,7 @@ from feature_platform import training
 from feature_platform.checks import comparison
 from feature_platform.config import feast_commands, tls
 from feature_platform.config.guard import ConfigError
+from feature_platform.config.urls import shown
 from feature_platform.console import Say
 from feature_platform.errors import PlatformError
 from feature_platform.feast_seam import registry as feast_registry
@@ -154,15 +154,6 @@ def sample_rows(
 
 
 # --- the online side ---------------------------------------------------------------------
-
-
-def shown(url: str) -> str:
-    """A URL without any user or password in it, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _reason(exc: requests.RequestException) -> str:

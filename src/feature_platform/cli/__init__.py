@@ -162,6 +162,27 @@ def cmd_rollout_log(args: argparse.Namespace) -> int:
     return rollouts.cli_log(args.env, args.limit, say)
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from feature_platform.cli import quality
+
+    return quality.cli_quarantine(args.env, args.view, args.limit, say)
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from feature_platform.cli import quality
+
+    return quality.cli_drift(
+        args.env,
+        args.training_set,
+        args.current_hours,
+        args.baseline_days,
+        args.report,
+        args.pushgateway,
+        args.served_vectors,
+        say,
+    )
+
+
 def cmd_registry_backup(args: argparse.Namespace) -> int:
     from feature_platform.cli import recovery
 
@@ -198,8 +219,15 @@ def cmd_training_set(args: argparse.Namespace) -> int:
         features=[f.strip() for f in (args.features or "").split(",") if f.strip()] or None,
         chunk_rows=args.chunk_rows,
         engine=args.engine,
+        name=args.name,
     )
     return training_set.command(request, say)
+
+
+def cmd_training_sets(args: argparse.Namespace) -> int:
+    from feature_platform.cli import quality
+
+    return quality.cli_training_sets(args.env, args.name, args.limit, say)
 
 
 def _listener(parser: argparse.ArgumentParser, port: int, what: str) -> None:
@@ -323,6 +351,34 @@ def parser() -> argparse.ArgumentParser:
     )
     log.add_argument("--limit", type=_positive, default=20)
 
+    qrn = sub(
+        "quarantine",
+        "the rows set aside for breaking their view's expectations, newest first, as JSON",
+        cmd_quarantine,
+    )
+    qrn.add_argument("--view", default=None, help="only this feature view's rows")
+    qrn.add_argument("--limit", type=_positive, default=20)
+
+    qly = sub(
+        "quality",
+        "every feature's drift: the offline rows (or the served vectors) of the last hours "
+        "against a training set or the baseline days before them, to an HTML report and JSON",
+        cmd_quality,
+    )
+    qly.add_argument("--training-set", default=None,
+                     help="the reference: a training set's recorded name (training-sets lists "
+                          "them) or parquet file (default: the baseline window)")  # fmt: skip
+    qly.add_argument("--served-vectors", type=Path, default=None,
+                     help="the served vectors a feature service logged (its SERVED_VECTORS_PATH): "
+                          "the current values (default: the offline rows)")  # fmt: skip
+    qly.add_argument("--current-hours", type=_positive, default=24)
+    qly.add_argument("--baseline-days", type=_positive, default=7)
+    qly.add_argument("--report", type=Path, default=Path("quality-report.html"),
+                     help="where the HTML report goes (default: quality-report.html)")  # fmt: skip
+    qly.add_argument("--pushgateway", default=None,
+                     help="push the result to this Pushgateway "
+                          "(default: QUALITY_PUSHGATEWAY_URL)")  # fmt: skip
+
     bkp = sub(
         "registry-backup",
         "one consistent snapshot of ENV's registry database (Feast's registry and the "
@@ -389,6 +445,10 @@ def parser() -> argparse.ArgumentParser:
     )
     wanted.add_argument("--features", help="comma-separated view:feature references")
     tset.add_argument("--output", type=Path, required=True, help="the parquet file to write")
+    tset.add_argument("--name", default=None,
+                      help="the name it is recorded under, for a model to point to and "
+                           "quality --training-set to find (default: the output's "
+                           "stem)")  # fmt: skip
     tset.add_argument(
         "--chunk-rows", type=_positive, default=200_000, help="labels per chunk (default 200000)"
     )
@@ -399,6 +459,13 @@ def parser() -> argparse.ArgumentParser:
         help="fast: DuckDB ASOF joins; ray: the same, a chunk per Ray task "
         "(TRAINING_RAY_ADDRESS); feast: get_historical_features; auto: fast where it applies",
     )
+    sets = sub(
+        "training-sets",
+        "the training sets training-set wrote, newest first, as JSON",
+        cmd_training_sets,
+    )
+    sets.add_argument("--name", default=None, help="only those of this name")
+    sets.add_argument("--limit", type=_positive, default=20)
     return top
 
 

@@ -7,7 +7,6 @@ import json
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -21,10 +20,10 @@ from feature_platform.checks.skew import (
     push_metrics,
     run,
     server_token,
-    shown,
 )
 from feature_platform.config import feast_commands
 from feature_platform.config.guard import ConfigError, one_line_error, redact
+from feature_platform.config.urls import http_url, shown
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_CHECK_FAILED, EXIT_CONSISTENT, EXIT_MISMATCH
 
@@ -40,12 +39,12 @@ def command(
 ) -> int:
     settings = feast_commands.prepare(env)
     rows = DEFAULT_ROWS if rows is None else rows
-    url = _url(
+    url = http_url(
         server_url or settings.get(SERVER_URL_VAR, ""), "server", SERVER_URL_VAR, "--server-url"
     )
     gateway_value = pushgateway or settings.get(PUSHGATEWAY_URL_VAR, "")
     gateway = (
-        _url(gateway_value, "Pushgateway", PUSHGATEWAY_URL_VAR, "--pushgateway")
+        http_url(gateway_value, "Pushgateway", PUSHGATEWAY_URL_VAR, "--pushgateway")
         if gateway_value.strip()
         else None
     )
@@ -82,18 +81,6 @@ def command(
             say(f"skew check: {exc}")
             code = code or EXIT_CHECK_FAILED
     return code
-
-
-def _url(value: str, what: str, variable: str, flag: str) -> str:
-    url = value.strip().rstrip("/")
-    if not url:
-        raise ConfigError(f"no {what} URL: pass {flag} or set {variable}")
-    if "://" not in url:
-        url = f"http://{url}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what} URL {shown(url)!r} is not an http(s) URL")
-    return url
 
 
 def _json_value(value: Any) -> Any:

@@ -18,12 +18,17 @@ from feature_platform.config import environments, feast_commands
 from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
 from feature_platform.errors import EXIT_CONSISTENT, EXIT_MISMATCH
+from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.materialization import load as materialize
 from feature_platform.offline import tables as offline_tables
+from feature_platform.quality import monitor, report
 from feature_platform.serving.client import online_request, response_rows
 from feature_platform.training import command as training_command
 
-STEPS = 9
+STEPS = 10
+# The drift step's windows: the last day against the week before it.
+DRIFT_CURRENT = pd.Timedelta(hours=24)
+DRIFT_BASELINE = pd.Timedelta(days=7)
 
 
 def _step(number: int, text: str) -> float:
@@ -166,5 +171,41 @@ def run(env: str, sizes: generator.Sizes, seed: int = 7) -> int:
         print(f"\n{check.report()}")
         _done(started)
 
-    _step(9, "feature server stopped; done")
+    started = _step(9, "feature quality: the last day's rows against the week before")
+    report_path = log_path.parent / f"quality-report-{env}.html"
+    _drift(env, settings, tables, report_path)
+    _done(started)
+
+    _step(10, "done")
     return EXIT_CONSISTENT if check.consistent else EXIT_MISMATCH
+
+
+def _drift(
+    env: str, settings: dict[str, str], tables: dict[str, pd.DataFrame], report_path: Path
+) -> None:
+    """Drift as generated (new customers' first day is busier than the week before), then
+    with a shift injected on purpose: the last day's amounts in cents, as if one pipeline
+    switched units. The generated rows are written back after."""
+    now = pd.Timestamp.now(tz="UTC")
+    current, baseline = monitor.windows(now.to_pydatetime(), DRIFT_CURRENT, DRIFT_BASELINE)
+    stats = tables["customer_stats"]
+    cents = stats.assign(
+        avg_purchase_30d=stats["avg_purchase_30d"].where(
+            stats["event_timestamp"] < now - DRIFT_CURRENT, stats["avg_purchase_30d"] * 100
+        )
+    )
+    store = feast_commands.open_store(env)
+    try:
+        for title, rows in (("as generated", stats), ("amounts in cents", cents)):
+            offline_tables.write(settings, {"customer_stats": rows})
+            said = _detail if rows is stats else lambda _line: None  # the same counts
+            found = monitor.run(store, current, baseline, None, said)
+            names = [f"{c.view}.{c.result.feature} ({c.result.main.test} "
+                     f"{c.result.main.value:.3g})" for c in found.drifted] or ["none"]  # fmt: skip
+            print(f"\nDrift, {title}: {len(found.drifted)} of {len(found.compared)} features")
+            print("  " + "\n  ".join(names))
+    finally:
+        offline_tables.write(settings, {"customer_stats": stats})
+        feast_registry.release(store)
+    report_path.write_text(report.html(found))
+    _detail(f"report of the injected shift: {report_path}")

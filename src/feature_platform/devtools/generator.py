@@ -24,6 +24,8 @@ from feature_platform.console import Say
 
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IN", "BR"]
 COUNTRY_WEIGHTS = [0.35, 0.15, 0.15, 0.1, 0.1, 0.1, 0.05]
+# Merchants are rated 1 to 5 stars.
+RATING_SCALE = (1.0, 5.0)
 CATEGORIES = ["grocery", "electronics", "travel", "fashion", "gaming", "restaurants"]
 
 # The generated tables, in the order they are written.
@@ -63,11 +65,16 @@ def _created(rng: np.random.Generator, events: pd.Series, as_of: pd.Timestamp) -
 
 
 def _restate(
-    rng: np.random.Generator, df: pd.DataFrame, column: str, as_of: pd.Timestamp
+    rng: np.random.Generator,
+    df: pd.DataFrame,
+    column: str,
+    as_of: pd.Timestamp,
+    upper: float | None = None,
 ) -> pd.DataFrame:
-    """Append corrected copies of 1% of rows: same event time, later created time."""
+    """Append corrected copies of 1% of rows: same event time, later created time; a
+    corrected value stays within `upper`, the top of its scale."""
     picked = df[rng.random(len(df)) < 0.01].copy()
-    picked[column] = (picked[column] * 1.1).round(2)
+    picked[column] = (picked[column] * 1.1).round(2).clip(upper=upper)
     later = picked["created_timestamp"] + pd.Timedelta(hours=6)
     picked["created_timestamp"] = later.where(later <= as_of, as_of)
     # Ties on created time would make the winner arbitrary; drop those.
@@ -135,7 +142,7 @@ def generate(
     # Merchants: 10% never rated; the last 3% (at least one) stop halfway through.
     n_m = sizes.merchants
     merchant_ids = np.arange(1, n_m + 1, dtype=np.int64)
-    rating = np.round(np.clip(rng.normal(4.2, 0.5, n_m), 1, 5), 2)
+    rating = np.round(np.clip(rng.normal(4.2, 0.5, n_m), *RATING_SCALE), 2)
     rated = rng.random(n_m) >= 0.10
     sales_rate = rng.gamma(2.0, 20.0, n_m)
     dispute_rate = rng.beta(1, 60, n_m)
@@ -162,7 +169,7 @@ def generate(
     )
     created = _created(rng, merchant_stats["event_timestamp"], now)
     merchant_stats.insert(2, "created_timestamp", created)
-    merchant_stats = _restate(rng, merchant_stats, "avg_rating", now)
+    merchant_stats = _restate(rng, merchant_stats, "avg_rating", now, upper=RATING_SCALE[1])
 
     # Transactions: after the customer's signup, within the period, up to now.
     n_t = sizes.transactions

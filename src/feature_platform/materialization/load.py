@@ -18,6 +18,11 @@ the old watermark again. The overlap (MATERIALIZE_OVERLAP_SECONDS, default 600) 
 writers whose creation time precedes their commit, by up to their longest transaction,
 and clock skew between them and this job.
 
+A view's rows are checked against its expectations before any is written
+(`rows.screened`): under `refuse` a bad row stops that view (not loaded, watermark kept,
+the job fails naming it) and the other views load; under `quarantine` the bad rows go
+to the quarantine table and are skipped. They stay in the offline table.
+
 Before any write, the online store's Redis is asked for its eviction policy
 (`stores/redis_memory.py`): anything but `noeviction` stops the run with a configuration
 error (exit 2) unless REDIS_ALLOW_EVICTION=true, since an evicting Redis drops loaded values
@@ -49,6 +54,7 @@ from feature_platform.feast_seam import feature_store
 from feature_platform.materialization import rebuild
 from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
+from feature_platform.quality.expectations import Refused
 from feature_platform.stores import redis_memory
 from feature_platform.stores.load_window import LoadWindow
 from feature_platform.stores.redis_online import RedisOnlineStore
@@ -100,6 +106,7 @@ def _load_by_creation_time(
     # Rows created after the run started are not all visible to it yet.
     until = min(end, datetime.now(UTC))
     watermarks = Watermarks(store.registry, store.project)
+    refused: dict[str, Refused] = {}
     for view in views:
         rows = window(view, watermarks.get(view.name), end, margin)
         try:
@@ -108,6 +115,11 @@ def _load_by_creation_time(
             watermarks.advance(view.name, until)
         except ConfigError:
             raise
+        except Refused as exc:
+            # Its rows break its expectations: it stops, the other views load.
+            say(f"  {view.name}: not loaded, {exc}; watermark stays")
+            refused[view.name] = exc
+            continue
         except Exception as exc:
             raise ViewFailed(view.name) from exc
         say(
@@ -115,7 +127,11 @@ def _load_by_creation_time(
             f"{rows.created_since.isoformat()} or with event time since "
             f"{rows.event_since.isoformat()}; watermark {until.isoformat()}"
         )
-    feature_store.precompute_services(store, [view.name for view in views])
+    loaded_views = [view.name for view in views if view.name not in refused]
+    feature_store.precompute_services(store, loaded_views)
+    if refused:
+        first = next(iter(refused.values()))
+        raise ViewFailed(", ".join(refused)) from first
 
 
 def engine_name(store: FeatureStore) -> str:

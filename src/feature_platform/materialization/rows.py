@@ -7,14 +7,18 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
 
+import numpy as np
 import psycopg
 import pyarrow as pa
-from feast import FeatureStore, FeatureView
+from feast import FeatureStore, FeatureView, FileSource
 from feast.feature_view import DUMMY_ENTITY_NAME
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from psycopg import sql
 
@@ -23,9 +27,16 @@ from feature_platform.config.guard import ConfigError
 from feature_platform.console import Say
 from feature_platform.feast_seam import conversion, feature_store
 from feature_platform.feast_seam import registry as feast_registry
-from feature_platform.feast_seam.stores import postgres_conn_kwargs, postgres_conninfo
+from feature_platform.feast_seam.stores import (
+    postgres_conn_kwargs,
+    postgres_conninfo,
+    postgres_table,
+)
 from feature_platform.materialization import ray_writes as materialize_ray
 from feature_platform.offline import postgres_copy
+from feature_platform.quality import database as quality_db
+from feature_platform.quality import expectations, quarantine
+from feature_platform.quality.screen import screen
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.stores.redis_online import TYPE as REDIS_STORE
@@ -117,8 +128,56 @@ def read_batches(
 
 def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> int:
     """Write `table` (from `read`) online through the compare-and-set write: a row
-    older than the stored one changes nothing. The number of rows."""
-    return write_batches(store, view, table.to_batches(), say, total=table.num_rows)
+    older than the stored one changes nothing. The number of rows. Screened whole (one
+    batch): a view that refuses writes nothing."""
+    whole = table.combine_chunks().to_batches()
+    return write_batches(store, view, whole, say, total=table.num_rows)
+
+
+def screened(
+    store: FeatureStore, view: FeatureView, batches: Iterable[pa.RecordBatch], say: Say
+) -> Iterator[pa.RecordBatch]:
+    """The batches without the rows breaking `view`'s expectations (`quality/`), each
+    batch judged on its own: under `quarantine` those rows go to the quarantine table
+    (source `materialization`) and leave the offline table; under `refuse` the first
+    batch breaking a rule raises `Refused` before it is written."""
+    expected = expectations.of_view(view.name, view.tags)
+    if expected is None:
+        yield from batches
+        return
+    target = quality_db.for_store(store.config)
+    origin = _origin(store, view) if expected.policy == expectations.QUARANTINE else None
+    at = datetime.now(UTC)
+    for batch in batches:
+        rows = batch.to_pandas()
+        set_aside = screen([expected], rows, target, "materialization", at, view.join_keys, origin)
+        if set_aside:
+            keep = np.ones(batch.num_rows, dtype=bool)
+            keep[set_aside] = False
+            batch = batch.filter(pa.array(keep))
+            say(f"  {view.name}: {len(set_aside):,} rows quarantined")
+        yield batch
+
+
+def _origin(store: FeatureStore, view: FeatureView) -> quarantine.Origin:
+    """Where `view`'s rows are read from, for a quarantined row to leave it."""
+    source = view.batch_source
+    entities = [store.registry.get_entity(name, store.project) for name in view.entities]
+    join_keys, _, timestamp, created = conversion.column_names(view, entities)
+    columns = [*join_keys, timestamp, created]
+    mapping = source.field_mapping if source is not None else {}
+    named = {column: mapping.get(column, column) for column in columns}
+    if isinstance(source, PostgreSQLSource):
+        table = postgres_table(source)
+        if not table:
+            raise ConfigError(
+                f"{view.name}: its source is a query; a quarantined row cannot leave it "
+                "(use policy refuse, or a table source)"
+            )
+        return quarantine.Origin(columns, named, table=table)
+    if isinstance(source, FileSource):
+        return quarantine.Origin(columns, named, parquet=Path(source.path))
+    raise ConfigError(f"{view.name}: quarantine needs a Postgres table or parquet file source")
 
 
 def write_batches(
@@ -128,7 +187,9 @@ def write_batches(
     say: Say,
     total: int | None = None,
 ) -> int:
-    """`write` of rows that come in batches (`read_batches`), `total` of them if known."""
+    """`write` of rows that come in batches (`read_batches`), `total` of them if known,
+    screened against the view's expectations (`screened`)."""
+    batches = screened(store, view, batches, say)
     provider = feature_store.provider(store)
     key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     batch_rows = (

@@ -10,6 +10,7 @@ from something that works.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from feast import FeatureStore
@@ -17,6 +18,7 @@ from feast.data_source import PushSource
 from feast.value_type import ValueType
 
 from feature_platform.errors import HTTPError
+from feature_platform.quality import expectations
 from feature_platform.serving.fastpath.plans import PlanCache, Unsupported
 
 # path -> methods: everything the platform serves itself.
@@ -73,6 +75,11 @@ def _post(
         "422": _error("A field of the wrong kind"),
         "503": _error("The online or offline store failed or did not answer in time"),
     }
+    if writes:
+        responses["422"] = _error(
+            "A field of the wrong kind, or a row breaking its view's expectations under the "
+            "view's `refuse` policy (view, feature, rule and row named)"
+        )
     operation: dict[str, Any] = {
         "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": body}},
@@ -283,13 +290,26 @@ class _Examples:
 
 
 def _row(view: Any) -> dict[str, list[Any]]:
+    """One row of `view` that meets its expectations (`quality/`)."""
+    expected = expectations.of_view(view.name, view.tags)
+    rules = expected.features if expected else {}
     row = {
-        field.name: [_value(field.dtype.to_value_type())]
+        field.name: [_meeting(_value(field.dtype.to_value_type()), rules.get(field.name, {}))]
         for field in (*view.entity_columns, *view.features)
     }
     if view.batch_source is not None:
         row[view.batch_source.timestamp_field] = ["2026-01-01T00:00:00+00:00"]
     return row
+
+
+def _meeting(value: Any, rules: Mapping[str, Any]) -> Any:
+    if "allowed" in rules:
+        return rules["allowed"][0]
+    if "min" in rules and value < rules["min"]:
+        return rules["min"]
+    if "max" in rules and value > rules["max"]:
+        return rules["max"]
+    return value
 
 
 def _value(kind: ValueType) -> Any:

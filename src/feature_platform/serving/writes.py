@@ -33,6 +33,9 @@ from feast.value_type import ValueType
 from feature_platform.config.guard import one_line_error
 from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
 from feature_platform.feast_seam import feature_store
+from feature_platform.quality import database as quality_db
+from feature_platform.quality import expectations
+from feature_platform.quality.screen import screen
 from feature_platform.serving.errors import require_booleans
 
 log = logging.getLogger("feature_platform.server")
@@ -61,6 +64,9 @@ async def push(store: FeatureStore, request: dict[str, Any]) -> None:
     views = await asyncio.to_thread(_views_fed_by, store, source)
     writes_offline = mode in (PushMode.OFFLINE, PushMode.ONLINE_AND_OFFLINE)
     rows = _rows(views, columns, received, writes_offline)
+    rows = await asyncio.to_thread(_screened, store, views, rows, received, "push")
+    if rows.empty:
+        return
     if writes_offline:
         try:
             await asyncio.to_thread(_write_offline, store, views, rows)
@@ -88,11 +94,44 @@ async def write_to_online_store(store: FeatureStore, request: dict[str, Any]) ->
     columns = _df(request)
     view = await asyncio.to_thread(_feature_view, store, name)
     rows = _rows([view], columns, received, writes_offline=False)
+    rows = await asyncio.to_thread(
+        _screened, store, [view], rows, received, "write-to-online-store"
+    )
+    if rows.empty:
+        return
     try:
         await asyncio.to_thread(store.write_to_online_store, view.name, df=rows)
     except ONLINE_STORE_ERRORS as exc:
         log.warning("online write to %s failed: %s", name, _failure(exc))
         raise unavailable(f"online store: {type(exc).__name__}") from None
+
+
+def _screened(
+    store: FeatureStore,
+    views: list[FeatureView],
+    rows: pd.DataFrame,
+    received: datetime,
+    source: str,
+) -> pd.DataFrame:
+    """The rows that meet the views' expectations (`quality/`). A rule broken under
+    `refuse` is a 422 naming view, feature and rule, and nothing is written; under
+    `quarantine` the rows breaking one go to the quarantine table, first, and are left
+    out of every store the write reaches. A row set aside by one view of a push source is
+    withheld from all of them: a push is one write."""
+    expected = [e for view in views if (e := expectations.of_view(view.name, view.tags))]
+    timeout_s = getattr(store.config.offline_store, "write_timeout_seconds", 5)
+    target = quality_db.for_store(store.config, timeout_s) if expected else None
+    try:
+        set_aside = screen(expected, rows, target, source, received) if target else []
+    except expectations.Refused as exc:
+        raise HTTPError(422, "unprocessable", str(exc)) from None
+    except (psycopg.Error, sqlite3.Error, OSError) as exc:
+        log.warning("quarantine write failed: %s", _failure(exc))
+        raise unavailable(f"quarantine table: {type(exc).__name__}; nothing was written") from None
+    if not set_aside:
+        return rows
+    log.info("quarantined %d of %d rows (%s)", len(set_aside), len(rows), source)
+    return rows.drop(index=rows.index[set_aside]).reset_index(drop=True)
 
 
 def _feature_view(store: FeatureStore, name: str) -> FeatureView:

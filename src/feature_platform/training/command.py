@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +27,8 @@ from feature_platform.config import feast_commands
 from feature_platform.console import Say
 from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.offline import mirror as offline_mirror
+from feature_platform.quality import database as quality_db
+from feature_platform.quality import history
 from feature_platform.training import engine, labels, ray_engine
 from feature_platform.training.feast_join import FEATURE_SERVICE
 from feature_platform.training.labels import LabelError
@@ -43,6 +46,8 @@ class Request:
     features: list[str] | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     engine: str = "auto"
+    # recorded under this name (`quality/history.py`); None: the output's stem
+    name: str | None = None
 
 
 def _features(store: FeatureStore, request: Request) -> list[str] | FeatureService:
@@ -70,6 +75,20 @@ def build(request: Request, say: Say) -> int:
         f"wrote {written:,} rows to {request.output} in {elapsed:.1f}s "
         f"({written / max(elapsed, 1e-9):,.0f} rows/s)"
     )
+    name = request.name or request.output.stem
+    history.record_training_set(
+        quality_db.for_settings(settings),
+        history.TrainingSet(
+            created_at=datetime.now(UTC),
+            environment=request.env,
+            name=name,
+            features=",".join(request.features or []) or request.feature_service,
+            labels=request.labels_sql or str(request.labels_path),
+            output=str(request.output.resolve()),
+            rows=written,
+        ),
+    )
+    say(f"recorded as training set {name!r}")
     return written
 
 

@@ -5,19 +5,15 @@ a real Pushgateway receives; an unreachable server is one line and exit 3."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from prometheus_client.parser import text_string_to_metric_families
+from pushgateway import Pushgateway
 from stacks import Stack
 
 from feature_platform import cli
@@ -26,55 +22,16 @@ from feature_platform.devtools.launcher import FeatureServer, free_port
 from feature_platform.errors import EXIT_CHECK_FAILED
 from feature_platform.serving.client import response_rows
 
-PUSHGATEWAY = shutil.which("prometheus-pushgateway")
 METRIC = "feature_platform_skew_check_"
 
 
-class Pushgateway:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def metrics(self, environment: str) -> dict[str, float]:
-        """The skew check's gauges pushed for `environment`, by name without the prefix."""
-        text = requests.get(f"{self.url}/metrics", timeout=5).text
-        return {
-            sample.name.removeprefix(METRIC): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name.startswith(METRIC)
-            and sample.labels.get("job") == skew_check.PUSH_JOB
-            and sample.labels.get("environment") == environment
-        }
-
-
-@pytest.fixture(scope="module")
-def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushgateway]:
-    if PUSHGATEWAY is None:
-        pytest.skip("prometheus-pushgateway is not installed (Debian: prometheus-pushgateway)")
-    port = free_port()
-    log = (tmp_path_factory.mktemp("pushgateway") / "pushgateway.log").open("wb")
-    process = subprocess.Popen(
-        [PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, "prometheus-pushgateway exited"
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "prometheus-pushgateway not ready after 20s"
-            time.sleep(0.2)
-        yield Pushgateway(url)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+def _pushed(pushgateway: Pushgateway, environment: str) -> dict[str, float]:
+    """The skew check's gauges pushed for `environment`, by name without the prefix."""
+    return {
+        name.removeprefix(METRIC): value
+        for name, _, value in pushgateway.samples(skew_check.PUSH_JOB, environment)
+        if name.startswith(METRIC)
+    }
 
 
 def _skew_check(
@@ -111,7 +68,7 @@ def test_a_consistent_environment_passes(
     assert result["present_online"] > result["values_compared"] // 2
     assert result["never_seen_keys"] == {"customer_id": 10, "merchant_id": 10}
 
-    metrics = pushgateway.metrics(env_name)
+    metrics = _pushed(pushgateway, env_name)
     assert metrics.pop("last_run_timestamp_seconds") >= before
     assert metrics == {"success": 1, "rows_compared": skew_check.DEFAULT_ROWS, "mismatches": 0}
 
@@ -176,7 +133,7 @@ def test_a_value_changed_in_redis_fails_naming_the_feature(
         assert mismatch["online_status"] == "PRESENT"
         assert mismatch["problem"] == "values differ"
 
-    metrics = pushgateway.metrics("dev")
+    metrics = _pushed(pushgateway, "dev")
     assert metrics["success"] == 0
     assert metrics["mismatches"] == len(found)
     assert metrics["rows_compared"] == 400
@@ -192,7 +149,7 @@ def test_an_unreachable_server_is_one_line_and_exit_3(
     assert f"skew check failed: cannot reach the feature server at {url}: " in err
     assert "Traceback" not in err and out == ""
     # The run counts as failed; nothing was compared, so no counts are pushed.
-    metrics = pushgateway.metrics("local")
+    metrics = _pushed(pushgateway, "local")
     assert metrics["success"] == 0
     assert "rows_compared" not in metrics and "mismatches" not in metrics
 

@@ -36,6 +36,12 @@ def test_demo_over_stale_data_serves_what_it_generated(
     out = capsys.readouterr().out
     assert "Online feature vectors" in out and "Training rows" in out
     assert f"Skew check of {env_name}: consistent" in out
+    # the shift injected on purpose is reported by name, and taken back out
+    assert "customer_stats.avg_purchase_30d" in out.split("Drift, amounts in cents")[1]
+    assert (
+        "customer_stats.avg_purchase_30d"
+        not in out.split("Drift, as generated")[1].split("Drift, amounts in cents")[0]
+    )
 
     store = stack.store()
     types = feature_types(store)

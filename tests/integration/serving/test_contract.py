@@ -122,7 +122,7 @@ def _row(**changes: Any) -> dict[str, Any]:
         "avg_rating": [4.5],
         "n_disputes_30d": [1],
         "n_sales_30d": [30],
-        "category": ["books"],
+        "category": ["travel"],
     }
     row.update(changes)
     return {k: v for k, v in row.items() if v is not None}
@@ -180,7 +180,7 @@ def test_a_written_row_is_served_with_its_values(served: FeatureServer) -> None:
     )
     values = {name: r["values"][0] for name, r in zip(
         response["metadata"]["feature_names"], response["results"], strict=True)}  # fmt: skip
-    assert values == {"merchant_id": 91_000_002, "avg_rating": 4.5, "category": "books"}
+    assert values == {"merchant_id": 91_000_002, "avg_rating": 4.5, "category": "travel"}
 
 
 def test_writes_without_the_token_are_refused(served: FeatureServer) -> None:

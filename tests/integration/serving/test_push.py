@@ -18,6 +18,7 @@ import pandas as pd
 import psycopg
 import pytest
 import requests
+from compare import served_values
 from conftest import AS_OF, SEED
 from stacks import WRITABLE, WRITE_TOKEN, Stack
 
@@ -47,14 +48,7 @@ class Pushing:
 
     def online(self, customers: list[int]) -> list[int | None]:
         """n_txn_1h as served for each customer (None: not found)."""
-        response = self.server.online_features(
-            {"customer_id": customers}, features=["customer_txn_1h:n_txn_1h"]
-        )
-        column = response["results"][1]
-        return [
-            value if status == "PRESENT" else None
-            for value, status in zip(column["values"], column["statuses"], strict=True)
-        ]
+        return served_values(self.server, "customer_txn_1h:n_txn_1h", customers)
 
     def offline(self, customers: list[int]) -> pd.DataFrame:
         table = offline_tables.read(self.stack.settings(), TABLE)

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import redis
 import requests
+from compare import served_values
 from conftest import SEED
 from faults import PrivateRedis, stack_on_private_redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,14 +74,7 @@ class Small:
 
     def served(self, view: str, feature: str, customers: list[int]) -> list[Any]:
         """The feature's value per customer, None where not found."""
-        answer = self.server.online_features(
-            {"customer_id": customers}, features=[f"{view}:{feature}"]
-        )
-        column = answer["results"][1]
-        return [
-            value if status == "PRESENT" else None
-            for value, status in zip(column["values"], column["statuses"], strict=True)
-        ]
+        return served_values(self.server, f"{view}:{feature}", customers)
 
     def watermark(self, view: str) -> datetime | None:
         store = self.stack.store()

@@ -1,0 +1,133 @@
+"""What quality keeps over time, beside the quarantine (`quality/database.py`):
+
+- `platform_training_sets`: each training set the `training-set` command wrote, by name,
+  with its labels (file or query), its features, its time and its file: a reference a
+  model can point to, and `feature-platform quality --training-set NAME` compares with;
+- `platform_feature_statistics`: per quality run and feature, both sides' statistics
+  (rows, nulls; mean, deviation and percentiles, or distinct values and the commonest),
+  each test's score and threshold, and the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from feature_platform.quality.database import Target
+from feature_platform.quality.monitor import Run
+
+TRAINING_SETS = "platform_training_sets"
+STATISTICS = "platform_feature_statistics"
+
+# name -> (PostgreSQL type, SQLite type)
+_KINDS = {
+    "id": ("bigserial PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    "time": ("timestamptz NOT NULL", "TEXT NOT NULL"),
+    "text": ("text NOT NULL", "TEXT NOT NULL"),
+    "int": ("bigint NOT NULL", "INTEGER NOT NULL"),
+    "bool": ("boolean NOT NULL", "INTEGER NOT NULL"),
+    "json": ("jsonb NOT NULL", "TEXT NOT NULL"),
+}
+_COLUMNS = {
+    TRAINING_SETS: {"id": "id", "created_at": "time", "environment": "text", "name": "text",
+                    "features": "text", "labels": "text", "output": "text", "rows": "int"},
+    STATISTICS: {"id": "id", "run_at": "time", "environment": "text", "reference": "text",
+                 "current": "text", "view": "text", "feature": "text", "kind": "text",
+                 "reference_stats": "json", "current_stats": "json", "scores": "json",
+                 "drifted": "bool"},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    created_at: datetime
+    environment: str
+    name: str
+    features: str  # the feature service, or the references, comma-separated
+    labels: str  # the labels' file or query
+    output: str
+    rows: int
+
+
+def _ddl(table: str, target: Target) -> str:
+    dialect = 1 if target.sqlite is not None else 0
+    columns = ", ".join(f"{name} {_KINDS[kind][dialect]}" for name, kind in _COLUMNS[table].items())
+    return f"CREATE TABLE IF NOT EXISTS {table} ({columns})"
+
+
+def _insert(table: str) -> str:
+    names = [name for name in _COLUMNS[table] if name != "id"]
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
+
+
+def record_training_set(target: Target, written: TrainingSet) -> None:
+    row = asdict(written)
+    row["created_at"] = written.created_at.isoformat()
+    with target.cursor() as cursor:
+        cursor.execute(_ddl(TRAINING_SETS, target))
+        cursor.execute(
+            _insert(TRAINING_SETS), [row[c] for c in _COLUMNS[TRAINING_SETS] if c != "id"]
+        )
+
+
+def training_sets(target: Target, name: str | None = None, limit: int = 20) -> list[TrainingSet]:
+    """The recorded training sets, newest first; of one name, or all."""
+    where, params = ("WHERE name = %s", [name]) if name else ("", [])
+    names = [c for c in _COLUMNS[TRAINING_SETS] if c != "id"]
+    with target.cursor() as cursor:
+        cursor.execute(_ddl(TRAINING_SETS, target))
+        found = cursor.execute(
+            f"SELECT {', '.join(names)} FROM {TRAINING_SETS} {where} "
+            "ORDER BY created_at DESC, id DESC LIMIT %s",
+            [*params, limit],
+        ).fetchall()
+    sets = []
+    for row in found:
+        values = dict(zip(names, row, strict=True))
+        at = values["created_at"]
+        values["created_at"] = datetime.fromisoformat(at) if isinstance(at, str) else at
+        sets.append(TrainingSet(**values))
+    return sets
+
+
+def record_run(target: Target, environment: str, run: Run, at: datetime) -> int:
+    """Every compared feature of `run`, one row each; the number of rows."""
+    sqlite = target.sqlite is not None
+    rows = []
+    for compared in run.compared:
+        result = compared.result
+        scores = {s.test: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted}
+                  for s in result.scores}  # fmt: skip
+        rows.append([
+            at.isoformat(), environment, run.reference, run.current, compared.view,
+            result.feature, result.kind, json.dumps(result.reference_stats),
+            json.dumps(result.current_stats), json.dumps(scores),
+            int(result.drifted) if sqlite else result.drifted,
+        ])  # fmt: skip
+    with target.cursor() as cursor:
+        cursor.execute(_ddl(STATISTICS, target))
+        cursor.executemany(_insert(STATISTICS), rows)
+    return len(rows)
+
+
+def latest_statistics(target: Target, environment: str) -> list[dict[str, Any]]:
+    """The last run's rows of `environment`, as plain data."""
+    names = [c for c in _COLUMNS[STATISTICS] if c != "id"]
+    with target.cursor() as cursor:
+        cursor.execute(_ddl(STATISTICS, target))
+        found = cursor.execute(
+            f"SELECT {', '.join(names)} FROM {STATISTICS} WHERE environment = %s AND run_at = "
+            f"(SELECT max(run_at) FROM {STATISTICS} WHERE environment = %s) ORDER BY id",
+            [environment, environment],
+        ).fetchall()
+    out = []
+    for row in found:
+        values = dict(zip(names, row, strict=True))
+        for column in ("reference_stats", "current_stats", "scores"):
+            if isinstance(values[column], str):
+                values[column] = json.loads(values[column])
+        values["drifted"] = bool(values["drifted"])
+        out.append(values)
+    return out
