@@ -85,7 +85,7 @@ def run(
     current window, or the vectors served in it) against the training set's column for
     it, or against the baseline window's offline rows."""
     reference_rows = pd.read_parquet(training_set) if training_set is not None else None
-    served = read_served(served_vectors, current) if served_vectors is not None else None
+    served = read_served(served_vectors, current, say) if served_vectors else None
     compared: list[Compared] = []
     for view in _views(store):
         features = [f.name for f in view.features]
@@ -137,13 +137,22 @@ def _columns_of(rows: pd.DataFrame, view: str, features: list[str]) -> pd.DataFr
     return pd.DataFrame(found)
 
 
-def read_served(path: Path, window: Window) -> pd.DataFrame:
+def read_served(path: Path, window: Window, say: Say) -> pd.DataFrame:
     """The served vectors logged under `path` (a feature service's `logging_config`
-    destination: parquet files) at times within `window`."""
+    destination: parquet files) at times within `window`. A file the server is still
+    writing cannot be read yet: it is left out and counted."""
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-    if not files:
+    tables, unfinished = [], 0
+    for file in files:
+        try:
+            tables.append(pq.read_table(file))
+        except (pa.ArrowInvalid, OSError):
+            unfinished += 1
+    if unfinished:
+        say(f"  served vectors: {unfinished} file(s) still being written, left out")
+    if not tables:
         raise ConfigError(f"no served vectors under {path}")
-    table = pa.concat_tables([pq.read_table(file) for file in files], promote_options="default")
+    table = pa.concat_tables(tables, promote_options="default")
     times = table[LOG_TIMESTAMP_FIELD]
     # the bounds in the column's own type (a time without a zone is UTC)
     naive = times.type.tz is None
