@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as ds
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 from conftest import AS_OF, SEED, deploy
@@ -66,9 +67,12 @@ def _logged_rows(destination: Path, customers: list[int], timeout_s: float = 15)
     deadline = time.monotonic() + timeout_s
     while True:
         rows = []
-        if destination.is_dir() and any(destination.glob("*.parquet")):
-            table = ds.dataset(destination, format="parquet").to_table()
-            rows = [r for r in table.to_pylist() if r["customer_id"] in customers]
+        for file in sorted(destination.glob("*.parquet")) if destination.is_dir() else []:
+            try:  # the server may be writing this one right now
+                table = pq.read_table(file)
+            except (pa.ArrowInvalid, OSError):
+                continue
+            rows += [r for r in table.to_pylist() if r["customer_id"] in customers]
         if len(rows) >= len(customers) or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
