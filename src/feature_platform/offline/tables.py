@@ -47,6 +47,11 @@ def postgres_conninfo(env: Mapping[str, str], database: str) -> str:
     )
 
 
+def identifier(table: str) -> sql.Identifier:
+    """A source's table, schema-qualified or not, as an identifier."""
+    return sql.Identifier(*table.split(".", 1))
+
+
 def source_kind(env: Mapping[str, str]) -> str:
     kind = env.get("OFFLINE_SOURCE", "")
     if kind not in ("file", "postgres"):

@@ -19,6 +19,15 @@ from feature_platform.offline import tables as offline_tables
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 
 SQLITE_FILE = "quality.db"
+# a column's kind -> (PostgreSQL type, SQLite type)
+KINDS = {
+    "id": ("bigserial PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    "time": ("timestamptz NOT NULL", "TEXT NOT NULL"),
+    "text": ("text NOT NULL", "TEXT NOT NULL"),
+    "int": ("bigint NOT NULL", "INTEGER NOT NULL"),
+    "bool": ("boolean NOT NULL", "INTEGER NOT NULL"),
+    "json": ("jsonb NOT NULL", "TEXT NOT NULL"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,13 @@ class Target:
             return
         with psycopg.connect(self.conninfo, **self.kwargs) as pg, pg.cursor() as cursor:
             yield cursor
+
+    def create(self, table: str, columns: Mapping[str, str]) -> str:
+        """`CREATE TABLE IF NOT EXISTS` in this database's dialect; `columns` maps each
+        name to a kind of KINDS."""
+        dialect = 1 if self.sqlite is not None else 0
+        kinds = ", ".join(f"{name} {KINDS[kind][dialect]}" for name, kind in columns.items())
+        return f"CREATE TABLE IF NOT EXISTS {table} ({kinds})"
 
 
 class _Qmark:

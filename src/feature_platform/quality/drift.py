@@ -71,7 +71,7 @@ class FeatureDrift:
     reference_rows: int
     current_rows: int
     scores: tuple[Score, ...]
-    # each side's statistics (`describe`)
+    # each side's rows, share of nulls and statistics
     reference_stats: Mapping[str, Any]
     current_stats: Mapping[str, Any]
     histogram: Histogram
@@ -79,6 +79,13 @@ class FeatureDrift:
     @property
     def drifted(self) -> bool:
         return any(score.drifted for score in self.scores)
+
+    def scores_by_test(self) -> dict[str, dict[str, Any]]:
+        """Each test's score, threshold and verdict, as plain data."""
+        return {
+            s.test: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted}
+            for s in self.scores
+        }
 
     @property
     def main(self) -> Score:
@@ -107,19 +114,19 @@ def compare(
         bins = _number_bins(a, b)
         test = "psi" if large else "ks"
         value = _psi_of(bins) if large else _ks_p(a, b)
-        stats = _number_stats(a), _number_stats(b)
+        sides = _number_stats(a), _number_stats(b)
     else:
         kind = "category"
         ref_counts, cur_counts = _counts(ref), _counts(cur)
         bins = _category_bins(ref_counts, cur_counts)
         test = "js" if large else "chi2"
         value = _js_of(ref_counts, cur_counts) if large else _chi2_of(ref_counts, cur_counts)
-        stats = _category_stats(ref_counts), _category_stats(cur_counts)
+        sides = _category_stats(ref_counts), _category_stats(cur_counts)
     nulls = abs(_null_share(current) - _null_share(reference))
     scores = (Score(test, value, limits[test]), Score("nulls", nulls, limits["nulls"]))
     ref_stats, cur_stats = (
         {"rows": len(values), "nulls": _null_share(values), **side}
-        for values, side in zip((reference, current), stats, strict=True)
+        for values, side in zip((reference, current), sides, strict=True)
     )
     return FeatureDrift(
         feature, kind, len(reference), len(current), scores, ref_stats, cur_stats, bins
@@ -177,32 +184,29 @@ def _counts(values: pd.Series) -> pd.Series:
 
 
 def _category_bins(reference: pd.Series, current: pd.Series) -> Histogram:
-    names = sorted(set(reference.index) | set(current.index))
-    ref_total, cur_total = max(int(reference.sum()), 1), max(int(current.sum()), 1)
-    return Histogram(
-        names,
-        [float(reference.get(n, 0) / ref_total) for n in names],
-        [float(current.get(n, 0) / cur_total) for n in names],
-    )
+    names, ref, cur = _aligned(reference, current)
+    return Histogram(names, list(ref / max(ref.sum(), 1.0)), list(cur / max(cur.sum(), 1.0)))
 
 
-def _aligned(reference: pd.Series, current: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _aligned(reference: pd.Series, current: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The categories seen on either side, and each side's counts of them."""
     names = sorted(set(reference.index) | set(current.index))
     return (
+        names,
         reference.reindex(names, fill_value=0).to_numpy(float),
         current.reindex(names, fill_value=0).to_numpy(float),
     )
 
 
 def _js_of(reference: pd.Series, current: pd.Series) -> float:
-    ref, cur = _aligned(reference, current)
+    _, ref, cur = _aligned(reference, current)
     if ref.sum() == 0 or cur.sum() == 0:
         return 0.0
     return float(distance.jensenshannon(ref, cur, base=2))
 
 
 def _chi2_of(reference: pd.Series, current: pd.Series) -> float:
-    ref, cur = _aligned(reference, current)
+    _, ref, cur = _aligned(reference, current)
     if ref.sum() == 0 or cur.sum() == 0 or len(ref) < 2:
         return 1.0
     table = np.vstack([ref, cur])

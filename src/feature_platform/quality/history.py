@@ -21,15 +21,6 @@ from feature_platform.quality.monitor import Run
 TRAINING_SETS = "platform_training_sets"
 STATISTICS = "platform_feature_statistics"
 
-# name -> (PostgreSQL type, SQLite type)
-_KINDS = {
-    "id": ("bigserial PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"),
-    "time": ("timestamptz NOT NULL", "TEXT NOT NULL"),
-    "text": ("text NOT NULL", "TEXT NOT NULL"),
-    "int": ("bigint NOT NULL", "INTEGER NOT NULL"),
-    "bool": ("boolean NOT NULL", "INTEGER NOT NULL"),
-    "json": ("jsonb NOT NULL", "TEXT NOT NULL"),
-}
 _COLUMNS = {
     TRAINING_SETS: {"id": "id", "created_at": "time", "environment": "text", "name": "text",
                     "features": "text", "labels": "text", "output": "text", "rows": "int"},
@@ -51,12 +42,6 @@ class TrainingSet:
     rows: int
 
 
-def _ddl(table: str, target: Target) -> str:
-    dialect = 1 if target.sqlite is not None else 0
-    columns = ", ".join(f"{name} {_KINDS[kind][dialect]}" for name, kind in _COLUMNS[table].items())
-    return f"CREATE TABLE IF NOT EXISTS {table} ({columns})"
-
-
 def _insert(table: str) -> str:
     names = [name for name in _COLUMNS[table] if name != "id"]
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
@@ -66,7 +51,7 @@ def record_training_set(target: Target, written: TrainingSet) -> None:
     row = asdict(written)
     row["created_at"] = written.created_at.isoformat()
     with target.cursor() as cursor:
-        cursor.execute(_ddl(TRAINING_SETS, target))
+        cursor.execute(target.create(TRAINING_SETS, _COLUMNS[TRAINING_SETS]))
         cursor.execute(
             _insert(TRAINING_SETS), [row[c] for c in _COLUMNS[TRAINING_SETS] if c != "id"]
         )
@@ -77,7 +62,7 @@ def training_sets(target: Target, name: str | None = None, limit: int = 20) -> l
     where, params = ("WHERE name = %s", [name]) if name else ("", [])
     names = [c for c in _COLUMNS[TRAINING_SETS] if c != "id"]
     with target.cursor() as cursor:
-        cursor.execute(_ddl(TRAINING_SETS, target))
+        cursor.execute(target.create(TRAINING_SETS, _COLUMNS[TRAINING_SETS]))
         found = cursor.execute(
             f"SELECT {', '.join(names)} FROM {TRAINING_SETS} {where} "
             "ORDER BY created_at DESC, id DESC LIMIT %s",
@@ -98,16 +83,14 @@ def record_run(target: Target, environment: str, run: Run, at: datetime) -> int:
     rows = []
     for compared in run.compared:
         result = compared.result
-        scores = {s.test: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted}
-                  for s in result.scores}  # fmt: skip
         rows.append([
             at.isoformat(), environment, run.reference, run.current, compared.view,
             result.feature, result.kind, json.dumps(result.reference_stats),
-            json.dumps(result.current_stats), json.dumps(scores),
+            json.dumps(result.current_stats), json.dumps(result.scores_by_test()),
             int(result.drifted) if sqlite else result.drifted,
         ])  # fmt: skip
     with target.cursor() as cursor:
-        cursor.execute(_ddl(STATISTICS, target))
+        cursor.execute(target.create(STATISTICS, _COLUMNS[STATISTICS]))
         cursor.executemany(_insert(STATISTICS), rows)
     return len(rows)
 
@@ -116,7 +99,7 @@ def latest_statistics(target: Target, environment: str) -> list[dict[str, Any]]:
     """The last run's rows of `environment`, as plain data."""
     names = [c for c in _COLUMNS[STATISTICS] if c != "id"]
     with target.cursor() as cursor:
-        cursor.execute(_ddl(STATISTICS, target))
+        cursor.execute(target.create(STATISTICS, _COLUMNS[STATISTICS]))
         found = cursor.execute(
             f"SELECT {', '.join(names)} FROM {STATISTICS} WHERE environment = %s AND run_at = "
             f"(SELECT max(run_at) FROM {STATISTICS} WHERE environment = %s) ORDER BY id",

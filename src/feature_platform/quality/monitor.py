@@ -36,6 +36,7 @@ from feature_platform.feast_seam.stores import (
     postgres_conninfo,
     postgres_table,
 )
+from feature_platform.offline import tables as offline_tables
 from feature_platform.quality import drift, expectations
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 
@@ -170,10 +171,11 @@ def read_window(
     """`view`'s rows with event times in `window`, its features named as the view names
     them."""
     source = view.batch_source
+    # field_mapping: the source's column -> the view's name for it
     mapping = source.field_mapping if source is not None else {}
-    named = {mapping.get(f, f): f for f in features}
     by_view = {view_name: column for column, view_name in mapping.items()}
     columns = [by_view.get(f, f) for f in features]
+    named = dict(zip(columns, features, strict=True))
     if isinstance(source, PostgreSQLSource):
         table = postgres_table(source)
         config = store.config.offline_store
@@ -181,7 +183,7 @@ def read_window(
             raise ConfigError(f"{view.name}: drift reads a Postgres table source")
         query = sql.SQL("SELECT {} FROM {} WHERE {} >= %s AND {} < %s").format(
             sql.SQL(", ").join(map(sql.Identifier, columns)),
-            sql.Identifier(*table.split(".", 1)),
+            offline_tables.identifier(table),
             sql.Identifier(source.timestamp_field),
             sql.Identifier(source.timestamp_field),
         )
@@ -209,10 +211,7 @@ def summary(run: Run) -> dict[str, Any]:
                 "kind": c.result.kind,
                 "reference_rows": c.result.reference_rows,
                 "current_rows": c.result.current_rows,
-                "scores": {
-                    s.test: {"value": s.value, "threshold": s.threshold, "drifted": s.drifted}
-                    for s in c.result.scores
-                },
+                "scores": c.result.scores_by_test(),
                 "drifted": c.result.drifted,
             }
             for c in run.compared

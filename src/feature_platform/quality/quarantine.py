@@ -10,41 +10,24 @@ does."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
+from feature_platform.offline import tables as offline_tables
 from feature_platform.quality.database import Target
 
 TABLE = "platform_quarantine"
-COLUMNS = ("id", "quarantined_at", "source", "feature_view", "rules", "row")
-
-_POSTGRES_DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    id bigserial PRIMARY KEY,
-    quarantined_at timestamptz NOT NULL,
-    source text NOT NULL,
-    feature_view text NOT NULL,
-    rules text NOT NULL,
-    row jsonb NOT NULL
-)"""
-_SQLITE_DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    quarantined_at TEXT NOT NULL,
-    source TEXT NOT NULL,
-    feature_view TEXT NOT NULL,
-    rules TEXT NOT NULL,
-    row TEXT NOT NULL
-)"""
+# name -> kind (`database.KINDS`)
+COLUMNS = {"id": "id", "quarantined_at": "time", "source": "text", "feature_view": "text",
+           "rules": "text", "row": "json"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,27 +93,17 @@ def write(
         f"INSERT INTO {TABLE} (quarantined_at, source, feature_view, rules, row) "
         "VALUES (%s, %s, %s, %s, %s)"
     )
-    if target.sqlite is not None:
-        with closing(sqlite3.connect(target.sqlite, timeout=5)) as lite, lite:
-            lite.execute(_SQLITE_DDL)
-            lite.executemany(insert.replace("%s", "?"), values)
-        if origin is not None and origin.parquet is not None:
-            _withdraw_parquet(origin.parquet, origin.columns, withdrawn)
-        return
-    with psycopg.connect(target.conninfo, **target.kwargs) as pg, pg.cursor() as cursor:
-        cursor.execute(_POSTGRES_DDL)
+    with target.cursor() as cursor:
+        cursor.execute(target.create(TABLE, COLUMNS))
         cursor.executemany(insert, values)
         if origin is not None and origin.table:
             match = sql.SQL(" AND ").join(
                 sql.SQL("{} = %s").format(sql.Identifier(c)) for c in origin.columns
             )
-            delete = sql.SQL("DELETE FROM {} WHERE {}").format(_table_name(origin.table), match)
-            cursor.executemany(delete, list(withdrawn))
-
-
-def _table_name(table: str) -> sql.Composable:
-    """A source's table, schema-qualified or not, as an identifier."""
-    return sql.Identifier(*table.split(".", 1))
+            table = offline_tables.identifier(origin.table)
+            cursor.executemany(sql.SQL("DELETE FROM {} WHERE {}").format(table, match), withdrawn)
+    if origin is not None and origin.parquet is not None:
+        _withdraw_parquet(origin.parquet, origin.columns, withdrawn)
 
 
 def _withdraw_parquet(
@@ -158,22 +131,19 @@ def read(target: Target, view: str | None, limit: int) -> list[dict[str, Any]]:
         f"SELECT {', '.join(COLUMNS)} FROM {TABLE} {where} "
         "ORDER BY quarantined_at DESC, id DESC LIMIT %s"
     )
-    if target.sqlite is not None:
-        if not target.sqlite.exists():
-            return []
-        with closing(sqlite3.connect(target.sqlite, timeout=5)) as lite:
-            lite.execute(_SQLITE_DDL)
-            found = lite.execute(query.replace("%s", "?"), [*params, limit]).fetchall()
-        return [_entry(row, json.loads(row[5])) for row in found]
-    with psycopg.connect(target.conninfo, **target.kwargs) as pg, pg.cursor() as cursor:
-        cursor.execute(_POSTGRES_DDL)
-        cursor.execute(query, [*params, limit])
-        return [_entry(row, row[5]) for row in cursor.fetchall()]
+    if target.sqlite is not None and not target.sqlite.exists():
+        return []
+    with target.cursor() as cursor:
+        cursor.execute(target.create(TABLE, COLUMNS))
+        found = cursor.execute(query, [*params, limit]).fetchall()
+    return [_entry(row) for row in found]
 
 
-def _entry(row: Sequence[Any], data: dict[str, Any]) -> dict[str, Any]:
+def _entry(row: Sequence[Any]) -> dict[str, Any]:
     entry = dict(zip(COLUMNS, row, strict=True))
     at = entry["quarantined_at"]
     entry["quarantined_at"] = at.isoformat() if isinstance(at, datetime) else at
-    entry["row"] = data
+    # PostgreSQL returns jsonb parsed; SQLite keeps the text
+    if isinstance(entry["row"], str):
+        entry["row"] = json.loads(entry["row"])
     return entry
