@@ -10,7 +10,9 @@ a policy.
   stays in its offline table).
 
 The views carry these as tags (`quality_tags`), so they travel with the registry: the
-servers read them where they read the views, and `plan` shows a change to them. Plain
+servers read them where they read the views, and `plan` shows a change to them. A feature
+service carries its labels' expectations the same way (`label_tags`), checked by the
+`training-set` command. Plain
 data only: `feast apply` imports this module, the platform builds the checks.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 POLICY_TAG = "quality.policy"
 EXPECTATIONS_TAG = "quality.expectations"
+LABELS_TAG = "quality.labels"
 
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IN", "BR"]
 CATEGORIES = ["grocery", "electronics", "travel", "fashion", "gaming", "restaurants"]
@@ -65,3 +68,15 @@ def quality_tags(view: str) -> dict[str, str]:
         POLICY_TAG: spec["policy"],
         EXPECTATIONS_TAG: json.dumps(spec["features"], sort_keys=True, separators=(",", ":")),
     }
+
+
+# The labels a feature service's training sets are built for, carried by the service: per
+# label the share of positive rows a set of 1,000 labels or more must hold. Fraud is about
+# 2% of card transactions; a share far outside means the labels' pipeline broke (every
+# row positive, a join that repeats the positives), and the training set is refused.
+LABELS: dict[str, dict[str, Any]] = {"is_fraud": {"share": [0.002, 0.1]}}
+
+
+def label_tags() -> dict[str, str]:
+    """The tag that carries the labels' expectations, for a feature service."""
+    return {LABELS_TAG: json.dumps(LABELS, sort_keys=True, separators=(",", ":"))}

@@ -107,7 +107,8 @@ def quality(directory: Path, reference: Path) -> float:
         now = datetime.now(UTC)
         current, baseline = monitor.windows(now, timedelta(hours=1), timedelta(days=1))
         started = time.perf_counter()
-        run = monitor.run(store, current, baseline, reference, lambda _l: None, directory)
+        training_set = monitor.Reference("training set", pd.read_parquet(reference))
+        run = monitor.run(store, current, baseline, training_set, lambda _l: None, str(directory))
         elapsed = time.perf_counter() - started
     finally:
         feast_registry.release(store)

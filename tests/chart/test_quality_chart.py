@@ -232,10 +232,33 @@ def test_windows_and_schedule_reach_the_command_line() -> None:
     assert (parsed.current_hours, parsed.baseline_days) == (6, 28)
 
 
+def test_a_training_set_and_served_vectors_reach_the_command_line() -> None:
+    """The model's training set as the reference, the served vectors' table as what is
+    judged, kept to its days; by default neither, and nothing is deleted."""
+    _, _, default = _job(render(DEV, ON))
+    parsed = cli.parser().parse_args(default["args"])
+    assert (parsed.training_set, parsed.served_vectors, parsed.keep_served_days) == (
+        None, None, None,
+    )  # fmt: skip
+    overrides = {"quality": {"enabled": True, "trainingSet": "fraud-model-7",
+                             "servedVectors": "postgresql:served_vectors"}}  # fmt: skip
+    _, _, c = _job(render(DEV, overrides))
+    parsed = cli.parser().parse_args(c["args"])
+    assert (parsed.training_set, parsed.served_vectors, parsed.keep_served_days) == (
+        "fraud-model-7", "postgresql:served_vectors", 30,
+    )  # fmt: skip
+    kept_all = deep_merge(overrides, {"quality": {"keepServedDays": 0}})
+    _, _, c = _job(render(DEV, kept_all))
+    assert cli.parser().parse_args(c["args"]).keep_served_days is None
+
+
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
         ({"currentHours": 0}, "currentHours"),
+        # a directory would be the pod's own: the served vectors are a table the servers share
+        ({"servedVectors": "/var/log/served"}, "servedVectors"),
+        ({"keepServedDays": -1}, "keepServedDays"),
         ({"baselineDays": "7"}, "baselineDays"),
         ({"staleAfterHours": 0}, "staleAfterHours"),
         # without a scheme the NetworkPolicy cannot tell the port

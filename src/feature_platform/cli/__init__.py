@@ -179,6 +179,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
         args.report,
         args.pushgateway,
         args.served_vectors,
+        args.keep_served_days,
         say,
     )
 
@@ -368,9 +369,13 @@ def parser() -> argparse.ArgumentParser:
     qly.add_argument("--training-set", default=None,
                      help="the reference: a training set's recorded name (training-sets lists "
                           "them) or parquet file (default: the baseline window)")  # fmt: skip
-    qly.add_argument("--served-vectors", type=Path, default=None,
-                     help="the served vectors a feature service logged (its SERVED_VECTORS_PATH): "
-                          "the current values (default: the offline rows)")  # fmt: skip
+    qly.add_argument("--served-vectors", default=None,
+                     help="the served vectors a feature service logged (its SERVED_VECTORS_PATH: "
+                          "postgresql:TABLE or a directory): the current values "
+                          "(default: the offline rows)")  # fmt: skip
+    qly.add_argument("--keep-served-days", type=_positive, default=None,
+                     help="after the run, delete the vectors served more than N days ago from "
+                          "a postgresql:TABLE destination (default: keep all)")  # fmt: skip
     qly.add_argument("--current-hours", type=_positive, default=24)
     qly.add_argument("--baseline-days", type=_positive, default=7)
     qly.add_argument("--report", type=Path, default=Path("quality-report.html"),

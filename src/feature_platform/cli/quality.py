@@ -10,6 +10,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
+
 from feature_platform.cli.rollouts import guarded
 from feature_platform.config import feast_commands
 from feature_platform.config.urls import http_url, shown
@@ -48,7 +50,8 @@ def cli_drift(
     baseline_days: int,
     report_file: Path,
     pushgateway: str | None,
-    served_vectors: Path | None,
+    served_vectors: str | None,
+    keep_served_days: int | None,
     say: Say,
 ) -> int:
     settings = feast_commands.prepare(env)
@@ -66,9 +69,6 @@ def cli_drift(
         if training_set and reference is None:
             say(f"quality: no training set named or at {training_set}")
             return EXIT_BAD_INPUT
-        if served_vectors is not None and not served_vectors.exists():
-            say(f"quality: no served vectors at {served_vectors}")
-            return EXIT_BAD_INPUT
         current, baseline = monitor.windows(
             datetime.now(UTC), timedelta(hours=current_hours), timedelta(days=baseline_days)
         )
@@ -84,6 +84,11 @@ def cli_drift(
                 metrics.push(gateway, env, run)
                 say(f"pushed the result to {shown(gateway)} (job {metrics.PUSH_JOB})")
         history.record_run(target, env, run, datetime.now(UTC))
+        if served_vectors and keep_served_days is not None:
+            before = datetime.now(UTC) - timedelta(days=keep_served_days)
+            pruned = monitor.prune_served(store, served_vectors, before)
+            if pruned is not None:
+                say(f"deleted {pruned:,} served vector(s) older than {keep_served_days} day(s)")
         report_file.parent.mkdir(parents=True, exist_ok=True)
         report_file.write_text(report.html(run))
         print(json.dumps(monitor.summary(run), indent=2))
@@ -104,13 +109,17 @@ def cli_drift(
     return guarded("quality", say, body)
 
 
-def _training_set(target: quality_db.Target, given: str) -> Path | None:
-    """A parquet file, or the file of the newest training set recorded under that name."""
+def _training_set(target: quality_db.Target, given: str) -> monitor.Reference | None:
+    """A parquet file, or the sample recorded with the newest training set of that name
+    (the same wherever the check runs; the file is on the training job's volume)."""
     if Path(given).is_file():
-        return Path(given)
-    for recorded in history.training_sets(target, given, limit=1):
-        if Path(recorded.output).is_file():
-            return Path(recorded.output)
-        raise FileNotFoundError(f"training set {given!r} was written to {recorded.output}, "
-                                "which is not here")  # fmt: skip
-    return None
+        return monitor.Reference(f"training set {given}", pd.read_parquet(given))
+    found = history.training_set_sample(target, given)
+    if found is None:
+        return None
+    recorded, sample = found
+    return monitor.Reference(
+        f"training set {given!r} of {recorded.created_at:%Y-%m-%d %H:%M} UTC "
+        f"({len(sample):,} of its {recorded.rows:,} rows)",
+        sample,
+    )

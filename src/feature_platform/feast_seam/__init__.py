@@ -29,6 +29,7 @@ stores.sqlite_tables                 a SQLite online table's name, quoted
 stores.duckdb_data_source_io         duckdb's reader and writer of a data source
 stores.postgres_connection           the psycopg conninfo and arguments of a Postgres config
 stores.postgres_source_table         the table a PostgreSQLSource names
+stores.logged_feature_service        the feature service a served-vector log source is of
 registry.cache_reload                the caching registry's cached proto, reloaded in place
 registry.release                     a job's registry: refresh timer, exit handler, engines
 registry.rest_server                 the REST registry app built from Feast's pieces
@@ -206,6 +207,11 @@ SEAMS: tuple[Seam, ...] = (
             "feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source"
             ":PostgreSQLOptions._table",
         ),
+    ),
+    Seam(
+        "stores.logged_feature_service",
+        "FeatureServiceLoggingSource._feature_service is the service it was made for",
+        ("feast.feature_logging:FeatureServiceLoggingSource._feature_service",),
     ),
     Seam(
         "registry.cache_reload",

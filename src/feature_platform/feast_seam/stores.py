@@ -5,6 +5,7 @@ methods their subclasses override are the `hooks` seams (see the package docstri
 
 from __future__ import annotations
 
+from feast.feature_logging import LoggingSource
 from feast.infra.offline_stores import duckdb as _duckdb
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
@@ -38,3 +39,8 @@ def postgres_table(source: PostgreSQLSource) -> str:
     """The table a PostgreSQLSource names as given (schema-qualified or not); '' for a
     source defined by a query."""
     return source._postgres_options._table
+
+
+def logged_feature_service(source: LoggingSource) -> str:
+    """The name of the feature service whose served vectors a logging source describes."""
+    return source._feature_service.name  # type: ignore[attr-defined]

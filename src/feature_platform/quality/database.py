@@ -27,6 +27,7 @@ KINDS = {
     "int": ("bigint NOT NULL", "INTEGER NOT NULL"),
     "bool": ("boolean NOT NULL", "INTEGER NOT NULL"),
     "json": ("jsonb NOT NULL", "TEXT NOT NULL"),
+    "blob": ("bytea NOT NULL", "BLOB NOT NULL"),
 }
 
 

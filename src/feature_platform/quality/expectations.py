@@ -5,7 +5,9 @@ Per feature: `type` (int, float or string), `nulls` (the share of nulls a batch 
 MIN_ROWS_FOR_SHARE rows or more may hold; 0 by default: never null), `min` and `max`, or
 `allowed` values, and `drift`: thresholds for the drift tests that override the defaults.
 Per view a policy, `refuse` or
-`quarantine`. A view without the tags has no expectations.
+`quarantine`. A view without the tags has no expectations. A feature service's labels:
+per label column the `share` of positive rows ([least, most]) a training set's labels
+must hold, judged on MIN_LABELS_FOR_SHARE labels or more.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ DRIFT_DEFAULTS = {"psi": 0.2, "js": 0.1, "ks": 0.01, "chi2": 0.01, "nulls": 0.05
 # A share of nulls is judged on batches of at least this many rows: in fewer, one null is
 # a large share by chance (a single pushed row, three merchants).
 MIN_ROWS_FOR_SHARE = 20
+LABELS_TAG = "quality.labels"
+# A label's share is judged on at least this many labels: a fraud share of 2% holds 20
+# positives in 1,000 labels, in fewer the share is mostly chance.
+MIN_LABELS_FOR_SHARE = 1_000
 
 
 class ExpectationError(PlatformError):
@@ -242,3 +248,48 @@ def _scalar(value: Any) -> Any:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     return value.item() if hasattr(value, "item") else value
+
+
+def label_shares(tags: Mapping[str, str]) -> dict[str, tuple[float, float]]:
+    """A feature service's expected label shares (its `quality.labels` tag): per label
+    column the least and most share of positive rows; empty without the tag."""
+    if LABELS_TAG not in tags:
+        return {}
+    try:
+        expected = json.loads(tags[LABELS_TAG])
+        return {name: (float(spec["share"][0]), float(spec["share"][1]))
+                for name, spec in expected.items()}  # fmt: skip
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise ExpectationError(
+            f"{LABELS_TAG} must map labels to {{'share': [least, most]}}"
+        ) from None
+
+
+def label_violations(shares: Mapping[str, tuple[float, float]], labels: pd.DataFrame) -> list[str]:
+    """The label shares in `labels` outside `shares` (`label_shares`), one line each;
+    none for a label column the labels do not hold, or under MIN_LABELS_FOR_SHARE labels."""
+    if not shares or len(labels) < MIN_LABELS_FOR_SHARE:
+        return []
+    schema = pa.DataFrameSchema(
+        {
+            name: pa.Column(
+                checks=pa.Check(
+                    lambda values, lo=lo, hi=hi: lo <= values.astype(float).mean() <= hi,
+                    error=f"share of positives {lo:g} to {hi:g}",
+                ),
+                required=False,
+                nullable=True,
+            )
+            for name, (lo, hi) in shares.items()
+        }
+    )
+    try:
+        schema.validate(labels, lazy=True)
+    except SchemaErrors as exc:
+        broken = {str(case["column"]) for case in exc.failure_cases.to_dict("records")}
+        return [
+            f"label {name}: share of positives {labels[name].astype(float).mean():.4g}, "
+            f"expected {shares[name][0]:g} to {shares[name][1]:g}"
+            for name in sorted(broken)
+        ]
+    return []

@@ -1,8 +1,10 @@
 """What quality keeps over time, beside the quarantine (`quality/database.py`):
 
 - `platform_training_sets`: each training set the `training-set` command wrote, by name,
-  with its labels (file or query), its features, its time and its file: a reference a
-  model can point to, and `feature-platform quality --training-set NAME` compares with;
+  with its labels (file or query), its features, its time, its file and a sample of its
+  rows (features and labels, without entity keys or times): a reference a model can point
+  to, and `feature-platform quality --training-set NAME` compares with wherever it runs,
+  the file being on the training job's volume;
 - `platform_feature_statistics`: per quality run and feature, both sides' statistics
   (rows, nulls; mean, deviation and percentiles, or distinct values and the commonest),
   each test's score and threshold, and the verdict.
@@ -11,9 +13,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from feature_platform.quality.database import Target
 from feature_platform.quality.monitor import Run
@@ -23,7 +32,8 @@ STATISTICS = "platform_feature_statistics"
 
 _COLUMNS = {
     TRAINING_SETS: {"id": "id", "created_at": "time", "environment": "text", "name": "text",
-                    "features": "text", "labels": "text", "output": "text", "rows": "int"},
+                    "features": "text", "labels": "text", "output": "text", "rows": "int",
+                    "sample": "blob"},
     STATISTICS: {"id": "id", "run_at": "time", "environment": "text", "reference": "text",
                  "current": "text", "view": "text", "feature": "text", "kind": "text",
                  "reference_stats": "json", "current_stats": "json", "scores": "json",
@@ -47,9 +57,25 @@ def _insert(table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
 
 
-def record_training_set(target: Target, written: TrainingSet) -> None:
-    row = asdict(written)
-    row["created_at"] = written.created_at.isoformat()
+SAMPLE_ROWS = 100_000
+
+
+def sample_of(output: Path, leave_out: Collection[str], rows: int = SAMPLE_ROWS) -> bytes:
+    """A uniform sample of at most `rows` rows of a training set, as parquet: its
+    columns but `leave_out` (entity keys) and times, the values drift compares."""
+    schema = pq.read_schema(output)
+    kept = [f.name for f in schema if f.name not in leave_out and not pa.types.is_temporal(f.type)]
+    table = pq.read_table(output, columns=kept)
+    if table.num_rows > rows:
+        chosen = np.random.default_rng(0).choice(table.num_rows, rows, replace=False)
+        table = table.take(np.sort(chosen))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def record_training_set(target: Target, written: TrainingSet, sample: bytes) -> None:
+    row = {**asdict(written), "created_at": written.created_at.isoformat(), "sample": sample}
     with target.cursor() as cursor:
         cursor.execute(target.create(TRAINING_SETS, _COLUMNS[TRAINING_SETS]))
         cursor.execute(
@@ -59,21 +85,35 @@ def record_training_set(target: Target, written: TrainingSet) -> None:
 
 def training_sets(target: Target, name: str | None = None, limit: int = 20) -> list[TrainingSet]:
     """The recorded training sets, newest first; of one name, or all."""
+    return [found for found, _ in _training_sets(target, name, limit, with_sample=False)]
+
+
+def training_set_sample(target: Target, name: str) -> tuple[TrainingSet, pd.DataFrame] | None:
+    """The newest training set recorded as `name`, with its sample of rows."""
+    for found, sample in _training_sets(target, name, 1, with_sample=True):
+        return found, pd.read_parquet(pa.BufferReader(bytes(sample)))
+    return None
+
+
+def _training_sets(
+    target: Target, name: str | None, limit: int, with_sample: bool
+) -> list[tuple[TrainingSet, Any]]:
     where, params = ("WHERE name = %s", [name]) if name else ("", [])
-    names = [c for c in _COLUMNS[TRAINING_SETS] if c != "id"]
+    names = [c for c in _COLUMNS[TRAINING_SETS] if c not in ("id", "sample")]
+    selected = [*names, "sample" if with_sample else "NULL"]
     with target.cursor() as cursor:
         cursor.execute(target.create(TRAINING_SETS, _COLUMNS[TRAINING_SETS]))
         found = cursor.execute(
-            f"SELECT {', '.join(names)} FROM {TRAINING_SETS} {where} "
+            f"SELECT {', '.join(selected)} FROM {TRAINING_SETS} {where} "
             "ORDER BY created_at DESC, id DESC LIMIT %s",
             [*params, limit],
         ).fetchall()
     sets = []
     for row in found:
-        values = dict(zip(names, row, strict=True))
+        values = dict(zip(names, row[:-1], strict=True))
         at = values["created_at"]
         values["created_at"] = datetime.fromisoformat(at) if isinstance(at, str) else at
-        sets.append(TrainingSet(**values))
+        sets.append((TrainingSet(**values), row[-1]))
     return sets
 
 

@@ -1,10 +1,11 @@
 """`feature-platform quality ENV`: every feature's drift, its recent values (the offline
 tables' current window, or the vectors the feature server served in it) against a
 reference, in a report. Off the serving path: it reads the offline store and the
-served-vector files only.
+served vectors' destination only.
 
-The reference is a training set (a parquet file the `training-set` command wrote: the
-model's view of the world) or, without one, the baseline window before the current one.
+The reference is a training set (the rows the `training-set` command wrote, or the sample
+recorded with them: the model's view of the world) or, without one, the baseline window
+before the current one.
 A feature's thresholds are `drift.DEFAULTS`, overridden by the `drift` entry of its
 expectations (`feature_repo/expectations.py`).
 """
@@ -38,6 +39,7 @@ from feature_platform.feast_seam.stores import (
 )
 from feature_platform.offline import tables as offline_tables
 from feature_platform.quality import drift, expectations
+from feature_platform.stores import served_vectors
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 
 
@@ -49,6 +51,15 @@ class Window:
     def __str__(self) -> str:
         since, until = (t.isoformat(timespec="seconds") for t in (self.since, self.until))
         return f"{since} to {until}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A training set's rows (its file, or the sample recorded with it) and what to call
+    them."""
+
+    name: str
+    rows: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -78,26 +89,25 @@ def run(
     store: FeatureStore,
     current: Window,
     baseline: Window,
-    training_set: Path | None,
+    training_set: Reference | None,
     say: Say,
-    served_vectors: Path | None = None,
+    served: str | None = None,
 ) -> Run:
     """Each monitored feature's drift: its current values (the offline rows of the
     current window, or the vectors served in it) against the training set's column for
     it, or against the baseline window's offline rows."""
-    reference_rows = pd.read_parquet(training_set) if training_set is not None else None
-    served = read_served(served_vectors, current, say) if served_vectors else None
+    served_rows = read_served(store, served, current, say) if served else None
     compared: list[Compared] = []
     for view in _views(store):
         features = [f.name for f in view.features]
-        if served is None:
+        if served_rows is None:
             now_rows = read_window(store, view, features, current)
         else:
-            now_rows = _columns_of(served, view.name, features)
-        if reference_rows is None:
+            now_rows = _columns_of(served_rows, view.name, features)
+        if training_set is None:
             before = read_window(store, view, features, baseline)
         else:
-            before = _columns_of(reference_rows, view.name, features)
+            before = _columns_of(training_set.rows, view.name, features)
         say(f"  {view.name}: {len(before):,} reference rows, {len(now_rows):,} current rows")
         for feature in features:
             if feature not in before or feature not in now_rows:
@@ -106,8 +116,8 @@ def run(
                 feature, before[feature], now_rows[feature], _thresholds(view, feature)
             )
             compared.append(Compared(view.name, result))
-    reference = f"training set {training_set}" if training_set else f"baseline {baseline}"
-    now = f"served vectors in {served_vectors}" if served_vectors else "offline rows"
+    reference = training_set.name if training_set else f"baseline {baseline}"
+    now = f"served vectors in {served}" if served else "offline rows"
     return Run(reference, f"{now} {current}", compared)
 
 
@@ -138,10 +148,23 @@ def _columns_of(rows: pd.DataFrame, view: str, features: list[str]) -> pd.DataFr
     return pd.DataFrame(found)
 
 
-def read_served(path: Path, window: Window, say: Say) -> pd.DataFrame:
-    """The served vectors logged under `path` (a feature service's `logging_config`
-    destination: parquet files) at times within `window`. A file the server is still
-    writing cannot be read yet: it is left out and counted."""
+def read_served(store: FeatureStore, where: str, window: Window, say: Say) -> pd.DataFrame:
+    """The served vectors logged to `where` (a feature service's `logging_config`
+    destination: a `postgresql:<table>` of the offline database, or a directory of parquet
+    files) at times within `window`. A file the server is still writing cannot be read
+    yet: it is left out and counted."""
+    if served_vectors.Destination.named_by(where):
+        config = _postgres(store, f"served vectors in {where}")
+        return served_vectors.Destination(where).read(
+            postgres_conninfo(config), postgres_conn_kwargs(config), window.since, window.until
+        )
+    return read_served_files(Path(where), window, say)
+
+
+def read_served_files(path: Path, window: Window, say: Say) -> pd.DataFrame:
+    """The served vectors in the parquet files under `path` at times within `window`."""
+    if not path.exists():
+        raise ConfigError(f"no served vectors at {path}")
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     tables, unfinished = [], 0
     for file in files:
@@ -165,6 +188,24 @@ def read_served(path: Path, window: Window, say: Say) -> pd.DataFrame:
     return table.filter(inside).to_pandas()
 
 
+def prune_served(store: FeatureStore, where: str, before: datetime) -> int | None:
+    """Delete the vectors served before `before` from a `postgresql:<table>`
+    destination; how many, or None for files (kept: their volume's own retention)."""
+    if not served_vectors.Destination.named_by(where):
+        return None
+    config = _postgres(store, f"served vectors in {where}")
+    return served_vectors.Destination(where).prune(
+        postgres_conninfo(config), postgres_conn_kwargs(config), before
+    )
+
+
+def _postgres(store: FeatureStore, what: str) -> PostgreSQLOfflineStoreConfig:
+    config = store.config.offline_store
+    if not isinstance(config, PostgreSQLOfflineStoreConfig):
+        raise ConfigError(f"{what}: the environment's offline store is not PostgreSQL")
+    return config
+
+
 def read_window(
     store: FeatureStore, view: FeatureView, features: list[str], window: Window
 ) -> pd.DataFrame:
@@ -178,9 +219,9 @@ def read_window(
     named = dict(zip(columns, features, strict=True))
     if isinstance(source, PostgreSQLSource):
         table = postgres_table(source)
-        config = store.config.offline_store
-        if not table or not isinstance(config, PostgreSQLOfflineStoreConfig):
+        if not table:
             raise ConfigError(f"{view.name}: drift reads a Postgres table source")
+        config = _postgres(store, view.name)
         query = sql.SQL("SELECT {} FROM {} WHERE {} >= %s AND {} < %s").format(
             sql.SQL(", ").join(map(sql.Identifier, columns)),
             offline_tables.identifier(table),

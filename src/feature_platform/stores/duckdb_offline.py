@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from feast import FeatureView
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
+from feast.feature_logging import LoggingConfig, LoggingSource
 from feast.infra.offline_stores import duckdb as feast_duckdb
 from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.ibis import (
@@ -35,11 +36,13 @@ from feast.infra.offline_stores.ibis import (
     pull_latest_from_table_or_query_ibis,
 )
 from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from ibis.expr.types import Table
 from pydantic import StrictBool
 
 from feature_platform.feast_seam.stores import duckdb_read_data_source, duckdb_write_data_source
+from feature_platform.stores import served_vectors
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import filter_by_created
 
@@ -84,6 +87,23 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
 
 
 class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
+    @staticmethod
+    def write_logged_features(
+        config: RepoConfig,
+        data: pa.Table | Path,
+        source: LoggingSource,
+        logging_config: LoggingConfig,
+        registry: BaseRegistry,
+    ) -> None:
+        """Feast's parquet files; a `postgresql:<table>` destination is refused by name
+        (Feast would make a directory of that name)."""
+        path = getattr(logging_config.destination, "path", "")
+        if served_vectors.Destination.named_by(path):
+            raise ValueError(f"served vectors to {path} need the PostgreSQL offline store")
+        feast_duckdb.DuckDBOfflineStore.write_logged_features(
+            config, data, source, logging_config, registry
+        )
+
     @staticmethod
     def get_historical_features(
         config: RepoConfig,

@@ -3,7 +3,7 @@
 NULL creation time counts as the event time. It also writes (`offline_write_batch`, which
 Feast's store lacks): a push with `to: offline` or `online_and_offline` reaches training;
 and it records served vectors (`write_logged_features`, also missing) to a feature
-service's file destination.
+service's file destination, or to a table of its database (`served_vectors`).
 
 Select it in feature_store.yaml with
 `type: feature_platform.stores.postgres_offline.PostgreSQLOfflineStore`; every other
@@ -37,10 +37,12 @@ from psycopg import sql
 from pydantic import PositiveInt, StrictBool
 
 from feature_platform.feast_seam.stores import (
+    logged_feature_service,
     postgres_conn_kwargs,
     postgres_conninfo,
     postgres_table,
 )
+from feature_platform.stores import served_vectors
 from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import CREATED_OR_EVENT, filter_by_created
 
@@ -53,6 +55,17 @@ class PostgreSQLOfflineStoreConfig(feast_postgres.PostgreSQLOfflineStoreConfig):
     include_values_created_after_label: StrictBool = False
     # bounds an offline write (a push): connecting, waiting for a lock, the write itself
     write_timeout_seconds: PositiveInt = 5
+
+
+def _bounded_kwargs(store: PostgreSQLOfflineStoreConfig) -> dict[str, Any]:
+    """Feast's connection arguments with every step of a write bounded by
+    `write_timeout_seconds`: connecting, waiting for a lock, the statement itself."""
+    timeout_s = store.write_timeout_seconds
+    kwargs = postgres_conn_kwargs(store)
+    kwargs["options"] += f" -c lock_timeout={timeout_s}s -c statement_timeout={timeout_s}s"
+    kwargs["connect_timeout"] = timeout_s
+    kwargs["keepalives_idle"] = store.keepalives_idle
+    return kwargs
 
 
 def created_or_event(source: DataSource) -> DataSource:
@@ -191,9 +204,7 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
         if table.num_rows == 0:
             return
         store = config.offline_store
-        timeout_s = store.write_timeout_seconds
-        kwargs = postgres_conn_kwargs(store)
-        kwargs["options"] += f" -c lock_timeout={timeout_s}s -c statement_timeout={timeout_s}s"
+        kwargs = _bounded_kwargs(store)
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             # the table's text as Feast's own queries use it, so writes and reads resolve alike
             sql.SQL(postgres_table(source)),
@@ -201,12 +212,7 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
         )
         columns = [column.to_pylist() for column in table.columns]
         with (
-            psycopg.connect(
-                postgres_conninfo(store),
-                connect_timeout=timeout_s,
-                keepalives_idle=store.keepalives_idle,
-                **kwargs,
-            ) as conn,
+            psycopg.connect(postgres_conninfo(store), **kwargs) as conn,
             conn.cursor() as cursor,
             cursor.copy(statement) as copy,
         ):
@@ -223,7 +229,8 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
         logging_config: LoggingConfig,
         registry: BaseRegistry,
     ) -> None:
-        """Served vectors as parquet files under the destination's directory (local or
+        """Served vectors to the destination's `postgresql:<table>` in this store's
+        database (`served_vectors`), or as parquet files under its directory (local or
         s3://): one new file per batch, partitioned as the destination says."""
         destination = logging_config.destination
         if not isinstance(destination, FileLoggingDestination):
@@ -231,6 +238,15 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
                 f"served vectors go to a file destination here, not {type(destination).__name__}"
             )
         table = pq.read_table(data) if isinstance(data, Path) else data
+        if served_vectors.Destination.named_by(destination.path):
+            store = config.offline_store
+            served_vectors.Destination(destination.path).write(
+                postgres_conninfo(store),
+                _bounded_kwargs(store),
+                logged_feature_service(source),
+                table,
+            )
+            return
         pq.write_to_dataset(
             table,
             root_path=destination.path,

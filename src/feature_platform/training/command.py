@@ -28,7 +28,7 @@ from feature_platform.console import Say
 from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.quality import database as quality_db
-from feature_platform.quality import history
+from feature_platform.quality import expectations, history
 from feature_platform.training import engine, labels, ray_engine
 from feature_platform.training.feast_join import FEATURE_SERVICE
 from feature_platform.training.labels import LabelError
@@ -66,6 +66,8 @@ def build(request: Request, say: Say) -> int:
     store = feast_commands.open_store(request.env)
     try:
         written = _build(store, settings, request, started, say)
+        # the sample kept with the record holds values, not who they belong to
+        entity_keys = {entity.join_key for entity in store.list_entities()}
     finally:
         # A long-lived caller (a notebook, a test session) would keep the registry's
         # database connections and refresh timer of every run.
@@ -87,9 +89,32 @@ def build(request: Request, say: Say) -> int:
             output=str(request.output.resolve()),
             rows=written,
         ),
+        history.sample_of(request.output, entity_keys),
     )
     say(f"recorded as training set {name!r}")
     return written
+
+
+def _check_labels(service: FeatureService, stage: engine.Stage, say: Say) -> None:
+    """The labels' shares against the service's expectations (`quality.labels`): a
+    share outside them refuses the training set."""
+    shares = expectations.label_shares(service.tags)
+    held = [name for name in shares if name in stage.label_columns()]
+    if not held:
+        return
+    labels = stage.con.execute(f"SELECT {', '.join(map(engine.ident, held))} FROM labels").df()
+    broken = expectations.label_violations(shares, labels)
+    if broken:
+        raise expectations.Refused(f"{service.name}: {'; '.join(broken)}")
+    say(f"  labels: {', '.join(held)} within {service.name}'s expected shares")
+
+
+def _screening(store: FeatureStore, view: str) -> engine.Screening | None:
+    """What `view`'s rows must meet (`feature_repo/expectations.py`); None without rules."""
+    expected = expectations.of_view(view, store.get_feature_view(view).tags)
+    if expected is None:
+        return None
+    return engine.Screening(expected, quality_db.for_store(store.config))
 
 
 def _build(
@@ -115,11 +140,13 @@ def _build(
         stage = engine.Stage(work)
         try:
             total = stage.add_labels(batches, plan, say)
+            if isinstance(features, FeatureService):
+                _check_labels(features, stage, say)
             chunks: Iterator[pa.Table]
             if chosen == "fast":
                 files = engine.view_files(store, plan, settings, say)
                 for i, view in enumerate(plan.views):
-                    stage.add_view(i, view, files[i], say, store)
+                    stage.add_view(i, view, files[i], say, store, _screening(store, view.name))
                 chunks = stage.chunks(plan, request.chunk_rows)
             elif chosen == "ray":
                 chunks = ray_engine.chunks(

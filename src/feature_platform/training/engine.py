@@ -56,6 +56,9 @@ from feature_platform.feast_seam.stores import (
 )
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import postgres_copy
+from feature_platform.quality.database import Target
+from feature_platform.quality.expectations import Expectations
+from feature_platform.quality.screen import screen
 from feature_platform.stores.duckdb_offline import DuckDBOfflineStoreConfig
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.training.labels import TIMESTAMP, LabelError
@@ -77,6 +80,14 @@ class ViewJoin:
     timestamp: str
     created: str | None
     ttl_us: int  # 0: no limit, as in Feast
+
+
+@dataclass(frozen=True)
+class Screening:
+    """A view's expectations, and the quarantine table rows set aside are recorded in."""
+
+    expected: Expectations
+    target: Target
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,7 @@ def view_files(
     return files
 
 
-def _ident(name: str) -> str:
+def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -244,7 +255,7 @@ class Stage:
                 ROW, pa.array(range(self.rows, self.rows + batch.num_rows), pa.int64())
             )
             self.con.register("label_batch", numbered)
-            select = f"SELECT *, epoch_us({_ident(TIMESTAMP)}) AS {LABEL_US} FROM label_batch"
+            select = f"SELECT *, epoch_us({ident(TIMESTAMP)}) AS {LABEL_US} FROM label_batch"
             if self.rows == 0:
                 self.con.execute(f"CREATE TEMP TABLE labels AS {select}")
             else:
@@ -259,7 +270,7 @@ class Stage:
         return [n for n in names if n not in (ROW, LABEL_US)]
 
     def labels(self, start: int, stop: int) -> pa.Table:
-        columns = ", ".join(_ident(c) for c in self.label_columns())
+        columns = ", ".join(ident(c) for c in self.label_columns())
         return self.con.sql(
             f"SELECT {columns}, {ROW} FROM labels WHERE {ROW} >= {start} AND {ROW} < {stop} "
             f"ORDER BY {ROW}"
@@ -278,9 +289,11 @@ class Stage:
         files: list[str] | None,
         say: Say,
         store: FeatureStore | None = None,
+        screening: Screening | None = None,
     ) -> None:
         """Stage the rows the labels can use, from the view's parquet `files` or, without
-        them, out of its Postgres table (the `store`'s), then reduce them to winners."""
+        them, out of its Postgres table (the `store`'s), judge them against the view's
+        expectations (`screening`), then reduce them to winners."""
         started = time.monotonic()
         first, hi = self._label_range()
         lo = first - view.ttl_us if view.ttl_us else None
@@ -290,9 +303,40 @@ class Stage:
         else:
             assert store is not None and isinstance(view.source, PostgreSQLSource)
             self._rows_from_postgres(table, view, store, lo, hi)
+        if screening is not None:
+            self._screen(table, view, screening, say)
         (n_rows,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
         self.reduce_to_winners(i, view)
         say(f"  {view.name}: {n_rows:,} rows staged in {time.monotonic() - started:.1f}s")
+
+    def _screen(self, table: str, view: ViewJoin, screening: Screening, say: Say) -> None:
+        """The staged rows against the view's expectations on the features joined, as
+        materialization judges the rows it loads: under `refuse` a broken rule raises
+        `Refused`; under `quarantine` the rows breaking one are recorded in the
+        quarantine table and left out of the training set (materialization, judging the
+        same rows, keeps them out of Redis and withdraws them from the offline table)."""
+        expected = screening.expected
+        judged = Expectations(
+            expected.view,
+            expected.policy,
+            {f: rule for f, rule in expected.features.items() if f in view.features},
+        )
+        if not judged.features:
+            return
+        columns = [
+            *(f"__k{j} AS {ident(k)}" for j, k in enumerate(view.source_keys)),
+            f"make_timestamp(__event) AS {ident(view.timestamp)}",
+            *(f"__f{j} AS {ident(f)}" for j, f in enumerate(view.features) if f in judged.features),
+        ]
+        rows = self.con.execute(f"SELECT rowid AS __rowid, {', '.join(columns)} FROM {table}").df()
+        ids = rows.pop("__rowid")
+        set_aside = screen(
+            [judged], rows, screening.target, "training", datetime.now(UTC), view.source_keys
+        )
+        if set_aside:
+            gone = pa.table({"id": ids.iloc[set_aside].to_numpy()})  # noqa: F841 (read by DuckDB)
+            self.con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT id FROM gone)")
+            say(f"  {view.name}: {len(set_aside):,} rows quarantined")
 
     def _rows_from_postgres(
         self, table: str, view: ViewJoin, store: FeatureStore, lo: int | None, hi: int
@@ -345,8 +389,8 @@ class Stage:
             self.con.unregister("row_batch")
 
     def _rows_select(self, view: ViewJoin, relation: str) -> str:
-        keys = [f"{_ident(k)} AS __k{j}" for j, k in enumerate(view.source_keys)]
-        feats = [f"{_ident(f)} AS __f{j}" for j, f in enumerate(view.features)]
+        keys = [f"{ident(k)} AS __k{j}" for j, k in enumerate(view.source_keys)]
+        feats = [f"{ident(f)} AS __f{j}" for j, f in enumerate(view.features)]
         return (
             f"SELECT {', '.join(keys)}, epoch_us(__event) AS __event, "
             f"epoch_us(__created) AS __created{''.join(', ' + f for f in feats)} FROM {relation}"
@@ -356,14 +400,14 @@ class Stage:
         self, table: str, view: ViewJoin, files: list[str], lo: int | None, hi: int
     ) -> None:
         paths = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        ts = _ident(view.timestamp)
-        created = f"COALESCE({_ident(view.created)}, {ts})" if view.created else ts
-        columns = ", ".join(_ident(c) for c in [*view.source_keys, *view.features])
+        ts = ident(view.timestamp)
+        created = f"COALESCE({ident(view.created)}, {ts})" if view.created else ts
+        columns = ", ".join(ident(c) for c in [*view.source_keys, *view.features])
         # Per entity, only rows its own labels can use: visible by its last label and,
         # under a ttl, not too old for its first (such a row could only win to be
         # dropped by the ttl, and so could any older row that would win instead).
-        span_keys = ", ".join(f"{_ident(k)} AS __s{j}" for j, k in enumerate(view.label_keys))
-        on = " AND ".join(f"src.{_ident(k)} = s.__s{j}" for j, k in enumerate(view.source_keys))
+        span_keys = ", ".join(f"{ident(k)} AS __s{j}" for j, k in enumerate(view.label_keys))
+        on = " AND ".join(f"src.{ident(k)} = s.__s{j}" for j, k in enumerate(view.source_keys))
         where = [
             f"epoch_us({ts}) <= {hi}",
             f"epoch_us({created}) <= {hi}",
@@ -384,8 +428,8 @@ class Stage:
         self.con.execute(f"CREATE TEMP TABLE {table} AS {self._rows_select(view, source)}")
 
     def _distinct_keys(self, view: ViewJoin) -> list[tuple[Any, ...]]:
-        keys = ", ".join(_ident(k) for k in view.label_keys)
-        not_null = " AND ".join(f"{_ident(k)} IS NOT NULL" for k in view.label_keys)
+        keys = ", ".join(ident(k) for k in view.label_keys)
+        not_null = " AND ".join(f"{ident(k)} IS NOT NULL" for k in view.label_keys)
         return self.con.execute(f"SELECT DISTINCT {keys} FROM labels WHERE {not_null}").fetchall()
 
     def reduce_to_winners(self, i: int, view: ViewJoin) -> None:
@@ -447,10 +491,10 @@ class Stage:
         """The labels' columns and each view's features for rows [start, stop), side by
         side: every table holds one row per label, read in label order."""
         where = f"WHERE {ROW} >= {start} AND {ROW} < {stop} ORDER BY {ROW}"
-        columns = ", ".join(_ident(c) for c in self.label_columns())
+        columns = ", ".join(ident(c) for c in self.label_columns())
         table = self.con.sql(f"SELECT {columns} FROM labels {where}").to_arrow_table()
         for i, view in enumerate(plan.views):
-            features = ", ".join(_ident(f) for f in view.features)
+            features = ", ".join(ident(f) for f in view.features)
             part = self.con.sql(f"SELECT {features} FROM joined_{i} {where}").to_arrow_table()
             if part.num_rows != table.num_rows:
                 raise RuntimeError(f"joined_{i}: {part.num_rows} rows for {table.num_rows} labels")
@@ -466,14 +510,14 @@ class Stage:
         column through every sort); chunks are read out of the tables by row number."""
         names = [*self.label_columns()]
         for i, view in enumerate(plan.views):
-            keys = ", ".join(_ident(k) for k in view.label_keys)
-            on = " AND ".join(f"l.{_ident(k)} = w.__k{j}" for j, k in enumerate(view.label_keys))
+            keys = ", ".join(ident(k) for k in view.label_keys)
+            on = " AND ".join(f"l.{ident(k)} = w.__k{j}" for j, k in enumerate(view.label_keys))
             selected = []
             for j, feature in enumerate(view.features):
                 value = f"w.__f{j}"
                 if view.ttl_us:
                     value = f"CASE WHEN w.__event >= l.{LABEL_US} - {view.ttl_us} THEN {value} END"
-                selected.append(f"{value} AS {_ident(feature)}")
+                selected.append(f"{value} AS {ident(feature)}")
                 names.append(feature)
             self.con.execute(
                 f"CREATE TEMP TABLE joined_{i} AS SELECT l.{ROW}, {', '.join(selected)} "

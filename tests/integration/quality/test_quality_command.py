@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+import psycopg
 import pytest
 import requests
 from conftest import AS_OF, MAT_END, SEED, deploy
@@ -24,6 +23,7 @@ from stacks import WRITABLE, WRITE_TOKEN, Stack
 from feature_platform import cli
 from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.offline import tables as offline_tables
 from feature_platform.quality import database as quality_db
 from feature_platform.quality import history, metrics
 
@@ -131,35 +131,50 @@ SERVED_SIZES = generator.Sizes(customers=600, merchants=50, days=3, transactions
 FLUSH = {"FEATURE_SERVER_SERVED_VECTORS_FLUSH_SECONDS": "0.2", **WRITABLE}
 
 
+# Where the cluster's servers log: a table of the offline database every job can read.
+DESTINATION = "postgresql:served_vectors"
+
+
 @dataclass
 class Served:
     stack: Stack
     server: FeatureServer
-    destination: Path
     tables: dict[str, pd.DataFrame]
+
+    def execute(self, query: str) -> list[tuple[Any, ...]]:
+        settings = self.stack.settings()
+        conninfo = offline_tables.postgres_conninfo(settings, settings["OFFLINE_DB"])
+        with psycopg.connect(conninfo) as conn:
+            cursor = conn.execute(query)
+            return cursor.fetchall() if cursor.description else []
+
+    def logged(self) -> int:
+        try:
+            return int(self.execute("SELECT count(*) FROM served_vectors")[0][0])
+        except psycopg.errors.UndefinedTable:  # made by the first write
+            return 0
 
 
 @pytest.fixture(scope="module")
-def served(stack_factory: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory) -> Served:
-    destination = tmp_path_factory.mktemp("served") / "vectors"
-    stack = stack_factory("dev", "quality_served", {"SERVED_VECTORS_PATH": str(destination)})
+def served(stack_factory: Callable[..., Stack]) -> Served:
+    stack = stack_factory("dev", "quality_served", {"SERVED_VECTORS_PATH": DESTINATION})
     tables = generator.generate(SERVED_SIZES, seed=SEED, as_of=AS_OF)
     deploy(stack, tables)
-    return Served(stack, stack.server(settings=FLUSH), destination, tables)
+    return Served(stack, stack.server(settings=FLUSH), tables)
 
 
 def _serve(served: Served, customers: list[int]) -> None:
     """Read every customer's vector, then wait (bounded) until the server logged them."""
-    before = _logged(served.destination)
+    before = served.logged()
     for chunk in range(0, len(customers), 100):
         batch = customers[chunk : chunk + 100]
         body = {"feature_service": SERVICE, "entities": _entities(batch)}
         response = requests.post(f"{served.server.url}/get-online-features", json=body, timeout=10)
         assert response.status_code == 200, response.text
     deadline = time.monotonic() + 20
-    while _logged(served.destination) < before + len(customers) and time.monotonic() < deadline:
+    while served.logged() < before + len(customers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _logged(served.destination) >= before + len(customers)
+    assert served.logged() == before + len(customers)
 
 
 def _entities(customers: list[int]) -> dict[str, list[Any]]:
@@ -168,18 +183,6 @@ def _entities(customers: list[int]) -> dict[str, list[Any]]:
         "merchant_id": [1 + c % SERVED_SIZES.merchants for c in customers],
         "amount": [10.0] * len(customers),
     }
-
-
-def _logged(destination: Path) -> int:
-    """Rows in the finished files: the server may be writing one right now."""
-    files = list(destination.rglob("*.parquet")) if destination.is_dir() else []
-    rows = 0
-    for file in files:
-        try:
-            rows += pq.ParquetFile(file).metadata.num_rows
-        except (pa.ArrowInvalid, OSError):
-            continue
-    return rows
 
 
 def test_served_vectors_against_their_training_set(
@@ -200,7 +203,10 @@ def test_served_vectors_against_their_training_set(
                             "--name", "fraud-model-1"])  # fmt: skip
     assert written == 0
     capsys.readouterr()
-    args = ("--training-set", "fraud-model-1", "--served-vectors", str(served.destination),
+    # The training file is gone: the sample recorded with it is the reference, as in a
+    # cluster, where the file stays on the training job's volume.
+    (tmp_path / "training.parquet").unlink()
+    args = ("--training-set", "fraud-model-1", "--served-vectors", DESTINATION,
             "--current-hours", "1", "--report", str(tmp_path / "report.html"))  # fmt: skip
     code, same = _quality(served.stack, capsys, *args)
     assert code == 0
@@ -215,6 +221,11 @@ def test_served_vectors_against_their_training_set(
     amounts = kept[("customer_stats", "avg_purchase_30d")]
     assert amounts["current_stats"]["rows"] == len(customers)
     assert amounts["reference_stats"]["mean"] == pytest.approx(amounts["current_stats"]["mean"])
+    # the recorded sample holds values, not whose they are
+    _, sample = history.training_set_sample(target, "fraud-model-1") or (None, None)
+    assert sample is not None and len(sample) == len(customers)
+    assert not {"customer_id", "merchant_id", "event_timestamp"} & set(sample.columns)
+    assert {"avg_purchase_30d", "amount"} <= set(sample.columns)
 
     stats = served.tables["customer_stats"]
     newest = stats.sort_values("event_timestamp").groupby("customer_id").tail(1)
@@ -236,3 +247,26 @@ def test_served_vectors_against_their_training_set(
     code, shifted = _quality(served.stack, capsys, *args)
     assert code == 0
     assert _flagged(shifted) == {("customer_stats", "avg_purchase_30d")}
+
+
+def test_served_vectors_past_their_days_are_deleted(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--keep-served-days: the run deletes what was served before those days, and only
+    that."""
+    customers = sorted(served.tables["customer_stats"]["customer_id"].unique().tolist())[:50]
+    _serve(served, customers)
+    served.execute(
+        "UPDATE served_vectors SET logged_at = logged_at - interval '3 days' WHERE request_id IN "
+        "(SELECT request_id FROM served_vectors ORDER BY logged_at LIMIT 1)"
+    )
+    [(old,)] = served.execute(
+        "SELECT count(*) FROM served_vectors WHERE logged_at < now() - interval '2 days'"
+    )
+    kept = served.logged() - old
+    assert old > 0 and kept > 0
+    report = str(tmp_path / "report.html")
+    args = ("--served-vectors", DESTINATION, "--keep-served-days", "2", "--report", report)
+    code, _ = _quality(served.stack, capsys, *args)
+    assert code == 0
+    assert served.logged() == kept

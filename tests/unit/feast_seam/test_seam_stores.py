@@ -75,3 +75,15 @@ def test_a_source_table_is_the_table_given(stores: ModuleType) -> None:
     query = PostgreSQLSource(name="q", query="SELECT 1", timestamp_field="ts")
     assert stores.postgres_table(table) == "public.counts"
     assert stores.postgres_table(query) == ""
+
+
+@pytest.mark.seam("stores.logged_feature_service")
+def test_a_log_source_names_its_feature_service(
+    stores: ModuleType, objects: dict[str, Any]
+) -> None:
+    from feast import FeatureService
+    from feast.feature_logging import FeatureServiceLoggingSource
+
+    service = FeatureService(name="scored", features=[objects["counts"]])
+    source = FeatureServiceLoggingSource(service, "seam")
+    assert stores.logged_feature_service(source) == "scored"

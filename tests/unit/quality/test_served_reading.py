@@ -28,7 +28,7 @@ def test_a_file_being_written_is_left_out_and_counted(tmp_path: Path) -> None:
     _vectors(tmp_path, [5, 30, 90])
     (tmp_path / "writing.parquet").write_bytes(b"PAR1")  # what a reader sees mid-write
     said: list[str] = []
-    rows = monitor.read_served(tmp_path, WINDOW, said.append)
+    rows = monitor.read_served_files(tmp_path, WINDOW, said.append)
     assert rows["customer_stats__avg_purchase_30d"].tolist() == [5.0, 30.0]  # 90 is outside
     assert said == ["  served vectors: 1 file(s) still being written, left out"]
 
@@ -36,4 +36,4 @@ def test_a_file_being_written_is_left_out_and_counted(tmp_path: Path) -> None:
 def test_no_readable_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "writing.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConfigError, match="no served vectors under"):
-        monitor.read_served(tmp_path, WINDOW, lambda _line: None)
+        monitor.read_served_files(tmp_path, WINDOW, lambda _line: None)
