@@ -168,6 +168,18 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return quality.cli_quarantine(args.env, args.view, args.limit, say)
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from feature_platform.cli import erasure
+
+    return erasure.cli_forget(args.env, args.entity, args.yes, args.requested_by, say)
+
+
+def cmd_forget_log(args: argparse.Namespace) -> int:
+    from feature_platform.cli import erasure
+
+    return erasure.cli_forget_log(args.env, args.limit, say)
+
+
 def cmd_quality(args: argparse.Namespace) -> int:
     from feature_platform.cli import quality
 
@@ -359,6 +371,20 @@ def parser() -> argparse.ArgumentParser:
     )
     qrn.add_argument("--view", default=None, help="only this feature view's rows")
     qrn.add_argument("--limit", type=_positive, default=20)
+
+    fgt = sub(
+        "forget",
+        "an entity's values out of the online and offline stores, the mirror, the served "
+        "vectors and the quarantine; a dry run unless --yes; the report as JSON",
+        cmd_forget,
+    )
+    fgt.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE",
+                     help="its join key and value (repeated: several keys)")  # fmt: skip
+    fgt.add_argument("--yes", action="store_true", help="remove (default: count only)")
+    fgt.add_argument("--requested-by", default=None,
+                     help="who asked, for the audit (default: the user running it)")  # fmt: skip
+    flog = sub("forget-log", "the recorded forget runs, newest first, as JSON", cmd_forget_log)
+    flog.add_argument("--limit", type=_positive, default=20)
 
     qly = sub(
         "quality",

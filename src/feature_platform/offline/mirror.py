@@ -39,12 +39,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
 
@@ -427,3 +429,54 @@ def _remove_unlisted(directory: Path) -> None:
                 path.unlink(missing_ok=True)
         if not any(generation.iterdir()):
             shutil.rmtree(generation, ignore_errors=True)
+
+
+def rows_matching(table: pa.Table, values: Mapping[str, Any]) -> pa.ChunkedArray | pa.Array:
+    """Which rows of `table` hold every column's value in `values` (none where a column
+    is missing)."""
+    hit: Any = pa.array([True] * table.num_rows)
+    for column, value in values.items():
+        if column not in table.column_names:
+            return pa.array([False] * table.num_rows)
+        hit = pc.and_(hit, pc.fill_null(pc.equal(table[column], pa.scalar(value)), False))
+    return hit
+
+
+def forget_rows(
+    conn: psycopg.Connection, table: str, root: Path, values: Mapping[str, Any], remove: bool
+) -> int | None:
+    """The rows holding `values` (column -> value) in the mirror of `table` under `root`:
+    in every part file of its copy (the current manifest's and the previous one's, kept
+    for readers) and in its delta table; with `remove`, each file rewritten without them
+    (atomically, under the refresh's lock) and the delta rows deleted. None when the
+    table has no mirror there."""
+    found = _describe(conn, table)
+    (database,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
+    directory = root / database / f"{found.schema}.{found.name}"
+    if not directory.is_dir():
+        return None
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (_LOCK_SPACE, found.oid))
+    try:
+        rows = 0
+        for path in sorted(directory.glob("gen-*/*.parquet")):
+            part = pq.read_table(path)
+            hit = rows_matching(part, values)
+            held = pc.sum(hit).as_py() or 0
+            if held and remove:
+                partial = path.with_name(f".{path.name}.forget")
+                pq.write_table(part.filter(pc.invert(hit)), partial)
+                os.replace(partial, path)
+            rows += held
+        delta = conn.execute("SELECT to_regclass(%s)", (f"{found.qualified}{DELTA_SUFFIX}",))
+        if delta.fetchone()[0] is not None:  # type: ignore[index]
+            match = sql.SQL(" AND ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values
+            )
+            statement = sql.SQL(
+                "DELETE FROM {} WHERE {}" if remove else "SELECT 1 FROM {} WHERE {}"
+            )
+            done = conn.execute(statement.format(found.delta, match), list(values.values()))
+            rows += done.rowcount
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_SPACE, found.oid))
+    return rows

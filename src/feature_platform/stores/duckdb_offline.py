@@ -28,7 +28,7 @@ from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.feature_logging import LoggingConfig, LoggingSource
 from feast.infra.offline_stores import duckdb as feast_duckdb
-from feast.infra.offline_stores.file_source import FileSource
+from feast.infra.offline_stores.file_source import FileLoggingDestination, FileSource
 from feast.infra.offline_stores.ibis import (
     IbisRetrievalJob,
     deduplicate,
@@ -95,13 +95,19 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
         logging_config: LoggingConfig,
         registry: BaseRegistry,
     ) -> None:
-        """Feast's parquet files; a `postgresql:<table>` destination is refused by name
-        (Feast would make a directory of that name)."""
-        path = getattr(logging_config.destination, "path", "")
+        """Parquet files under the destination's directory (`served_vectors`; Feast's
+        own writer fails on a directory that does not exist yet); a `postgresql:<table>`
+        destination is refused by name."""
+        destination = logging_config.destination
+        path = getattr(destination, "path", "")
         if served_vectors.Destination.named_by(path):
             raise ValueError(f"served vectors to {path} need the PostgreSQL offline store")
-        feast_duckdb.DuckDBOfflineStore.write_logged_features(
-            config, data, source, logging_config, registry
+        if not isinstance(destination, FileLoggingDestination):
+            raise ValueError(
+                f"served vectors go to a file destination here, not {type(destination).__name__}"
+            )
+        served_vectors.write_files(
+            destination, pq.read_table(data) if isinstance(data, Path) else data
         )
 
     @staticmethod

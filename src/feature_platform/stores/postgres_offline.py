@@ -13,7 +13,6 @@ setting is Feast's.
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -230,8 +229,7 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
         registry: BaseRegistry,
     ) -> None:
         """Served vectors to the destination's `postgresql:<table>` in this store's
-        database (`served_vectors`), or as parquet files under its directory (local or
-        s3://): one new file per batch, partitioned as the destination says."""
+        database, or as parquet files under its directory (`served_vectors`)."""
         destination = logging_config.destination
         if not isinstance(destination, FileLoggingDestination):
             raise ValueError(
@@ -247,9 +245,4 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
                 table,
             )
             return
-        pq.write_to_dataset(
-            table,
-            root_path=destination.path,
-            partition_cols=destination.partition_by or None,
-            basename_template=f"{uuid.uuid4().hex}-{{i}}.parquet",
-        )
+        served_vectors.write_files(destination, table)

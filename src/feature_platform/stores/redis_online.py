@@ -33,6 +33,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 from feature_platform.feast_seam import patches
+from feature_platform.feast_seam.conversion import redis_key
 from feature_platform.feast_seam.stores import parse_redis_connection_string
 from feature_platform.stores import (
     freshness,
@@ -96,6 +97,21 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
                 self._client_async = sentinel_primary(online_store_config, asynchronous=True)
             return self._client_async
         return await super()._get_client_async(online_store_config)
+
+    def forget_entities(
+        self, config: RepoConfig, view: FeatureView, keys: Sequence[EntityKeyProto], remove: bool
+    ) -> int:
+        """How many of the entity keys have a hash; with `remove`, the hashes deleted.
+        A hash holds every view keyed by the same join keys, so all of them go."""
+        client = self._get_client(config.online_store)
+        version = config.entity_key_serialization_version
+        names = [redis_key(config.project, key, entity_key_serialization_version=version)
+                 for key in keys]  # fmt: skip
+        held = sum(int(client.exists(name)) for name in names)
+        if remove:
+            for name in names:  # one by one: in a cluster each key has its own slot
+                client.delete(name)
+        return held
 
     def sync_client(self, online_store_config: Any) -> Any:
         """The store's own cached client, for work beside reads and writes (a check)."""

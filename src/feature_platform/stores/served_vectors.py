@@ -13,6 +13,7 @@ service needs no migration. `prune` keeps the table to a window.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,9 @@ import orjson
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 from feast.feature_logging import LOG_DATE_FIELD, LOG_TIMESTAMP_FIELD, REQUEST_ID_FIELD
+from feast.infra.offline_stores.file_source import FileLoggingDestination
 from psycopg import sql
 
 SCHEME = "postgresql:"
@@ -94,6 +97,30 @@ class Destination:
         frame[LOG_TIMESTAMP_FIELD] = pd.to_datetime([at for at, _ in found], utc=True)
         return frame
 
+    def forget(
+        self,
+        conninfo: str,
+        kwargs: Mapping[str, Any],
+        service: str,
+        entity: Mapping[str, Any],
+        remove: bool,
+    ) -> int:
+        """How many of `service`'s vectors were served for `entity` (join key -> value);
+        with `remove`, those deleted."""
+        match = sql.SQL(" AND ").join(
+            [sql.SQL("feature_service = %s")] + [sql.SQL("vector ->> %s = %s") for _ in entity]
+        )
+        params: list[Any] = [service]
+        for key, value in entity.items():
+            params += [key, str(value)]
+        with psycopg.connect(conninfo, **kwargs) as conn, conn.cursor() as cursor:
+            self._create(cursor)
+            where = sql.SQL("FROM {} WHERE {}").format(self.identifier, match)
+            (held,) = cursor.execute(sql.SQL("SELECT count(*) ") + where, params).fetchone()  # type: ignore[misc]
+            if remove and held:
+                cursor.execute(sql.SQL("DELETE ") + where, params)
+            return int(held)
+
     def prune(self, conninfo: str, kwargs: Mapping[str, Any], before: datetime) -> int:
         """Delete the vectors served before `before`; how many were deleted."""
         with psycopg.connect(conninfo, **kwargs) as conn, conn.cursor() as cursor:
@@ -102,6 +129,17 @@ class Destination:
                 sql.SQL("DELETE FROM {} WHERE logged_at < %s").format(self.identifier), (before,)
             )
             return cursor.rowcount
+
+
+def write_files(destination: FileLoggingDestination, table: pa.Table) -> None:
+    """Served vectors as parquet files under the destination's directory (local or
+    s3://): one new file per batch, partitioned as the destination says."""
+    pq.write_to_dataset(
+        table,
+        root_path=destination.path,
+        partition_cols=destination.partition_by or None,
+        basename_template=f"{uuid.uuid4().hex}-{{i}}.parquet",
+    )
 
 
 def _json_default(value: Any) -> Any:

@@ -83,6 +83,33 @@ def newer_rows(
 
 
 class SqliteOnlineStore(feast_sqlite.SqliteOnlineStore):
+    def forget_entities(
+        self, config: RepoConfig, view: FeatureView, keys: Sequence[Any], remove: bool
+    ) -> int:
+        """How many of the entity keys (EntityKey protos) hold values of `view`; with
+        `remove`, those values deleted."""
+        table = sqlite_quote_id(
+            sqlite_table_id(
+                config.project, view, config.registry.enable_online_feature_view_versioning
+            )
+        )
+        serialized = [
+            serialize_entity_key(
+                key, entity_key_serialization_version=config.entity_key_serialization_version
+            )
+            for key in keys
+        ]
+        marks = ", ".join("?" * len(serialized))
+        conn = self._get_conn(config)
+        (held,) = conn.execute(
+            f"SELECT count(DISTINCT entity_key) FROM {table} WHERE entity_key IN ({marks})",
+            serialized,
+        ).fetchone()
+        if remove:
+            conn.execute(f"DELETE FROM {table} WHERE entity_key IN ({marks})", serialized)
+            conn.commit()
+        return int(held)
+
     def online_write_batch(
         self,
         config: RepoConfig,
