@@ -171,7 +171,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     from feature_platform.cli import erasure
 
-    return erasure.cli_forget(args.env, args.entity, args.yes, args.requested_by, say)
+    return erasure.cli_forget(
+        args.env, args.entity, args.yes, args.requested_by, args.settle_seconds, say
+    )
 
 
 def cmd_forget_log(args: argparse.Namespace) -> int:
@@ -383,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
     fgt.add_argument("--yes", action="store_true", help="remove (default: count only)")
     fgt.add_argument("--requested-by", default=None,
                      help="who asked, for the audit (default: the user running it)")  # fmt: skip
+    fgt.add_argument("--settle-seconds", type=float, default=None,
+                     help="the wait between the Redis tombstones and the offline delete "
+                          "(default: twice the offline store's write timeout)")  # fmt: skip
     flog = sub("forget-log", "the recorded forget runs, newest first, as JSON", cmd_forget_log)
     flog.add_argument("--limit", type=_positive, default=20)
 

@@ -16,7 +16,14 @@ from feature_platform.feast_seam import registry as feast_registry
 from feature_platform.quality import database as quality_db
 
 
-def cli_forget(env: str, pairs: list[str], yes: bool, requested_by: str | None, say: Say) -> int:
+def cli_forget(
+    env: str,
+    pairs: list[str],
+    yes: bool,
+    requested_by: str | None,
+    settle_s: float | None,
+    say: Say,
+) -> int:
     settings = feast_commands.prepare(env)
     store = feast_commands.open_store(env)
 
@@ -26,7 +33,7 @@ def cli_forget(env: str, pairs: list[str], yes: bool, requested_by: str | None, 
         said = ", ".join(f"{k}={v}" for k, v in entity.items())
         say(f"{env}: forgetting {said}" if yes else
             f"{env}: dry run for {said} (--yes removes what it finds)")  # fmt: skip
-        report = forget.forget(env, store, settings, entity, who, yes, say)
+        report = forget.forget(env, store, settings, entity, who, yes, say, settle_s)
         print(json.dumps(report.as_json(), indent=2, default=str))
         for named in report.training_sets:
             holds = "holds it" if named["holds"] else "may hold it (its file is not here)"

@@ -3,13 +3,16 @@ the platform keeps them, on request (a customer who asks to be forgotten).
 
 The places, in the order a real run empties them:
 
-1. the offline rows of every view keyed by it (a Postgres table, or locally a parquet
+1. in Redis, the entity's hash, replaced by a tombstone that the platform's writes skip
+   (so no push or materialization brings it back), then a wait for writes already under
+   way;
+2. the offline rows of every view keyed by it (a Postgres table, or locally a parquet
    file): the source every other place is rebuilt from, so a materialization, a rebuild
    or a mirror refresh afterwards has nothing to bring back;
-2. the parquet mirror of those tables, every part file of the table's copy (the current
+3. the parquet mirror of those tables, every part file of the table's copy (the current
    manifest's and the previous one's), rewritten without its rows;
-3. the online store: the entity's Redis hash (or SQLite rows), every view keyed by it;
-4. the served vectors the feature services logged (a `postgresql:` table, or parquet
+4. a SQLite online store's rows of it (`local`);
+5. the served vectors the feature services logged (a `postgresql:` table, or parquet
    files) and the quarantine table's rows of it.
 
 Training sets cannot be recalled: those recorded since the entity's first row that hold
@@ -21,6 +24,7 @@ who asked, the entity, what was removed where, and the training sets named.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -120,27 +124,46 @@ def forget(
     requested_by: str,
     yes: bool,
     say: Say,
+    settle_s: float | None = None,
 ) -> Report:
     """Count (a dry run) or remove the entity's values everywhere; the report says where
-    and how many."""
+    and how many.
+
+    In Redis the entity's hash becomes a tombstone first: from then on the platform's
+    writes skip it (pushes check it before their offline write, every online write in
+    its script). A push that passed that check just before is still writing: the
+    offline rows are deleted `settle_s` later (by default twice the offline store's
+    write timeout, the longest a push may take), so none lands after its delete."""
     views = views_keyed_by(store, entity)
     if not views:
         raise ConfigError(f"no feature view is keyed by {', '.join(entity)}")
     report = Report(env, entity, requested_by, removed=yes)
     target = quality_db.for_store(store.config)
+    online = provider(store).online_store
+    tombstones = isinstance(online, RedisOnlineStore)
     first_seen: datetime | None = None
+    offline: dict[str, int] = {}
     online_keys: dict[str, list[EntityKey]] = {}
     for view in views:
-        rows, seen, keys = _offline(store, view, entity, yes)
-        report.places.append(Place("offline", _source_name(view), rows))
-        online_keys[view.name] = keys
+        offline[view.name], seen, online_keys[view.name] = _offline(store, view, entity, False)
         if seen is not None and (first_seen is None or seen < first_seen):
             first_seen = seen
+    online_rows = {}
+    if tombstones or not yes:
+        online_rows = {v.name: _online(store, v, online_keys[v.name], yes) for v in views}
+    if yes:
+        if tombstones:
+            timeout = getattr(store.config.offline_store, "write_timeout_seconds", 5)
+            wait = 2 * timeout if settle_s is None else settle_s
+            say(f"  online: tombstones set; waiting {wait:g}s for writes already under way")
+            time.sleep(wait)
+        offline = {view.name: _offline(store, view, entity, True)[0] for view in views}
+    report.places += [Place("offline", _source_name(v), offline[v.name]) for v in views]
     for where, rows in _mirror(store, settings, views, entity, yes):
         report.places.append(Place("mirror", where, rows))
-    for view in views:
-        rows = _online(store, view, online_keys[view.name], yes)
-        report.places.append(Place("online", view.name, rows))
+    if not online_rows:
+        online_rows = {v.name: _online(store, v, online_keys[v.name], yes) for v in views}
+    report.places += [Place("online", v.name, online_rows[v.name]) for v in views]
     for where, rows in _served(store, entity, yes):
         report.places.append(Place("served vectors", where, rows))
     report.places.append(Place("quarantine", quarantine.TABLE, _quarantine(target, entity, yes)))

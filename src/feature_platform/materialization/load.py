@@ -20,8 +20,9 @@ and clock skew between them and this job.
 
 A view's rows are checked against its expectations before any is written
 (`rows.screened`): under `refuse` a bad row stops that view (not loaded, watermark kept,
-the job fails naming it) and the other views load; under `quarantine` the bad rows go
-to the quarantine table and are skipped. They stay in the offline table.
+the job fails naming it) and the other views load; under `quarantine` the bad rows move
+from the offline table to the quarantine table and are skipped, and the window is read
+again so an entity's row before a quarantined one goes online as training reads it.
 
 Before any write, the online store's Redis is asked for its eviction policy
 (`stores/redis_memory.py`): anything but `noeviction` stops the run with a configuration
@@ -95,9 +96,25 @@ def window(
     )
 
 
+# Reads of a view's window in one run while rows are being quarantined (see `_load`).
+MAX_PASSES = 3
+
+
 def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) -> int:
-    """Write the window's rows of `view` online; the number of rows read."""
-    return view_rows.write(store, view, view_rows.read(store, view, rows), say)
+    """Write the window's rows of `view` online; the number of rows read.
+
+    The window is read as each entity's newest row. A quarantined row leaves the offline
+    table, so the entity's row before it, if the window holds one, is its newest now, and
+    training reads it: the window is read again, and that row written, until a pass
+    quarantines nothing (at most MAX_PASSES; the compare-and-set write leaves every row
+    already online as it is)."""
+    read = 0
+    for _ in range(MAX_PASSES):
+        set_aside: list[int] = []
+        read += view_rows.write(store, view, view_rows.read(store, view, rows), say, set_aside)
+        if not set_aside:
+            break
+    return read
 
 
 def _load_by_creation_time(

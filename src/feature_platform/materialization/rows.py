@@ -126,21 +126,33 @@ def read_batches(
             yield _named_as_the_view(view, batch)
 
 
-def write(store: FeatureStore, view: FeatureView, table: pa.Table, say: Say) -> int:
+def write(
+    store: FeatureStore,
+    view: FeatureView,
+    table: pa.Table,
+    say: Say,
+    set_aside: list[int] | None = None,
+) -> int:
     """Write `table` (from `read`) online through the compare-and-set write: a row
     older than the stored one changes nothing. The number of rows. Screened whole (one
-    batch): a view that refuses writes nothing."""
+    batch): a view that refuses writes nothing; the number quarantined is appended to
+    `set_aside`."""
     whole = table.combine_chunks().to_batches()
-    return write_batches(store, view, whole, say, total=table.num_rows)
+    return write_batches(store, view, whole, say, total=table.num_rows, set_aside=set_aside)
 
 
 def screened(
-    store: FeatureStore, view: FeatureView, batches: Iterable[pa.RecordBatch], say: Say
+    store: FeatureStore,
+    view: FeatureView,
+    batches: Iterable[pa.RecordBatch],
+    say: Say,
+    set_aside: list[int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The batches without the rows breaking `view`'s expectations (`quality/`), each
     batch judged on its own: under `quarantine` those rows go to the quarantine table
-    (source `materialization`) and leave the offline table; under `refuse` the first
-    batch breaking a rule raises `Refused` before it is written."""
+    (source `materialization`) and leave the offline table, and how many is appended to
+    `set_aside`; under `refuse` the first batch breaking a rule raises `Refused` before
+    it is written."""
     expected = expectations.of_view(view.name, view.tags)
     if expected is None:
         yield from batches
@@ -150,12 +162,14 @@ def screened(
     at = datetime.now(UTC)
     for batch in batches:
         rows = batch.to_pandas()
-        set_aside = screen([expected], rows, target, "materialization", at, view.join_keys, origin)
-        if set_aside:
+        aside = screen([expected], rows, target, "materialization", at, view.join_keys, origin)
+        if aside:
             keep = np.ones(batch.num_rows, dtype=bool)
-            keep[set_aside] = False
+            keep[aside] = False
             batch = batch.filter(pa.array(keep))
-            say(f"  {view.name}: {len(set_aside):,} rows quarantined")
+            say(f"  {view.name}: {len(aside):,} rows quarantined")
+            if set_aside is not None:
+                set_aside.append(len(aside))
         yield batch
 
 
@@ -186,10 +200,11 @@ def write_batches(
     batches: Iterable[pa.RecordBatch],
     say: Say,
     total: int | None = None,
+    set_aside: list[int] | None = None,
 ) -> int:
     """`write` of rows that come in batches (`read_batches`), `total` of them if known,
     screened against the view's expectations (`screened`)."""
-    batches = screened(store, view, batches, say)
+    batches = screened(store, view, batches, say, set_aside)
     provider = feature_store.provider(store)
     key_types = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     batch_rows = (

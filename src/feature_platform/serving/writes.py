@@ -21,6 +21,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
@@ -37,6 +38,8 @@ from feature_platform.quality import database as quality_db
 from feature_platform.quality import expectations
 from feature_platform.quality.screen import screen
 from feature_platform.serving.errors import require_booleans
+from feature_platform.stores import redis_encoding
+from feature_platform.stores.redis_online import RedisOnlineStore
 
 log = logging.getLogger("feature_platform.server")
 
@@ -65,6 +68,7 @@ async def push(store: FeatureStore, request: dict[str, Any]) -> None:
     writes_offline = mode in (PushMode.OFFLINE, PushMode.ONLINE_AND_OFFLINE)
     rows = _rows(views, columns, received, writes_offline)
     rows = await asyncio.to_thread(_screened, store, views, rows, received, "push")
+    rows = await asyncio.to_thread(_not_forgotten, store, views, rows)
     if rows.empty:
         return
     if writes_offline:
@@ -132,6 +136,30 @@ def _screened(
         return rows
     log.info("quarantined %d of %d rows (%s)", len(set_aside), len(rows), source)
     return rows.drop(index=rows.index[set_aside]).reset_index(drop=True)
+
+
+def _not_forgotten(
+    store: FeatureStore, views: list[FeatureView], rows: pd.DataFrame
+) -> pd.DataFrame:
+    """The rows without those of entities `feature-platform forget` removed (their Redis
+    hash is a tombstone): checked before the offline write, so a push never brings a
+    forgotten entity back to training; the online write skips it in Redis itself."""
+    online = feature_store.provider(store).online_store
+    if not isinstance(online, RedisOnlineStore) or rows.empty:
+        return rows
+    config = store.config
+    dropped = np.zeros(len(rows), dtype=bool)
+    for view in views:
+        join_keys = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+        batch = pa.RecordBatch.from_pandas(rows[list(join_keys)], preserve_index=False)
+        keys = redis_encoding.entity_keys(
+            batch, join_keys, config.project, config.entity_key_serialization_version
+        )
+        dropped |= np.array(online.forgotten(config, keys), dtype=bool)
+    if not dropped.any():
+        return rows
+    log.info("dropped %d of %d pushed rows: forgotten entities", dropped.sum(), len(rows))
+    return rows[~dropped].reset_index(drop=True)
 
 
 def _feature_view(store: FeatureStore, name: str) -> FeatureView:

@@ -101,17 +101,32 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
     def forget_entities(
         self, config: RepoConfig, view: FeatureView, keys: Sequence[EntityKeyProto], remove: bool
     ) -> int:
-        """How many of the entity keys have a hash; with `remove`, the hashes deleted.
-        A hash holds every view keyed by the same join keys, so all of them go."""
+        """How many of the entity keys hold values; with `remove`, each key's hash (every
+        view keyed alike shares it) replaced by a tombstone, FORGOTTEN_FIELD alone, in one
+        transaction: the platform's writes skip a tombstoned key from then on."""
         client = self._get_client(config.online_store)
         version = config.entity_key_serialization_version
         names = [redis_key(config.project, key, entity_key_serialization_version=version)
                  for key in keys]  # fmt: skip
-        held = sum(int(client.exists(name)) for name in names)
-        if remove:
-            for name in names:  # one by one: in a cluster each key has its own slot
-                client.delete(name)
+        held = 0
+        for name in names:  # one by one: in a cluster each key has its own slot
+            fields = client.hlen(name) - int(client.hexists(name, redis_write.FORGOTTEN_FIELD))
+            held += int(fields > 0)
+            if remove:
+                with client.pipeline(transaction=True) as pipe:
+                    pipe.delete(name)
+                    pipe.hset(name, redis_write.FORGOTTEN_FIELD, datetime.now(UTC).isoformat())
+                    pipe.execute()
         return held
+
+    def forgotten(self, config: RepoConfig, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each Redis key (`redis_encoding.entity_keys`) is a forgotten entity's."""
+        client = self._get_client(config.online_store)
+        # a cluster's pipeline sends each command to its key's node
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hexists(key, redis_write.FORGOTTEN_FIELD)
+            return [bool(found) for found in pipe.execute()]
 
     def sync_client(self, online_store_config: Any) -> Any:
         """The store's own cached client, for work beside reads and writes (a check)."""

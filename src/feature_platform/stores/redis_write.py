@@ -31,6 +31,9 @@ from feature_platform.stores.redis_encoding import EncodedRows
 from feature_platform.stores.training_rule import row_version
 
 CREATED_FIELD_PREFIX = "_created:"
+# A forgotten entity's hash holds this field alone (`feature-platform forget`): the script
+# writes nothing to a hash that has it, so no write brings the entity back.
+FORGOTTEN_FIELD = "_forgotten"
 # Rows per EVALSHA: large enough to pay the call once for many rows, small enough that
 # readers never wait long behind one.
 CHUNK_ROWS = 100
@@ -39,7 +42,8 @@ CHUNK_ROWS = 100
 # in seconds (0: none), 1 to write without comparing (Feast's `skip_dedup`), the number of
 # features n and their n hash fields; then per key: its row's event and creation times in
 # epoch microseconds (exact in Lua's doubles until the year 2255), both as serialized
-# Timestamps, and its n serialized values. Returns the number of rows written.
+# Timestamps, and its n serialized values. A hash holding FORGOTTEN_FIELD is never
+# written. Returns the number of rows written.
 WRITE_IF_NEWER = """
 local function micros(raw)
   -- a serialized google.protobuf.Timestamp: varint field 1 seconds, field 2 nanos
@@ -67,10 +71,14 @@ local width, written = 4 + n, 0
 for k = 1, #KEYS do
   local at = 5 + n + (k - 1) * width
   local newer = true
-  if not force then
-    local stored = redis.call('HMGET', KEYS[k], ts_field, created_field)
+  if force then
+    newer = redis.call('HEXISTS', KEYS[k], '_forgotten') == 0
+  else
+    local stored = redis.call('HMGET', KEYS[k], ts_field, created_field, '_forgotten')
     local stored_event = micros(stored[1])
-    if stored_event then
+    if stored[3] then
+      newer = false
+    elseif stored_event then
       local stored_created = micros(stored[2]) or stored_event
       local event, created = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
       newer = event > stored_event or (event == stored_event and created > stored_created)

@@ -7,6 +7,7 @@ rebuild afterwards bring nothing back."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class World:
     server: FeatureServer
     customer: int
     other: int
+    spare: int  # for the race
     training_set: Path
 
 
@@ -77,6 +79,15 @@ def _serve(world_server: FeatureServer, customers: list[int]) -> None:
     assert response.status_code == 200, response.text
 
 
+def _push(server: FeatureServer, rows: dict[str, list[Any]]) -> requests.Response:
+    return requests.post(
+        f"{server.url}/push",
+        json={"push_source_name": "customer_txn_1h_push", "df": rows, "to": "online_and_offline"},
+        headers={"Authorization": f"Bearer {WRITE_TOKEN}"},
+        timeout=30,
+    )
+
+
 @pytest.fixture(scope="module")
 def worlds(
     stack_factory: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
@@ -98,7 +109,7 @@ def worlds(
         both = set(tables["customer_stats"]["customer_id"]) & set(
             tables["customer_txn_1h"]["customer_id"]
         )
-        customer, other = sorted(both)[:2]
+        customer, other, spare = sorted(both)[:3]
         server = stack.server(settings=SETTINGS)
         _serve(server, [customer, other])
         # the customer's pushed counters: a good row, online and offline, and a bad one,
@@ -106,12 +117,7 @@ def worlds(
         events = [(datetime.now(UTC) - timedelta(minutes=m)).isoformat() for m in (5, 4)]
         pushed = {"customer_id": [customer, customer], "event_timestamp": events,
                   "n_txn_1h": [2, -1], "sum_amount_1h": [1.0, 1.0]}  # fmt: skip
-        response = requests.post(
-            f"{server.url}/push",
-            json={"push_source_name": "customer_txn_1h_push", "df": pushed,
-                  "to": "online_and_offline"},
-            headers={"Authorization": f"Bearer {WRITE_TOKEN}"}, timeout=30,
-        )  # fmt: skip
+        response = _push(server, pushed)
         assert response.status_code == 200, response.text
         labels = pd.DataFrame({"customer_id": [customer, other], "merchant_id": [1, 1],
                                "amount": [10.0, 10.0],
@@ -121,7 +127,7 @@ def worlds(
         with stack.active():
             assert cli.main(["training-set", env, "--labels", str(tmp / "labels.parquet"),
                              "--output", str(output), "--name", "fraud-model-9"]) == 0  # fmt: skip
-        made[env] = World(stack, server, customer, other, output)
+        made[env] = World(stack, server, customer, other, spare, output)
         return made[env]
 
     return world
@@ -221,3 +227,43 @@ def test_a_bad_entity_is_a_clear_error(
         code = cli.main(["forget", "local", "--entity", pair])
     _, err = capsys.readouterr()
     assert code == 2 and said in err
+
+
+def test_pushes_racing_the_forget_leave_nothing_behind(
+    worlds: Callable[[str], World], capsys: Any
+) -> None:
+    """Pushes of the customer run before, during and after the forget: those that passed
+    the server's check before the tombstones are deleted with the rest, the later ones
+    are dropped, and nothing of the customer is left, offline or online."""
+    world = worlds("dev")
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def pushing() -> None:
+        deadline = time.monotonic() + 90
+        while not stop.is_set() and time.monotonic() < deadline and len(statuses) < 5_000:
+            event = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+            rows = {"customer_id": [world.spare], "event_timestamp": [event],
+                    "n_txn_1h": [len(statuses) % 7], "sum_amount_1h": [3.0]}  # fmt: skip
+            statuses.append(_push(world.server, rows).status_code)
+
+    pusher = threading.Thread(target=pushing)
+    pusher.start()
+    try:
+        while len(statuses) < 5 and pusher.is_alive():
+            time.sleep(0.05)
+        before = len(statuses)
+        code, report = _forget(world.stack, world.spare, capsys, "--yes")
+        during = len(statuses) - before
+        time.sleep(1)  # pushes after the forget too
+    finally:
+        stop.set()
+        pusher.join()
+    assert code == 0 and report["removed"] is True
+    with capsys.disabled():
+        print(f"pushes: {before} before the forget, {during} during it, {len(statuses)} in all")
+    assert before >= 5 and during > 0 and set(statuses) == {200}
+    assert _online(world, [world.spare]) == [None]
+    assert set(_offline(world.stack, world.spare).values()) == {0}
+    code, again = _forget(world.stack, world.spare, capsys)
+    assert code == 0 and set(_rows(again).values()) == {0}

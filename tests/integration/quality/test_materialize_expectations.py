@@ -1,7 +1,7 @@
 """Materialization checks the rows it reads against each view's expectations: a view
 under `refuse` with a bad row is not loaded (the job fails naming it, its watermark
 stays) while the other views load; under `quarantine` the bad rows go to the quarantine
-table and are skipped."""
+table and are skipped, and an entity's row before a quarantined one is loaded instead."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from feature_platform.quality import quarantine
 
 SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=300)
 BAD_CUSTOMER, GOOD_CUSTOMER = 980_000_001, 980_000_002
+# newest row bad, the one before it good: online must hold the good one, as training does
+BAD_AFTER_GOOD = 980_000_003
 
 
 def _with_bad_rows(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -32,13 +34,14 @@ def _with_bad_rows(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     rating = merchants.iloc[[0]].assign(
         event_timestamp=event, created_timestamp=created, avg_rating=7.0
     )
+    earlier = pd.Timedelta(minutes=10)
     counters = pd.DataFrame(
         {
-            "customer_id": [BAD_CUSTOMER, GOOD_CUSTOMER],
-            "event_timestamp": [event, event],
-            "created_timestamp": [created, created],
-            "n_txn_1h": [-4, 3],
-            "sum_amount_1h": [10.0, 30.0],
+            "customer_id": [BAD_CUSTOMER, GOOD_CUSTOMER, BAD_AFTER_GOOD, BAD_AFTER_GOOD],
+            "event_timestamp": [event, event, event - earlier, event],
+            "created_timestamp": [created, created, created - earlier, created],
+            "n_txn_1h": [-4, 3, 5, -6],
+            "sum_amount_1h": [10.0, 30.0, 1.0, 1.0],
         }
     )
     return {
@@ -101,8 +104,8 @@ def test_a_refusing_view_is_not_loaded_and_the_job_fails_naming_it(run: dict[str
 
 def test_quarantined_rows_are_set_aside_and_the_rest_loaded(run: dict[str, Any]) -> None:
     stack: Stack = run["stack"]
-    assert _online(stack, [BAD_CUSTOMER, GOOD_CUSTOMER]) == [None, 3]
-    assert "  customer_txn_1h: 1 rows quarantined" in run["lines"]
+    assert _online(stack, [BAD_CUSTOMER, GOOD_CUSTOMER, BAD_AFTER_GOOD]) == [None, 3, 5]
+    assert "  customer_txn_1h: 2 rows quarantined" in run["lines"]
     entries = quarantine.read(quality_db.for_settings(stack.settings()), "customer_txn_1h", 100)
     [entry] = [e for e in entries if e["row"]["customer_id"] == BAD_CUSTOMER]
     assert (entry["source"], entry["rules"]) == ("materialization", "n_txn_1h: min 0")
@@ -115,8 +118,8 @@ def test_a_quarantined_row_leaves_training_as_it_leaves_serving(run: dict[str, A
     stack: Stack = run["stack"]
     labels = pd.DataFrame(
         {
-            "customer_id": [BAD_CUSTOMER, GOOD_CUSTOMER],
-            "event_timestamp": [pd.Timestamp(datetime.now(UTC))] * 2,
+            "customer_id": [BAD_CUSTOMER, GOOD_CUSTOMER, BAD_AFTER_GOOD],
+            "event_timestamp": [pd.Timestamp(datetime.now(UTC))] * 3,
         }
     )
     with stack.active(), view_rows.job_store(stack.env) as store:
@@ -126,4 +129,6 @@ def test_a_quarantined_row_leaves_training_as_it_leaves_serving(run: dict[str, A
     by_customer = dict(zip(training["customer_id"], training["n_txn_1h"], strict=True))
     assert pd.isna(by_customer[BAD_CUSTOMER])
     assert by_customer[GOOD_CUSTOMER] == 3
-    assert _online(stack, [BAD_CUSTOMER, GOOD_CUSTOMER]) == [None, 3]
+    # the newest row quarantined on the first load: the row before it, in both stores
+    assert by_customer[BAD_AFTER_GOOD] == 5
+    assert _online(stack, [BAD_CUSTOMER, GOOD_CUSTOMER, BAD_AFTER_GOOD]) == [None, 3, 5]
