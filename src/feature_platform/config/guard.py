@@ -13,10 +13,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 from feature_platform.errors import PlatformError
 
 # Secrets the local services (make services: trust auth, no Redis password) take empty.
 LOCAL_EMPTY_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
+VIEW_VERSIONING = "enable_online_feature_view_versioning"
 # What os.path.expandvars treats as a variable reference.
 _REFERENCE = re.compile(r"\$(\w+|\{[^}]*\})")
 
@@ -86,6 +89,20 @@ def check(yaml_path: Path, env: Mapping[str, str]) -> None:
     problems = _value_problems(env, names)
     if problems:
         raise ConfigError("; ".join(problems))
+    _refuse_view_versioning(yaml_path)
+
+
+def _refuse_view_versioning(yaml_path: Path) -> None:
+    """Feast's online view versioning (alpha) writes each version as `{view}_v{N}` fields
+    that the fast path does not read: on, it would serve the unversioned, stale fields."""
+    config = yaml.safe_load(yaml_path.read_text()) or {}
+    registry = config.get("registry") if isinstance(config, dict) else None
+    if isinstance(registry, dict) and registry.get(VIEW_VERSIONING) not in (None, False):
+        raise ConfigError(
+            f"{yaml_path.name}: registry.{VIEW_VERSIONING} is not supported: Feast keeps each "
+            "view version in fields the feature server does not read; ship a breaking change "
+            "as a new view and feature service beside the old ones (docs/rollouts.md)"
+        )
 
 
 def redact(text: str, values: Mapping[str, str]) -> str:

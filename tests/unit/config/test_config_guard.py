@@ -132,3 +132,19 @@ def test_a_redis_pipeline_error_loses_the_command_it_quotes() -> None:
     assert config_guard.one_line_error(exc, {}) == (
         "OutOfMemoryError: command not allowed when used memory > 'maxmemory'."
     )
+
+
+@pytest.mark.parametrize("value", ["true", "'yes'", "1"])
+def test_feasts_online_view_versioning_is_refused(tmp_path: Path, value: str) -> None:
+    """On, Feast writes `{view}_v{N}` fields the fast path does not read: it would serve
+    the unversioned, stale ones."""
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text(f"registry:\n  path: x.db\n  enable_online_feature_view_versioning: {value}\n")
+    with pytest.raises(ConfigError, match="enable_online_feature_view_versioning"):
+        config_guard.check(yaml, {})
+
+
+def test_view_versioning_off_passes(tmp_path: Path) -> None:
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text("registry:\n  path: x.db\n  enable_online_feature_view_versioning: false\n")
+    config_guard.check(yaml, {})
