@@ -431,11 +431,4 @@ def audit_log(target: quality_db.Target, limit: int = 20) -> list[dict[str, Any]
         found = cursor.execute(
             f"SELECT {', '.join(names)} FROM {AUDIT} ORDER BY id DESC LIMIT %s", [limit]
         ).fetchall()
-    out = []
-    for row in found:
-        values = dict(zip(names, row, strict=True))
-        for column in ("entity", "removed", "training_sets"):
-            if isinstance(values[column], str):
-                values[column] = json.loads(values[column])
-        out.append(values)
-    return out
+    return quality_db.decoded(names, found, ("entity", "removed", "training_sets"))

@@ -4,8 +4,9 @@ recorded training sets and the feature statistics."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,21 @@ class Target:
         dialect = 1 if self.sqlite is not None else 0
         kinds = ", ".join(f"{name} {KINDS[kind][dialect]}" for name, kind in columns.items())
         return f"CREATE TABLE IF NOT EXISTS {table} ({kinds})"
+
+
+def decoded(
+    names: Sequence[str], found: Sequence[Sequence[Any]], json_columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Selected rows as mappings of `names`, their JSON columns decoded (SQLite hands
+    them back as text, PostgreSQL's jsonb as values)."""
+    rows = []
+    for row in found:
+        values = dict(zip(names, row, strict=True))
+        for column in json_columns:
+            if isinstance(values[column], str):
+                values[column] = json.loads(values[column])
+        rows.append(values)
+    return rows
 
 
 class _Qmark:

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_platform.quality.database import Target
+from feature_platform.quality.database import Target, decoded
 from feature_platform.quality.monitor import Run
 
 TRAINING_SETS = "platform_training_sets"
@@ -145,12 +145,7 @@ def latest_statistics(target: Target, environment: str) -> list[dict[str, Any]]:
             f"(SELECT max(run_at) FROM {STATISTICS} WHERE environment = %s) ORDER BY id",
             [environment, environment],
         ).fetchall()
-    out = []
-    for row in found:
-        values = dict(zip(names, row, strict=True))
-        for column in ("reference_stats", "current_stats", "scores"):
-            if isinstance(values[column], str):
-                values[column] = json.loads(values[column])
+    out = decoded(names, found, ("reference_stats", "current_stats", "scores"))
+    for values in out:
         values["drifted"] = bool(values["drifted"])
-        out.append(values)
     return out

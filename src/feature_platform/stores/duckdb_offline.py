@@ -28,7 +28,7 @@ from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.feature_logging import LoggingConfig, LoggingSource
 from feast.infra.offline_stores import duckdb as feast_duckdb
-from feast.infra.offline_stores.file_source import FileLoggingDestination, FileSource
+from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.ibis import (
     IbisRetrievalJob,
     deduplicate,
@@ -98,17 +98,12 @@ class DuckDBOfflineStore(feast_duckdb.DuckDBOfflineStore):
         """Parquet files under the destination's directory (`served_vectors`; Feast's
         own writer fails on a directory that does not exist yet); a `postgresql:<table>`
         destination is refused by name."""
-        destination = logging_config.destination
-        path = getattr(destination, "path", "")
-        if served_vectors.Destination.named_by(path):
-            raise ValueError(f"served vectors to {path} need the PostgreSQL offline store")
-        if not isinstance(destination, FileLoggingDestination):
+        destination = served_vectors.file_destination(logging_config)
+        if served_vectors.Destination.named_by(destination.path):
             raise ValueError(
-                f"served vectors go to a file destination here, not {type(destination).__name__}"
+                f"served vectors to {destination.path} need the PostgreSQL offline store"
             )
-        served_vectors.write_files(
-            destination, pq.read_table(data) if isinstance(data, Path) else data
-        )
+        served_vectors.write_files(destination, served_vectors.as_table(data))
 
     @staticmethod
     def get_historical_features(

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import psycopg
 import pyarrow as pa
-import pyarrow.parquet as pq
 from feast import FeatureView
 from feast.data_source import DataSource
 from feast.feature_logging import LoggingConfig, LoggingSource
@@ -28,7 +27,6 @@ from feast.infra.offline_stores.contrib.postgres_offline_store import postgres a
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
 )
-from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
@@ -230,12 +228,8 @@ class PostgreSQLOfflineStore(feast_postgres.PostgreSQLOfflineStore):
     ) -> None:
         """Served vectors to the destination's `postgresql:<table>` in this store's
         database, or as parquet files under its directory (`served_vectors`)."""
-        destination = logging_config.destination
-        if not isinstance(destination, FileLoggingDestination):
-            raise ValueError(
-                f"served vectors go to a file destination here, not {type(destination).__name__}"
-            )
-        table = pq.read_table(data) if isinstance(data, Path) else data
+        destination = served_vectors.file_destination(logging_config)
+        table = served_vectors.as_table(data)
         if served_vectors.Destination.named_by(destination.path):
             store = config.offline_store
             served_vectors.Destination(destination.path).write(

@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,7 +24,12 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
-from feast.feature_logging import LOG_DATE_FIELD, LOG_TIMESTAMP_FIELD, REQUEST_ID_FIELD
+from feast.feature_logging import (
+    LOG_DATE_FIELD,
+    LOG_TIMESTAMP_FIELD,
+    REQUEST_ID_FIELD,
+    LoggingConfig,
+)
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from psycopg import sql
 
@@ -129,6 +135,22 @@ class Destination:
                 sql.SQL("DELETE FROM {} WHERE logged_at < %s").format(self.identifier), (before,)
             )
             return cursor.rowcount
+
+
+def file_destination(logging_config: LoggingConfig) -> FileLoggingDestination:
+    """A feature service's logging destination: a file destination here (a directory,
+    s3://, or `postgresql:<table>`)."""
+    destination = logging_config.destination
+    if not isinstance(destination, FileLoggingDestination):
+        raise ValueError(
+            f"served vectors go to a file destination here, not {type(destination).__name__}"
+        )
+    return destination
+
+
+def as_table(data: pa.Table | Path) -> pa.Table:
+    """What Feast hands a store's `write_logged_features`: a table, or a parquet path."""
+    return pq.read_table(data) if isinstance(data, Path) else data
 
 
 def write_files(destination: FileLoggingDestination, table: pa.Table) -> None:
