@@ -6,9 +6,6 @@ its context manager; nothing touches the machine's own Redis or PostgreSQL.
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -21,15 +18,10 @@ from pathlib import Path
 
 import psycopg
 import trustme
+from postgres_cluster import free_port, postgres_cluster
 
 # The names clients use for the test servers: the certificates must cover both.
 HOSTS = ("127.0.0.1", "localhost")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -100,77 +92,20 @@ def tls_redis(files: TlsFiles) -> Iterator[int]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        raise FileNotFoundError(f"no /usr/lib/postgresql/*/bin/{name}")
-    return found[-1]
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
 @contextmanager
 def tls_postgres(files: TlsFiles) -> Iterator[int]:
     """A PostgreSQL cluster that accepts TLS connections only (trust auth, user
     `postgres`), with the test certificate; yields its port."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="tls-postgres-"))
-    data, run = work / "data", work / "run"
-    run.mkdir()
-    # The server reads its key as its own user, and only a key no one else may read.
-    shutil.copy(files.cert, work / "server.pem")
-    shutil.copy(files.key, work / "server.key")
-    (work / "server.key").chmod(0o600)
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        for path in (work, run, work / "server.pem", work / "server.key"):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-    subprocess.run(
-        _as_postgres(
-            [
-                _pg_bin("initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    (data / "pg_hba.conf").write_text(
+    hba = (
         "local all all trust\n"
         "hostssl all all 127.0.0.1/32 trust\n"
         "hostnossl all all 0.0.0.0/0 reject\n"
     )
-    options = (
-        f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={run} "
-        f"-c ssl=on -c ssl_cert_file={work / 'server.pem'} -c ssl_key_file={work / 'server.key'} "
-        "-c fsync=off -c max_connections=60"
-    )
-    pg_ctl = _pg_bin("pg_ctl")
-    subprocess.run(
-        _as_postgres(
-            [pg_ctl, "-D", str(data), "-o", options, "-l", str(work / "log"), "-w", "start"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield port
-    finally:
-        subprocess.run(
-            _as_postgres([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(work, ignore_errors=True)
+    with postgres_cluster(
+        hba, "-c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key",
+        {"server.pem": files.cert, "server.key": files.key},
+    ) as cluster:  # fmt: skip
+        yield cluster.port
 
 
 def create_databases(port: int, ca: Path, names: list[str]) -> None:

@@ -217,38 +217,90 @@ def secret_object(name: str, data: Mapping[str, str], namespace: str = NAMESPACE
     }
 
 
+def object_data(objects: Iterable[dict[str, Any]], kind: str, name: str) -> dict[str, str]:
+    """The data of a rendered or given ConfigMap or Secret (Secrets decoded)."""
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert found, f"{kind} {name} is referenced but neither rendered nor given"
+    return secret_values(found[0]) if kind == "Secret" else dict(found[0].get("data") or {})
+
+
 def container_env(container: dict[str, Any], objects: Iterable[dict[str, Any]]) -> dict[str, str]:
     """The container's environment as the kubelet would set it from ConfigMaps and Secrets
     (a later entry wins, env over envFrom)."""
     objects = list(objects)
-    by_kind_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
-
-    def source(kind: str, name: str) -> dict[str, str]:
-        obj = by_kind_name.get((kind, name))
-        assert obj is not None, f"{kind} {name} is referenced but neither rendered nor given"
-        return secret_values(obj) if kind == "Secret" else dict(obj.get("data") or {})
 
     env: dict[str, str] = {}
     for item in container.get("envFrom", []):
         if "configMapRef" in item:
-            env.update(source("ConfigMap", item["configMapRef"]["name"]))
+            env.update(object_data(objects, "ConfigMap", item["configMapRef"]["name"]))
         if "secretRef" in item:
-            env.update(source("Secret", item["secretRef"]["name"]))
+            env.update(object_data(objects, "Secret", item["secretRef"]["name"]))
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = str(item["value"])
             continue
         ref = item["valueFrom"]
-        if "configMapKeyRef" in ref:
-            key_ref, data = (
-                ref["configMapKeyRef"],
-                source("ConfigMap", ref["configMapKeyRef"]["name"]),
-            )
-        else:
-            key_ref, data = ref["secretKeyRef"], source("Secret", ref["secretKeyRef"]["name"])
+        kind, key_ref = (
+            ("ConfigMap", ref["configMapKeyRef"])
+            if "configMapKeyRef" in ref
+            else ("Secret", ref["secretKeyRef"])
+        )
+        data = object_data(objects, kind, key_ref["name"])
         assert key_ref["key"] in data, f"{item['name']}: no key {key_ref['key']!r}"
         env[item["name"]] = data[key_ref["key"]]
     return env
+
+
+def volume_files(
+    volume: dict[str, Any], objects: Iterable[dict[str, Any]], known_only: bool = False
+) -> dict[str, str] | None:
+    """A volume's files (path in the volume -> text), as the kubelet writes a configMap,
+    secret or projected volume (the keys `items` names, else every key); None for other
+    kinds (an emptyDir starts empty; a claim's contents are not known here). `known_only`:
+    sources neither rendered nor given (a cert-manager Secret, the cluster's CA) left out."""
+    objects = list(objects)
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    if "configMap" in volume:
+        sources = [("ConfigMap", volume["configMap"])]
+    elif "secret" in volume:
+        sources = [("Secret", {**volume["secret"], "name": volume["secret"]["secretName"]})]
+    elif "projected" in volume:
+        sources = [
+            (kind, spec)
+            for source in volume["projected"]["sources"]
+            for kind, spec in (
+                ("ConfigMap", source.get("configMap")),
+                ("Secret", source.get("secret")),
+            )
+            if spec
+        ]
+    else:
+        return None
+    files: dict[str, str] = {}
+    for kind, spec in sources:
+        if known_only and (kind, spec["name"]) not in names:
+            continue
+        data = object_data(objects, kind, spec["name"])
+        for item in spec.get("items") or [{"key": key, "path": key} for key in data]:
+            assert item["key"] in data, f"volume {volume['name']}: no key {item['key']!r}"
+            files[item["path"]] = data[item["key"]]
+    return files
+
+
+def mounted_files(
+    pod: dict[str, Any], container: dict[str, Any], objects: Iterable[dict[str, Any]]
+) -> dict[str, str]:
+    """Every file the container sees in its configMap, secret and projected volumes, by
+    its path in the container (of the ConfigMaps and Secrets rendered or given)."""
+    objects = list(objects)
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    files: dict[str, str] = {}
+    for mount in container.get("volumeMounts", []):
+        # a StatefulSet's claim templates are no pod volume
+        volume = volumes.get(mount["name"], {})
+        for path, text in (volume_files(volume, objects, known_only=True) or {}).items():
+            files[f"{mount['mountPath'].rstrip('/')}/{path}"] = text
+    return files
 
 
 # --- the image, as far as a local process needs it ------------------------------------
@@ -300,8 +352,9 @@ def local_command(
     root: Path,
 ) -> LocalCommand:
     """`container` of `pod` as a process on this machine: its command and args, the image's
-    ENV under the container's env, its ConfigMap volumes written below `root`, and every
-    path of the image or a mount remapped (/app to this checkout, a mount to its copy)."""
+    ENV under the container's env, its ConfigMap, Secret and projected volumes written below
+    `root`, and every path of the image or a mount remapped (/app to this checkout, a mount
+    to its copy)."""
     objects = list(objects)
     image = image_config()
     volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
@@ -309,16 +362,12 @@ def local_command(
     for mount in container.get("volumeMounts", []):
         target = root / mount["mountPath"].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
-        volume = volumes[mount["name"]]
-        if "configMap" in volume:
-            cm = one(
-                (o for o in objects if o["metadata"]["name"] == volume["configMap"]["name"]),
-                "ConfigMap",
-            )
-            for key, value in cm["data"].items():
-                (target / key).write_text(value)
-        else:
-            assert "emptyDir" in volume, f"volume {mount['name']}: only configMap and emptyDir"
+        files = volume_files(volumes[mount["name"]], objects)
+        assert files is not None or "emptyDir" in volumes[mount["name"]], (
+            f"volume {mount['name']}: only configMap, secret, projected and emptyDir"
+        )
+        for path, text in (files or {}).items():
+            (target / path).write_text(text)
         remap[mount["mountPath"]] = str(target)
 
     def local_path(value: str) -> str:

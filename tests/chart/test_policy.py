@@ -18,6 +18,7 @@ from rendering import (
     deep_merge,
     find,
     image_config,
+    mounted_files,
     one,
     pod_template,
     render,
@@ -320,15 +321,23 @@ def test_every_variable_of_feature_store_yaml_is_provided(
     scenario: str, objects: list[dict[str, Any]]
 ) -> None:
     """Every ${VAR} the mounted feature_store.yaml references is set in every platform
-    container: the secrets from Secrets, the rest from the settings ConfigMap."""
+    container: the stores' passwords as files of a mounted Secret (`<VAR>_FILE`, which the
+    kubelet updates in place when the Secret changes), the rest from the settings
+    ConfigMap."""
     values = yaml.safe_load(SCENARIOS[scenario][0].read_text())
     everything = objects + _given_secrets(scenario, objects)
     found = _platform_containers(objects)
     assert {c["args"][0] for _, c in found} >= {"serve"}
-    for _pod, c in found:
+    for pod, c in found:
         env = container_env(c, everything)
-        missing = [v for v in FEATURE_STORE_VARIABLES if v not in env]
+        files = mounted_files(pod, c, everything)
+        missing = [
+            v for v in FEATURE_STORE_VARIABLES if v not in env and env.get(f"{v}_FILE") not in files
+        ]
         assert missing == [], f"{c['name']} lacks {missing}"
+        for password in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+            # never a variable, which keeps the value the pod started with
+            assert password not in env and env[f"{password}_FILE"] in files, c["name"]
         assert env["FEATURE_STORE_YAML"] == "/etc/feast/feature_store.yaml"
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert "/etc/feast" in mounts

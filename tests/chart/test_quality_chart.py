@@ -123,7 +123,7 @@ def test_defaults_render_a_daily_job_writing_to_an_empty_dir() -> None:
     env = container_env(c, objects)
     assert "QUALITY_PUSHGATEWAY_URL" not in env, "no Pushgateway named, none pushed to"
     # The stores' settings and secrets, as every platform container gets them.
-    assert env["OFFLINE_DB"] and env["REGISTRY_DB"] and "POSTGRES_PASSWORD" in env
+    assert env["OFFLINE_DB"] and env["REGISTRY_DB"] and "POSTGRES_PASSWORD_FILE" in env
     assert env["FEATURE_STORE_YAML"] == "/etc/feast/feature_store.yaml"
 
     # The root filesystem is read-only: the report goes to a volume, gone with the pod.
@@ -148,8 +148,12 @@ def test_no_secret_is_a_literal_of_its_environment() -> None:
     objects = render(DEV, {"quality": {**PUSHING["quality"], "report": KEPT["quality"]["report"]}})
     _, _, c = _job(objects)
     secrets = {v for s in find(objects, "Secret") for v in secret_values(s).values()}
+    mounts = [m["mountPath"] for m in c["volumeMounts"]]
     for item in c["env"]:
-        if SECRET_NAME.search(item["name"]):
+        if item["name"].endswith("_FILE"):
+            # where the secret is read from: a file of a mounted volume
+            assert any(item["value"].startswith(f"{m}/") for m in mounts), item["name"]
+        elif SECRET_NAME.search(item["name"]):
             assert set(item["valueFrom"]) == {"secretKeyRef"}, item["name"]
         else:
             assert item["value"] not in secrets, item["name"]

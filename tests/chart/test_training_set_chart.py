@@ -108,7 +108,7 @@ def test_defaults_render_a_suspended_job_on_its_own_volume() -> None:
     assert env["OFFLINE_MIRROR_DIR"] == f"{MOUNT}/mirror"
     assert "TRAINING_RAY_ADDRESS" not in env and "TRAINING_RAY_TASKS" not in env
     # The stores' settings and secrets, as every platform container gets them.
-    assert env["OFFLINE_DB"] and env["REGISTRY_DB"] and "POSTGRES_PASSWORD" in env
+    assert env["OFFLINE_DB"] and env["REGISTRY_DB"] and "POSTGRES_PASSWORD_FILE" in env
     assert env["FEATURE_STORE_YAML"] == "/etc/feast/feature_store.yaml"
 
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}

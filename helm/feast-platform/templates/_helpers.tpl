@@ -134,20 +134,20 @@ A password or token kept across upgrades: the live Secret's value when there is 
 {{- end }}
 
 {{/*
-The secrets every platform container needs, as env entries from Secrets. The settings
-ConfigMap supplies every other variable feature_store.yaml references.
+The stores' passwords every platform container needs: files of the `credentials` volume
+(platformVolumes), which the kubelet updates in place when a Secret changes. The platform
+reads a file again for every new connection (src/feature_platform/config/credentials.py),
+so a rotation reaches running servers and jobs without a restart; a `secretKeyRef`
+variable would keep the old value until the pod is replaced. The settings ConfigMap
+supplies every other variable feature_store.yaml references.
 */}}
+{{- define "feast-platform.credentialsDir" -}}/etc/feast-platform/credentials{{- end }}
+
 {{- define "feast-platform.secretEnv" -}}
-- name: POSTGRES_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "feast-platform.postgresSecretName" . }}
-      key: {{ .Values.postgres.auth.passwordKey }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "feast-platform.redisSecretName" . }}
-      key: {{ .Values.redis.auth.passwordKey }}
+- name: POSTGRES_PASSWORD_FILE
+  value: {{ include "feast-platform.credentialsDir" . }}/postgres-password
+- name: REDIS_PASSWORD_FILE
+  value: {{ include "feast-platform.credentialsDir" . }}/redis-password
 {{- end }}
 
 {{/* Environment, mounts and volumes shared by every container running the platform. */}}
@@ -162,6 +162,9 @@ ConfigMap supplies every other variable feature_store.yaml references.
   readOnly: true
 - name: tmp
   mountPath: /tmp
+- name: credentials
+  mountPath: {{ include "feast-platform.credentialsDir" . }}
+  readOnly: true
 {{- include "feast-platform.storeCaVolumeMounts" . }}
 {{- end }}
 
@@ -172,10 +175,29 @@ ConfigMap supplies every other variable feature_store.yaml references.
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- /* A whole-directory mount (no subPath), or the kubelet would not update it. */}}
+- name: credentials
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "feast-platform.postgresSecretName" . }}
+          items:
+            - key: {{ .Values.postgres.auth.passwordKey }}
+              path: postgres-password
+      - secret:
+          name: {{ include "feast-platform.redisSecretName" . }}
+          items:
+            - key: {{ .Values.redis.auth.passwordKey }}
+              path: redis-password
 {{- include "feast-platform.storeCaVolumes" . }}
 {{- end }}
 
-{{/* Rolls the pods when their configuration changes. */}}
+{{/*
+Rolls the pods when their configuration changes. Secrets are not in it: the platform
+reads them from their mounted files again when they change (secretEnv, tls.py), except
+the offline server's certificate (tlsSecretChecksum).
+*/}}
 {{- define "feast-platform.configChecksum" -}}
 checksum/config: {{ list (include (print .Template.BasePath "/configmap-settings.yaml") .) (include (print .Template.BasePath "/configmap-feature-store.yaml") .) | join "\n" | sha256sum }}
 {{- end }}

@@ -2,8 +2,8 @@
 The Deployment of a server clients without credentials call (registry, offline): one pod
 shape for both, from the same named templates as the feature server's. Arguments: ctx
 (the root), part, values (registryServer or offlineServer), args, ports (name -> port)
-probe (the probe handler without its port: {"grpc": {}} or {"tcpSocket": {}}) and
-probePort.
+probe (the probe handler without its port: {"grpc": {}} or {"tcpSocket": {}}), probePort
+and rollOnTlsChange (a server that reads its certificate only at start).
 */}}
 {{- define "feast-platform.clientServerDeployment" -}}
 {{- $ctx := .ctx }}
@@ -34,6 +34,9 @@ spec:
         {{- include "feast-platform.storeClientLabel" $ctx | nindent 8 }}
       annotations:
         {{- include "feast-platform.configChecksum" $ctx | nindent 8 }}
+        {{- if .rollOnTlsChange }}
+        {{- include "feast-platform.tlsSecretChecksum" $ctx | nindent 8 }}
+        {{- end }}
     spec:
       {{- include "feast-platform.podIdentity" (dict "ctx" $ctx "part" .part) | nindent 6 }}
       enableServiceLinks: false
@@ -185,5 +188,5 @@ spec:
 {{- define "feast-platform.offlineServerArgs" -}}
 {{- $v := .Values.offlineServer }}
 {{- $args := list "serve-offline" .Values.environment "--port" ($v.port | toString) }}
-{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int)) }}
+{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int) "rollOnTlsChange" true) }}
 {{- end }}

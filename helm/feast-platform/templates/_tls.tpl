@@ -14,7 +14,10 @@ TLS: the servers' certificate Secret, where pods find it, and the store CAs.
 {{/* http or https: what the servers of the release speak. */}}
 {{- define "feast-platform.scheme" -}}{{ .Values.tls.enabled | ternary "https" "http" }}{{- end }}
 
-{{/* A server container's TLS settings: its certificate and key (tls.enabled only). */}}
+{{/*
+A server container's TLS settings: its certificate and key (tls.enabled only), read again
+whenever the mounted Secret changes (src/feature_platform/config/tls.py).
+*/}}
 {{- define "feast-platform.tlsServerEnv" -}}
 {{- if .Values.tls.enabled }}
 - name: TLS_CERT_FILE
@@ -100,5 +103,19 @@ TLS: the servers' certificate Secret, where pods find it, and the store CAs.
     items:
       - key: {{ .Values.redis.caKey }}
         path: {{ .Values.redis.caKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Rolls a server that reads its certificate only at start (the offline server: Arrow Flight
+cannot load a new one) when the TLS Secret's values change, through the same rolling
+update and drain as any change. Helm sees the live Secret on install and upgrade only:
+a certificate renewed in place (cert-manager) reaches it at the next upgrade, or at once
+with `kubectl rollout restart` (docs/runbooks/rotating-credentials.md).
+*/}}
+{{- define "feast-platform.tlsSecretChecksum" -}}
+{{- if .Values.tls.enabled }}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (include "feast-platform.tlsSecretName" .) }}
+checksum/tls-secret: {{ (get ($live | default dict) "data") | default dict | toJson | sha256sum }}
 {{- end }}
 {{- end }}

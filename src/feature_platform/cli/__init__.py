@@ -210,6 +210,12 @@ def cmd_registry_restore(args: argparse.Namespace) -> int:
     return recovery.cli_restore(args.env, args.input, args.replace, say)
 
 
+def cmd_rotate_password(args: argparse.Namespace) -> int:
+    from feature_platform.cli import rotation
+
+    return rotation.command(args.env, args.store, args.action, say)
+
+
 def cmd_skew_check(args: argparse.Namespace) -> int:
     from feature_platform.cli import skew_check
 
@@ -451,6 +457,20 @@ def parser() -> argparse.ArgumentParser:
         help="drop the tables of a database that holds a registry, then restore",
     )
 
+    rot = sub(
+        "rotate-password",
+        "change a store's password in place, read from standard input (never the command "
+        "line): redis --add a new one beside the old, --remove the old; postgres --set",
+        cmd_rotate_password,
+    )
+    rot.add_argument("store", choices=["redis", "postgres"])
+    action = rot.add_mutually_exclusive_group(required=True)
+    action.add_argument("--add", dest="action", action="store_const", const="add",
+                        help="redis: the user accepts this password too")  # fmt: skip
+    action.add_argument("--remove", dest="action", action="store_const", const="remove",
+                        help="redis: the user no longer accepts this password")  # fmt: skip
+    action.add_argument("--set", dest="action", action="store_const", const="set",
+                        help="postgres: the role's password becomes this one")  # fmt: skip
     skw = sub(
         "skew-check",
         "served vectors against training rows for sampled keys; exit 1 on any mismatch",

@@ -3,7 +3,8 @@
 An environment is a name with a `ci/env/<name>.env` file of non-secret settings. `local`
 uses `feature_store.local.yaml`; every other environment shares `feature_store.yaml`.
 Variables already set in the process environment win over the file, so CI secrets and
-test overrides need no edits.
+test overrides need no edits. A secret may come from a file instead (`<NAME>_FILE`, a
+mounted Secret): `credentials` reads it, and reads it again when it changes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from feature_platform.config import auth as auth_config
+from feature_platform.config import credentials
 from feature_platform.config.guard import ConfigError
 
 PROJECT_ROOT = Path(os.environ.get("PLATFORM_ROOT", Path(__file__).resolve().parents[3]))
@@ -72,6 +74,7 @@ def settings(env: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
         if merged.get(directory):
             merged[directory] = str((PROJECT_ROOT / merged[directory]).resolve())
     merged["PLATFORM_ENV"] = env
+    credentials.resolve(merged)
     # Feast's `auth:` block, derived from AUTH_TYPE and OIDC_* (and checked) every time,
     # so no copy of it can drift from the settings the platform's verifier uses.
     merged[auth_config.FEAST_AUTH_VAR] = auth_config.feast_auth(merged)

@@ -38,36 +38,42 @@ def referenced_variables(text: str) -> list[str]:
     return names
 
 
-def _value_problems(env: Mapping[str, str], names: list[str]) -> list[str]:
-    """Values that would be set but still misread by Feast's parsers."""
+def password_problems(name: str, value: str) -> list[str]:
+    """What makes `value` unusable as the password `name` in feature_store.yaml."""
     problems = []
-    if "REDIS_PASSWORD" in names and "REDIS_PASSWORD" in env:
-        password = env["REDIS_PASSWORD"]
+    if name == "REDIS_PASSWORD":
         # Feast splits the Redis connection string on commas and json-decodes each value.
-        if "," in password:
+        if "," in value:
             problems.append(
                 "REDIS_PASSWORD contains a comma, which Feast's Redis "
                 "connection string cannot carry"
             )
         else:
             try:
-                decoded = json.loads(password)
+                decoded = json.loads(value)
             except ValueError:
-                decoded = password
-            if password and not isinstance(decoded, str):
+                decoded = value
+            if value and not isinstance(decoded, str):
                 problems.append(
                     "REDIS_PASSWORD reads as a JSON literal (a number, boolean or "
                     "null), which Feast would not pass on as text"
                 )
-    for name in names:
-        value = env.get(name)
-        # Passwords sit inside double-quoted YAML strings.
-        if name.endswith("PASSWORD") and value is not None and ('"' in value or "\\" in value):
-            problems.append(
-                f"{name} contains a double quote or backslash, which the "
-                "quoted YAML value cannot carry"
-            )
+    # Passwords sit inside double-quoted YAML strings.
+    if name.endswith("PASSWORD") and ('"' in value or "\\" in value):
+        problems.append(
+            f"{name} contains a double quote or backslash, which the quoted YAML value cannot carry"
+        )
     return problems
+
+
+def _value_problems(env: Mapping[str, str], names: list[str]) -> list[str]:
+    """Values that would be set but still misread by Feast's parsers."""
+    return [
+        problem
+        for name in names
+        if env.get(name) is not None
+        for problem in password_problems(name, env[name])
+    ]
 
 
 def check(yaml_path: Path, env: Mapping[str, str]) -> None:

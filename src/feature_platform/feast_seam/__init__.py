@@ -41,6 +41,7 @@ auth.server_managers                 Feast's process-wide auth and security mana
 auth.token_parser                    the process-wide auth manager, on the platform's verifier
 auth.cached_security_manager         permissions read from the cached registry
 patches.online_ttl                   the ttl rule on Feast's per-view response builder
+patches.postgres_password            Feast's Postgres connections with the password file's value
 patches.import_feast_unchecked       Feast imported without typeguard's instrumentation
 patches.compared_also_by             a feature service whose == also compares more
 """
@@ -248,11 +249,13 @@ SEAMS: tuple[Seam, ...] = (
     ),
     Seam(
         "hooks.redis_client",
-        "the Redis store reads through _get_client/_get_client_async, caches the clients "
-        "in _client/_client_async and decodes a row in _get_features_for_entity",
+        "the Redis store reads through _get_client/_get_client_async, which parse the "
+        "connection string with _parse_connection_string, caches the clients in "
+        "_client/_client_async and decodes a row in _get_features_for_entity",
         (
             f"{_REDIS}._get_client",
             f"{_REDIS}._get_client_async",
+            f"{_REDIS}._parse_connection_string",
             f"{_REDIS}._client",
             f"{_REDIS}._client_async",
             f"{_REDIS}._get_features_for_entity",
@@ -293,6 +296,12 @@ SEAMS: tuple[Seam, ...] = (
         "every online read builds its response per view in "
         "feast.utils._populate_response_from_feature_data, looked up at call time",
         ("feast.utils:_populate_response_from_feature_data",),
+    ),
+    Seam(
+        "patches.postgres_password",
+        "Feast's Postgres connections (_get_conn, _get_conn_async, the pools) take their "
+        "conninfo from connection_utils._get_conninfo, looked up at call time",
+        (f"{_POSTGRES_CONNECTION}:_get_conninfo",),
     ),
     Seam(
         "patches.import_feast_unchecked",

@@ -5,6 +5,9 @@
   processes the platform does not start (stock `feast serve` with the platform's store
   type), so the platform's online store modules (stores/redis_online.py,
   stores/sqlite_online.py) call it when imported; nothing else does.
+- `install_postgres_password`: Feast's PostgreSQL connections open with the password of
+  the moment from POSTGRES_PASSWORD_FILE (config/credentials.py). Installed, like the ttl
+  rule, by the import of the platform's offline store (stores/postgres_offline.py).
 - `import_feast_unchecked`: Feast imported without typeguard's instrumentation.
 - `compared_also_by`: a feature service whose `==` also compares what Feast's leaves out.
 
@@ -97,6 +100,18 @@ def install_online_ttl(ttl_seconds: TtlSeconds, is_expired: IsExpired) -> None:
     if not hasattr(current, "__wrapped__"):
         wrapped = _within_ttl(current, ttl_seconds, is_expired)
         feast_utils._populate_response_from_feature_data = wrapped
+
+
+def install_postgres_password() -> None:
+    """Every connection of Feast's PostgreSQL code (the offline store's `_get_conn`, the
+    async one, the pools) takes its conninfo from `connection_utils._get_conninfo`, looked
+    up at call time: replaced there by the seam's `postgres_conninfo`, a password that came
+    from POSTGRES_PASSWORD_FILE is read again for each connection. Installed once."""
+    from feast.infra.utils.postgres import connection_utils
+
+    from feature_platform.feast_seam.stores import postgres_conninfo
+
+    connection_utils._get_conninfo = postgres_conninfo
 
 
 def import_feast_unchecked() -> None:

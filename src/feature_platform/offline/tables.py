@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg import sql
 
+from feature_platform.config import credentials
 from feature_platform.config.guard import ConfigError
 from feature_platform.console import Say
 
@@ -33,12 +34,13 @@ _KEYS = {
 
 
 def postgres_conninfo(env: Mapping[str, str], database: str) -> str:
-    """A libpq connection string; the password is passed, never printed."""
+    """A libpq connection string; the password is passed, never printed (and read again
+    from POSTGRES_PASSWORD_FILE when it came from there)."""
     return psycopg.conninfo.make_conninfo(
         host=env["POSTGRES_HOST"],
         port=env["POSTGRES_PORT"],
         user=env["POSTGRES_USER"],
-        password=env.get("POSTGRES_PASSWORD", ""),
+        password=credentials.POSTGRES_PASSWORD.current(env.get("POSTGRES_PASSWORD", "")),
         sslmode=env.get("POSTGRES_SSLMODE", "prefer"),
         # the CA that verify-full checks the server against ("": libpq's default)
         sslrootcert=env.get("POSTGRES_SSLROOTCERT") or None,

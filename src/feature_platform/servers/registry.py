@@ -177,8 +177,7 @@ class RestRegistry:
             port=port,
             log_config=None,
             access_log=False,
-            ssl_certfile=tls.cert_file if tls else None,
-            ssl_keyfile=tls.key_file if tls else None,
+            **(tls.uvicorn_options() if tls else {}),
         )
         self.server = uvicorn.Server(config)
         # uvicorn installs no signal handlers outside the main thread: the caller stops it.

@@ -70,8 +70,7 @@ class UiServer:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
-            ssl_certfile=tls.cert_file if tls else None,
-            ssl_keyfile=tls.key_file if tls else None,
+            **(tls.uvicorn_options() if tls else {}),
         )
         self.server = uvicorn.Server(config)
         # uvicorn installs no signal handlers outside the main thread: `stop` ends it.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
-import hmac
 import logging
 import os
 import time
@@ -224,9 +223,7 @@ class FeatureServerApp:
             return
         if mode == "off":
             raise HTTPError(403, "forbidden", "write endpoints are disabled on this server")
-        presented = _header(scope, b"authorization")
-        expected = f"Bearer {self.settings.write_token}".encode()
-        if not hmac.compare_digest(presented, expected):
+        if not writes.token_accepted(_header(scope, b"authorization"), self.settings.write_token):
             raise HTTPError(401, "unauthorized", "a valid bearer token is required")
 
     async def _online_features(

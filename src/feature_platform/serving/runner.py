@@ -67,11 +67,14 @@ def _child_exit(_server: Any, worker: Any) -> None:
 
 
 class FeatureServerWorker(UvicornWorker):
-    """uvicorn's worker, reading requests through the protocol with a read timeout."""
+    """uvicorn's worker, reading requests through the protocol with a read timeout, and
+    with TLS presenting the certificate files of the moment (tls.followed_context)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         protocol = bounded_read_protocol(ServerSettings.from_env().request_read_timeout_s)
-        self.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": protocol}
+        server_tls = tls.server_tls()
+        followed = server_tls.uvicorn_options() if server_tls is not None else {}
+        self.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": protocol, **followed}
         super().__init__(*args, **kwargs)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from feature_platform.config.guard import ConfigError, positive_number
 
 WRITE_MODES = ("off", "token", "open")
+# A write token shorter than this is refused (at start) or ignored (a line of its file).
+MIN_WRITE_TOKEN_CHARS = 16
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -78,10 +80,11 @@ class ServerSettings:
                 "FEATURE_SERVER_WRITE_MODE=token works only with AUTH_TYPE=no_auth: with "
                 "identities, writes are decided by permissions (use 'open' or 'off')"
             )
-        if write_mode == "token" and len(token) < 16:
+        if write_mode == "token" and len(token) < MIN_WRITE_TOKEN_CHARS:
             raise ConfigError(
                 "FEATURE_SERVER_WRITE_MODE=token needs FEATURE_SERVER_WRITE_TOKEN "
-                "of at least 16 characters"
+                f"(or FEATURE_SERVER_WRITE_TOKEN_FILE) of at least {MIN_WRITE_TOKEN_CHARS} "
+                "characters"
             )
         log_format = env.get("FEATURE_SERVER_LOG_FORMAT", defaults.log_format) or "json"
         if log_format not in ("json", "text"):

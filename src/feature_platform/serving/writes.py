@@ -16,6 +16,7 @@ needs, in its declared type, the creation time the server's.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import sqlite3
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from feast.data_source import PushMode, PushSource
 from feast.errors import FeatureViewNotFoundException
 from feast.value_type import ValueType
 
+from feature_platform.config import credentials
 from feature_platform.config.guard import one_line_error
 from feature_platform.errors import HTTPError, bad_request, not_found, unavailable
 from feature_platform.feast_seam import feature_store
@@ -38,6 +40,7 @@ from feature_platform.quality import database as quality_db
 from feature_platform.quality import expectations
 from feature_platform.quality.screen import screen
 from feature_platform.serving.errors import require_booleans
+from feature_platform.serving.settings import MIN_WRITE_TOKEN_CHARS
 from feature_platform.stores import redis_encoding
 from feature_platform.stores.redis_online import RedisOnlineStore
 
@@ -57,6 +60,20 @@ WRITE_FLAGS = ("allow_registry_cache", "transform_on_write")
 _INTEGER_TYPES = {ValueType.INT64, ValueType.INT32}
 _FLOAT_TYPES = {ValueType.DOUBLE, ValueType.FLOAT}
 _INT64_RANGE = range(-(2**63), 2**63)
+
+
+def token_accepted(authorization: bytes, configured: str) -> bool:
+    """Whether an Authorization header carries a write token: the configured one or, when
+    it came from FEATURE_SERVER_WRITE_TOKEN_FILE, any line of that file now, so a rotation
+    accepts the old token and the new one at once."""
+    tokens = credentials.WRITE_TOKEN.values(configured)
+    # every token compared, each in constant time: how long it takes names none of them
+    matches = [
+        hmac.compare_digest(authorization, f"Bearer {token}".encode())
+        for token in tokens
+        if len(token) >= MIN_WRITE_TOKEN_CHARS
+    ]
+    return any(matches)
 
 
 async def push(store: FeatureStore, request: dict[str, Any]) -> None:

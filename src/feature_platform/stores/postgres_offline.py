@@ -33,6 +33,7 @@ from feast.repo_config import RepoConfig
 from psycopg import sql
 from pydantic import PositiveInt, StrictBool
 
+from feature_platform.feast_seam import patches
 from feature_platform.feast_seam.stores import (
     logged_feature_service,
     postgres_conn_kwargs,
@@ -44,6 +45,10 @@ from feature_platform.stores.load_window import LoadWindow, SourceColumns
 from feature_platform.stores.training_rule import CREATED_OR_EVENT, filter_by_created
 
 TYPE = "feature_platform.stores.postgres_offline.PostgreSQLOfflineStore"
+
+# Feast imports this module by its `type:` path: Feast's own connections to the offline
+# database read the password file again too (feast_seam.patches).
+patches.install_postgres_password()
 
 
 class PostgreSQLOfflineStoreConfig(feast_postgres.PostgreSQLOfflineStoreConfig):

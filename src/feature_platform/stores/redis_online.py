@@ -12,6 +12,9 @@ offline join picks it (`redis_write`: a restated value replaces the online one),
 records the view's newest event time (`freshness`), which the feature server exposes as a
 metric an operator can alert on.
 
+Every client it builds reads the connection string through `redis_connection`, so a
+password from REDIS_PASSWORD_FILE is read again for each new connection.
+
 Select it in feature_store.yaml with
 `type: feature_platform.stores.redis_online.RedisOnlineStore`; every other setting is Feast's.
 """
@@ -34,10 +37,10 @@ from redis.sentinel import Sentinel
 
 from feature_platform.feast_seam import patches
 from feature_platform.feast_seam.conversion import redis_key
-from feature_platform.feast_seam.stores import parse_redis_connection_string
 from feature_platform.stores import (
     freshness,
     online_ttl,
+    redis_connection,
     redis_encoding,
     redis_sentinel,
     redis_write,
@@ -69,7 +72,7 @@ def cluster_config(store: feast_redis.RedisOnlineStoreConfig) -> Any:
 def sentinel_primary(store: feast_redis.RedisOnlineStoreConfig, asynchronous: bool) -> Any:
     """Feast's Sentinel client (the same arguments), on a pool that follows a failover
     within a second (`redis_sentinel`)."""
-    nodes, kwargs = parse_redis_connection_string(store.connection_string)
+    nodes, kwargs = redis_connection.parse(store.connection_string)
     hosts = [(node["host"], int(node["port"])) for node in nodes]
     if asynchronous:
         sentinels: Any = AsyncSentinel(hosts, **kwargs)
@@ -80,6 +83,11 @@ def sentinel_primary(store: feast_redis.RedisOnlineStoreConfig, asynchronous: bo
 
 
 class RedisOnlineStore(feast_redis.RedisOnlineStore):
+    @staticmethod
+    def _parse_connection_string(connection_string: str) -> Any:
+        # Feast's _get_client and _get_client_async read the string through this.
+        return redis_connection.parse(connection_string)
+
     def _get_client(self, online_store_config: Any) -> Any:
         if online_store_config.redis_type == feast_redis.RedisType.redis_cluster:
             online_store_config = cluster_config(online_store_config)

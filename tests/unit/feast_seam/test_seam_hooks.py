@@ -30,6 +30,17 @@ def test_the_redis_store_reads_through_the_overridden_methods() -> None:
 
 
 @pytest.mark.seam("hooks.redis_client")
+def test_the_clients_are_built_from__parse_connection_string() -> None:
+    # the platform's override reads the password file again for each connection
+    assert_params(RedisOnlineStore._parse_connection_string, "connection_string")
+    assert isinstance(
+        inspect.getattr_static(RedisOnlineStore, "_parse_connection_string"), staticmethod
+    )
+    for method in (RedisOnlineStore._get_client, RedisOnlineStore._get_client_async):
+        assert "self._parse_connection_string(" in inspect.getsource(method)
+
+
+@pytest.mark.seam("hooks.redis_client")
 def test_the_sync_client_is_cached_in__client() -> None:
     store = RedisOnlineStore()
     assert store._client is None and store._client_async is None

@@ -1,8 +1,9 @@
-"""patches.import_feast_unchecked, patches.compared_also_by, and the ttl patch's import
-hook (its rule: test_seam_online_ttl.py)."""
+"""patches.import_feast_unchecked, patches.compared_also_by, patches.postgres_password,
+and the ttl patch's import hook (its rule: test_seam_online_ttl.py)."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,35 @@ def test_a_logging_change_alone_is_applied_only_through_the_copy(
     assert compared != objects["svc"] and compared == logged
     store.registry.apply_feature_service(compared, store.project)
     assert stored_logging() is not None
+
+
+@pytest.mark.seam("patches.postgres_password")
+def test_feast_postgres_connections_open_with_the_password_file_of_the_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feast.infra.utils.postgres import connection_utils
+    from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
+
+    from feature_platform.config import credentials
+    from feature_platform.feast_seam import patches
+
+    for connect in (
+        connection_utils._get_conn,
+        connection_utils._get_conn_async,
+        connection_utils._get_connection_pool,
+        connection_utils._get_connection_pool_async,
+    ):
+        assert "conninfo=_get_conninfo(config)" in inspect.getsource(connect)
+    secret = credentials.SecretFile("POSTGRES_PASSWORD")
+    monkeypatch.setattr(credentials, "POSTGRES_PASSWORD", secret)
+    monkeypatch.setattr(connection_utils, "_get_conninfo", connection_utils._get_conninfo)
+    path = tmp_path / "postgres-password"
+    path.write_text("first-password\n")
+    env = {"POSTGRES_PASSWORD_FILE": str(path)}
+    secret.resolve(env)
+    patches.install_postgres_password()
+    path.write_text("the-second-password\n")
+    mine = PostgreSQLConfig(host="db", database="d", user="u", password=env["POSTGRES_PASSWORD"])
+    other = PostgreSQLConfig(host="db", database="d", user="u", password="not-from-the-file")
+    assert "password=the-second-password" in connection_utils._get_conninfo(mine)
+    assert "password=not-from-the-file" in connection_utils._get_conninfo(other)

@@ -11,9 +11,10 @@ connection string parser, same keyword arguments), for each of Feast's topologie
   routes each command by its key and follows MOVED and ASK as slots move.
 
 Every option of the connection string (`username`, `password`, `ssl`, `ssl_ca_certs`,
-`db`, ...) applies as in Feast, except `socket_timeout`: one deadline bounds the whole
-read (settings.store_timeout_s), and a per-reply socket timeout on top would cost a timer
-per command. Sentinels get the socket options only, as in Feast.
+`db`, ...) applies as in Feast (a password from REDIS_PASSWORD_FILE read again for each
+new connection, `stores/redis_connection.py`), except `socket_timeout`: one deadline
+bounds the whole read (settings.store_timeout_s), and a per-reply socket timeout on top
+would cost a timer per command. Sentinels get the socket options only, as in Feast.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
 from feature_platform.errors import PlatformError
-from feature_platform.feast_seam.stores import parse_redis_connection_string
 from feature_platform.serving.fastpath.redis_pipeline import PipelinedConnection
+from feature_platform.stores import redis_connection
 from feature_platform.stores.redis_sentinel import AsyncFollowingSentinelPool
 
 AsyncRedis = aioredis.Redis | aioredis.RedisCluster
@@ -45,7 +46,7 @@ def redis_client(store: FeatureStore) -> AsyncRedis | None:
     config = store.config.online_store
     if not isinstance(config, RedisOnlineStoreConfig):
         return None
-    nodes, kwargs = parse_redis_connection_string(config.connection_string)
+    nodes, kwargs = redis_connection.parse(config.connection_string)
     kwargs.pop("socket_timeout", None)
     addresses = [(node["host"], int(node.get("port", 6379))) for node in nodes]
     if not addresses:
@@ -109,6 +110,7 @@ def pipelined_connection(client: AsyncRedis) -> PipelinedConnection | None:
         db=int(options.get("db", 0) or 0),
         username=options.get("username") or None,
         password=options.get("password") or None,
+        credentials=options.get("credential_provider"),
         connect_timeout_s=float(options.get("socket_connect_timeout") or 2.0),
     )
 

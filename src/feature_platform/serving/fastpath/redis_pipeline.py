@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 import hiredis
+from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -57,9 +58,12 @@ class PipelinedConnection:
         password: str | None = None,
         connect_timeout_s: float = 2.0,
         stall_timeout_s: float = 2.0,
+        credentials: CredentialProvider | None = None,
     ) -> None:
         self.host, self.port, self.db = host, port, db
         self.username, self.password = username, password
+        # asked at each connect instead of username/password (a password file)
+        self.credentials = credentials
         self.connect_timeout_s = connect_timeout_s
         self.stall_timeout_s = stall_timeout_s
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
@@ -109,7 +113,11 @@ class PipelinedConnection:
                 raise RedisConnectionError(f"connecting to Redis: {type(exc).__name__}") from None
             self._transport, self._protocol = transport, protocol
             setup: list[tuple[Any, ...]] = []
-            if self.password and self.username:  # an ACL user
+            if self.credentials is not None:
+                credentials = self.credentials.get_credentials()
+                if credentials:  # none: a Redis without a password
+                    setup.append(("AUTH", *credentials))
+            elif self.password and self.username:  # an ACL user
                 setup.append(("AUTH", self.username, self.password))
             elif self.password:
                 setup.append(("AUTH", self.password))
