@@ -328,6 +328,7 @@ class Stage:
             f"make_timestamp(__event) AS {ident(view.timestamp)}",
             *(f"__f{j} AS {ident(f)}" for j, f in enumerate(view.features) if f in judged.features),
         ]
+        started = time.monotonic()
         rows = self.con.execute(f"SELECT rowid AS __rowid, {', '.join(columns)} FROM {table}").df()
         ids = rows.pop("__rowid")
         set_aside = screen(
@@ -336,7 +337,10 @@ class Stage:
         if set_aside:
             gone = pa.table({"id": ids.iloc[set_aside].to_numpy()})  # noqa: F841 (read by DuckDB)
             self.con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT id FROM gone)")
-            say(f"  {view.name}: {len(set_aside):,} rows quarantined")
+        say(
+            f"  {view.name}: {len(rows):,} rows checked against its expectations in "
+            f"{time.monotonic() - started:.1f}s, {len(set_aside):,} quarantined"
+        )
 
     def _rows_from_postgres(
         self, table: str, view: ViewJoin, store: FeatureStore, lo: int | None, hi: int

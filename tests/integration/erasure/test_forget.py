@@ -35,6 +35,8 @@ SIZES = generator.Sizes(customers=60, merchants=10, days=3, transactions=400)
 SERVICE = "fraud_detection_v1"
 SETTINGS = {"FEATURE_SERVER_SERVED_VECTORS_FLUSH_SECONDS": "0.2", **WRITABLE}
 VIEWS = ("customer_stats", "customer_txn_1h")
+# A push here takes milliseconds: the wait for pushes under way can be short.
+SETTLE = ("--settle-seconds", "2")
 
 
 @dataclass
@@ -169,7 +171,7 @@ def test_forgetting_removes_it_everywhere_and_records_who_asked(
 ) -> None:
     world = worlds(env_name)
     before_other = _online(world, [world.other])
-    code, report = _forget(world.stack, world.customer, capsys, "--yes",
+    code, report = _forget(world.stack, world.customer, capsys, "--yes", *SETTLE,
                            "--requested-by", "privacy-desk")  # fmt: skip
     assert code == 0 and report["removed"] is True
     assert sum(_rows(report).values()) > 0
@@ -253,7 +255,7 @@ def test_pushes_racing_the_forget_leave_nothing_behind(
         while len(statuses) < 5 and pusher.is_alive():
             time.sleep(0.05)
         before = len(statuses)
-        code, report = _forget(world.stack, world.spare, capsys, "--yes")
+        code, report = _forget(world.stack, world.spare, capsys, "--yes", *SETTLE)
         during = len(statuses) - before
         time.sleep(1)  # pushes after the forget too
     finally:
