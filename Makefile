@@ -147,7 +147,7 @@ kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
 # --- serving: the feature server, its load test and benchmark ------------------------------
-.PHONY: serve bench bench-materialize loadtest
+.PHONY: serve bench bench-materialize bench-saturation loadtest
 
 serve: install ## Run the feature server in the foreground for ENV (FEATURE_SERVER_* settings)
 	@if [ "$(ENV)" != "local" ]; then bash ci/start-services.sh; fi
@@ -159,9 +159,12 @@ BENCH_ARGS ?=
 BENCH_MATERIALIZE_ARGS ?=
 # Options of the quality benchmark: --rows N (default 1,000,000), --rounds N.
 BENCH_QUALITY_ARGS ?=
-bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis), training sets, materialization, quality
+# Options of the overload benchmark: --rounds N (default 3), --step-seconds S, --bound N.
+BENCH_SATURATION_ARGS ?=
+bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis, overload), training sets, materialization, quality
 	@$(MAKE) --no-print-directory test-tools TEST_TOOLS=wrk:wrk
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
+	$(BIN)/python loadtests/bench_saturation.py $(BENCH_SATURATION_ARGS)
 	$(BIN)/python loadtests/bench_training.py
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
 	$(BIN)/python loadtests/bench_served_vectors.py $(BENCH_SERVED_VECTORS_ARGS)
@@ -169,6 +172,10 @@ bench: install services ## Benchmark the server (stock feast serve, no-ops, raw 
 
 bench-materialize: install services ## Materialization against raw redis-py writes (BENCH_MATERIALIZE_ARGS=--quick)
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
+
+bench-saturation: install services ## Open-loop overload at twice capacity, the bound on requests in flight off and on
+	@$(MAKE) --no-print-directory test-tools TEST_TOOLS=wrk:wrk
+	$(BIN)/python loadtests/bench_saturation.py $(BENCH_SATURATION_ARGS)
 
 LOAD_HOST ?= http://127.0.0.1:6566
 loadtest: install ## locust against LOAD_HOST, headless; thresholds set the exit code

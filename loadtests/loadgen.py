@@ -24,6 +24,12 @@ class RunResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    # from the first scheduled send to the last answer (longer than duration_s when the
+    # server, or this generator, fell behind)
+    elapsed_s: float = 0.0
+    # how late each request left its scheduled time: waiting for a free connection, or
+    # for this generator's own core
+    send_delays_s: list[float] = field(default_factory=list)
 
     @property
     def sent(self) -> int:
@@ -80,6 +86,7 @@ async def _connection(
     try:
         while (scheduled := await queue.get()) is not None:
             try:
+                result.send_delays_s.append(time.perf_counter() - scheduled)
                 writer.write(request)
                 status = await _read_response(reader)
             except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -124,6 +131,7 @@ async def _run(
         for worker in workers:
             worker.cancel()
         result.errors += total - result.sent
+    result.elapsed_s = time.perf_counter() - start
     return result
 
 

@@ -118,10 +118,11 @@ def test_server_rollout_and_probes(scenario: str, objects: list[dict[str, Any]])
     assert spec["strategy"]["type"] == "RollingUpdate"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert spec["strategy"]["rollingUpdate"]["maxSurge"] >= 1
-    hpa = find(objects, "HorizontalPodAutoscaler")
-    assert ("replicas" in spec) == (not hpa), "replicas must be omitted exactly when the HPA is on"
-    if hpa:
-        assert hpa[0]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    scalers = find(objects, "HorizontalPodAutoscaler") + find(objects, "ScaledObject")
+    assert ("replicas" in spec) == (not scalers), "replicas omitted exactly when autoscaled"
+    assert len(scalers) <= 1, "one autoscaler per Deployment: two would fight"
+    if scalers:
+        assert scalers[0]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 
     pod = spec["template"]["spec"]
     (server,) = [c for c in pod["containers"] if c["name"] == "server"]
@@ -162,12 +163,16 @@ def test_every_integer_setting_is_an_integer(objects: list[dict[str, Any]]) -> N
 
 def test_disruption_budget(scenario: str, objects: list[dict[str, Any]]) -> None:
     pdbs = find(objects, "PodDisruptionBudget")
-    hpa = find(objects, "HorizontalPodAutoscaler")
+    # the fewest replicas an autoscaler keeps, by the Deployment it scales
+    floors = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["minReplicas"]
+              for o in find(objects, "HorizontalPodAutoscaler")}  # fmt: skip
+    floors |= {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["minReplicaCount"]
+               for o in find(objects, "ScaledObject")}  # fmt: skip
     budgeted = []
     # Every Deployment: the feature server's, and the registry and offline servers'.
     for deployment in find(objects, "Deployment"):
-        scaled = hpa and hpa[0]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-        replicas = hpa[0]["spec"]["minReplicas"] if scaled else deployment["spec"]["replicas"]
+        name = deployment["metadata"]["name"]
+        replicas = floors[name] if name in floors else deployment["spec"]["replicas"]
         budgets = [p for p in pdbs if _selector(p) == _selector(deployment)]
         budgeted += budgets
         if replicas > 1:

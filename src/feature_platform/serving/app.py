@@ -6,6 +6,8 @@ Every request passes here first, and only the endpoints in `contract.py` are ans
 here and, on Redis, served by the fast path in `online.py`; write endpoints are gated by
 the write mode and written here (`writes.py`: validated, and for `/push` offline first,
 then online). A read the fast path cannot describe exactly goes to Feast's own app.
+Past the worker's bound on requests in flight (`saturation.py`) a request is answered
+503 at once; the probes and `/metrics` never are.
 Client mistakes get a 4xx JSON body naming the problem, a dependency failure a 503, and
 an unexpected error a 500 without the exception text.
 """
@@ -40,6 +42,7 @@ from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
 from feature_platform.serving.redis_memory import RedisMemoryReader
 from feature_platform.serving.registry_refresh import RegistryRefresher
+from feature_platform.serving.saturation import InFlight
 from feature_platform.serving.settings import ServerSettings
 from feature_platform.serving.vector_log import VectorLog
 
@@ -87,6 +90,7 @@ class FeatureServerApp:
             store, settings.served_vectors_queue_rows, settings.served_vectors_flush_s
         )
         self._document: tuple[Any, bytes] = (None, b"")
+        self.in_flight = InFlight(settings.max_in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,28 +114,22 @@ class FeatureServerApp:
             metrics.observe(path, status, time.perf_counter() - started)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
-        method = scope["method"]
         methods = contract.ENDPOINTS.get(path)
         if methods is None:
+            # Feast's own endpoints, when turned on: the caller is known here, Feast's
+            # security manager decides (installed with the verifier, see create_app)
             if not self.settings.serves_feast_path(path):
                 raise not_found(f"this server has no endpoint {path[:100]}; see /openapi.json")
-            # Feast's own endpoints: the caller is known here, Feast's security manager
-            # decides (installed with the verifier, see create_app)
-            await self._caller(scope)
-            if path in contract.WRITE_PATHS:
-                self._authorize_write(scope)
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-            return await self._to_feast(scope, body, receive, send)
-        if method not in methods:
+        elif scope["method"] not in methods:
             allow = ", ".join(methods)
             raise HTTPError(
                 405, "method not allowed", f"{path} answers {allow}", [(b"allow", allow.encode())]
             )
-        if path == "/health":
+        elif path == "/health":
             return await _send_json(send, 200, {"status": "ok"})
-        if path == "/ready":
+        elif path == "/ready":
             return await self._ready(send)
-        if path == "/metrics":
+        elif path == "/metrics":
             return await self._metrics(send)
         user = await self._caller(scope)
         if path == "/openapi.json":
@@ -139,18 +137,24 @@ class FeatureServerApp:
         if path in contract.WRITE_PATHS:
             self._authorize_write(scope)
         body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        if path == "/get-online-features":
-            return await self._online_features(scope, body, receive, send, user)
-        request = _json_object(body)
-        if path == "/push":
-            if user is not None:
-                self._authorize_push(user, request)
-            await writes.push(self.store, request)
-        else:
-            if user is not None:
-                self._authorize_online_write(user, request)
-            await writes.write_to_online_store(self.store, request)
-        return await _send(send, 200, b"", [])
+        self.in_flight.admit()
+        try:
+            if methods is None:
+                return await self._to_feast(scope, body, receive, send)
+            if path == "/get-online-features":
+                return await self._online_features(scope, body, receive, send, user)
+            request = _json_object(body)
+            if path == "/push":
+                if user is not None:
+                    self._authorize_push(user, request)
+                await writes.push(self.store, request)
+            else:
+                if user is not None:
+                    self._authorize_online_write(user, request)
+                await writes.write_to_online_store(self.store, request)
+            return await _send(send, 200, b"", [])
+        finally:
+            self.in_flight.done()
 
     async def _caller(self, scope: Scope) -> User | None:
         """The verified caller (401/503 without one), or None without identities."""

@@ -73,7 +73,10 @@ def _post(
         "408": _error("The request did not arrive within the read timeout"),
         "413": _error("Body larger than FEATURE_SERVER_MAX_BODY_BYTES, or too many entities"),
         "422": _error("A field of the wrong kind"),
-        "503": _error("The online or offline store failed or did not answer in time"),
+        "503": _error(
+            "The online or offline store failed or did not answer in time, or the server is "
+            "at capacity (FEATURE_SERVER_MAX_IN_FLIGHT; with a Retry-After header)"
+        ),
     }
     if writes:
         responses["422"] = _error(

@@ -38,6 +38,7 @@ from feature_platform.serving import contract
 if TYPE_CHECKING:
     from feature_platform.serving.freshness import Freshness
     from feature_platform.serving.redis_memory import RedisMemory
+    from feature_platform.serving.saturation import InFlight
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -76,6 +77,29 @@ SERVED_VECTORS = Counter(
     "Served vector rows of logged feature services: written, or dropped (queue full, "
     "write failed).",
     ["outcome"],
+)
+# Saturation (serving/saturation.py): in flight over the bound is what the chart's KEDA
+# ScaledObject scales on; the event loop's lag is the time ready work waits for a worker.
+IN_FLIGHT = Gauge(
+    "feature_server_in_flight_requests",
+    "Requests the workers are working on (health, readiness and metrics aside), as each "
+    "worker last reported it (at most a second ago, and at every scrape).",
+    multiprocess_mode="livesum",
+)
+MAX_IN_FLIGHT = Gauge(
+    "feature_server_max_in_flight_requests",
+    "The bound on requests in flight, summed over the workers (0: no bound).",
+    multiprocess_mode="livesum",
+)
+SHED = Counter(
+    "feature_server_shed_requests_total",
+    "Requests answered 503 with Retry-After at once: their worker was at its bound.",
+)
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "feature_server_event_loop_lag_seconds",
+    "How late a worker's event loop ran a timer, sampled once a second while requests "
+    "arrive: the time a request (or a Redis reply) that is ready waits for its worker.",
+    buckets=LATENCY_BUCKETS,
 )
 REGISTRY_LAST_REFRESH = Gauge(
     "feature_server_registry_last_refresh_success_timestamp_seconds",
@@ -135,16 +159,26 @@ class _Pending:
         self.store_read = _HistogramBatch(STORE_READ_SECONDS)
         # per view: the newest event time served at the last request, and when
         self.ages: dict[str, tuple[float, float]] = {}
+        self.shed = 0
+        self.in_flight: InFlight | None = None
+        self.loop_lag = _HistogramBatch(EVENT_LOOP_LAG_SECONDS)
         self.scheduled = False
 
     def schedule(self) -> None:
         if self.scheduled:
             return
         try:
-            asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
-            self.scheduled = True
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()  # no event loop to wait in
+            return
+        loop.call_later(self.FLUSH_S, self.flush_when_due, time.perf_counter() + self.FLUSH_S)
+        self.scheduled = True
+
+    def flush_when_due(self, due: float) -> None:
+        """The scheduled flush; how late it runs is the event loop's lag."""
+        self.loop_lag.observe(max(0.0, time.perf_counter() - due))
+        self.flush()
 
     def flush(self) -> None:
         self.scheduled = False
@@ -158,6 +192,12 @@ class _Pending:
         ages, self.ages = self.ages, {}
         for view, (event_time, at) in ages.items():
             SERVED_AGE_SECONDS.labels(view).set(at - event_time)
+        self.loop_lag.flush()
+        if self.shed:
+            SHED.inc(self.shed)
+            self.shed = 0
+        if self.in_flight is not None:
+            IN_FLIGHT.set(self.in_flight.count)
 
 
 _pending = _Pending()
@@ -173,6 +213,17 @@ def observe(path: str, status: int, seconds: float) -> None:
     key = (label, status)
     _pending.requests[key] = _pending.requests.get(key, 0) + 1
     _pending.schedule()
+
+
+def observe_shed() -> None:
+    _pending.shed += 1
+
+
+def track_in_flight(in_flight: InFlight) -> None:
+    """This worker's requests in flight are reported at every flush; its bound once."""
+    _pending.in_flight = in_flight
+    MAX_IN_FLIGHT.set(in_flight.bound)
+    IN_FLIGHT.set(in_flight.count)
 
 
 def observe_read(n_entities: int, read_seconds: float, newest: dict[str, float]) -> None:

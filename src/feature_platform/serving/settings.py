@@ -47,6 +47,9 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     # How long a request may wait on the online store before it gets a 503.
     store_timeout_s: float = 1.0
+    # Requests one worker works on at once (health, readiness and metrics aside); past
+    # it a request is answered 503 with Retry-After at once instead of queueing. 0: no bound.
+    max_in_flight: int = 0
     # Writes (/push, /write-to-online-store, /materialize*) are off unless enabled.
     write_mode: str = "off"
     write_token: str = ""
@@ -119,6 +122,7 @@ class ServerSettings:
             store_timeout_s=positive_number(
                 env, "FEATURE_SERVER_STORE_TIMEOUT_SECONDS", defaults.store_timeout_s
             ),
+            max_in_flight=_int(env, "FEATURE_SERVER_MAX_IN_FLIGHT", defaults.max_in_flight),
             write_mode=write_mode,
             write_token=token,
             log_format=log_format,

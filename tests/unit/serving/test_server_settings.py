@@ -10,6 +10,7 @@ def test_defaults_serve_read_only_without_recycling() -> None:
     settings = ServerSettings.from_env({})
     assert settings.write_mode == "off"
     assert settings.max_requests == 0
+    assert settings.max_in_flight == ServerSettings.max_in_flight
     assert settings.workers >= 1
     assert not settings.serves_feast_path("/docs")
 
@@ -32,9 +33,11 @@ def test_values_are_read_from_the_environment() -> None:
             "FEATURE_SERVER_REQUEST_READ_TIMEOUT_SECONDS": "2.5",
             "FEATURE_SERVER_WRITE_MODE": "token",
             "FEATURE_SERVER_WRITE_TOKEN": "t" * 16,
+            "FEATURE_SERVER_MAX_IN_FLIGHT": "12",
         }
     )
     assert (settings.port, settings.workers, settings.store_timeout_s) == (7000, 3, 0.25)
+    assert settings.max_in_flight == 12
     assert (settings.drain_s, settings.request_read_timeout_s) == (0, 2.5)
     assert settings.write_mode == "token"
 
@@ -51,6 +54,8 @@ def test_values_are_read_from_the_environment() -> None:
         ({"FEATURE_SERVER_WRITE_MODE": "token"}, "needs FEATURE_SERVER_WRITE_TOKEN"),
         ({"FEATURE_SERVER_LOG_FORMAT": "xml"}, "json or text"),
         ({"FEATURE_SERVER_FEAST_ENDPOINTS": "materialize"}, "paths starting with /"),
+        ({"FEATURE_SERVER_MAX_IN_FLIGHT": "-1"}, "MAX_IN_FLIGHT must be at least 0"),
+        ({"FEATURE_SERVER_MAX_IN_FLIGHT": "many"}, "MAX_IN_FLIGHT must be an integer"),
     ],
 )
 def test_bad_values_stop_with_the_name(env: dict[str, str], message: str) -> None:
@@ -64,3 +69,7 @@ def test_a_short_token_is_refused_without_being_printed() -> None:
             {"FEATURE_SERVER_WRITE_MODE": "token", "FEATURE_SERVER_WRITE_TOKEN": "hunter2"}
         )
     assert "hunter2" not in str(err.value)
+
+
+def test_zero_turns_the_bound_off() -> None:
+    assert ServerSettings.from_env({"FEATURE_SERVER_MAX_IN_FLIGHT": "0"}).max_in_flight == 0
