@@ -468,11 +468,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     parser.add_argument("--step-seconds", type=float, default=3.0, help="per latency step")
     args = parser.parse_args()
-    if len(os.sched_getaffinity(0)) < 2:
-        say("needs 2 CPUs: one for the server, one for the load generator")
-        return 2
-    if not wrk.available():
-        say("needs wrk: `make bench` installs Debian's package")
+    if why_not := wrk.missing():
+        say(why_not)
         return 2
     settings = prepare_data()
     os.sched_setaffinity(0, LOADGEN_CPUS)

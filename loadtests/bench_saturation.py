@@ -310,11 +310,8 @@ def main() -> int:
     bound = chart_bound() if args.bound is None else args.bound
     if args.rounds < 1 or bound < 1:
         parser.error("--rounds and the bound must be at least 1")
-    if len(os.sched_getaffinity(0)) < 2:
-        say("needs 2 CPUs: one for the server, one for the load generator")
-        return 2
-    if not wrk.available():
-        say("needs wrk: `make bench` installs Debian's package")
+    if why_not := wrk.missing():
+        say(why_not)
         return 2
     load_start = os.getloadavg()
     # A redis-server of its own: the shared one also serves other work on this machine,

@@ -48,6 +48,16 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
+def missing() -> str | None:
+    """Why a closed-loop bench with wrk cannot run here (one CPU for the server, one for
+    the load generator), or None."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return "needs 2 CPUs: one for the server, one for the load generator"
+    if not available():
+        return "needs wrk: `make bench` installs Debian's package"
+    return None
+
+
 def run(
     url: str,
     body: bytes,
