@@ -94,12 +94,25 @@ def _labels(tables: dict[str, pd.DataFrame], hours: list[int]) -> pd.DataFrame:
     return labels.assign(label_id=range(len(labels)))
 
 
+def _without_expectations(stack: Stack) -> None:
+    """The histories here hold values the repository's rules refuse on purpose (empty and
+    'NA' countries, for the join's string handling): the join is what is tested here,
+    the rules in tests/integration/quality."""
+    with stack.active():
+        store = stack.store()
+        views = store.list_feature_views()
+        for view in views:
+            view.tags = {k: v for k, v in view.tags.items() if not k.startswith("quality.")}
+        store.apply(views)
+
+
 @pytest.fixture(scope="module")
 def dev(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
     stack = stack_factory("dev", "tset", {ray_engine.TASKS_VAR: "2"})
     first = _history([(1, 0, None, 1.0)], "customer_id")
     stack.write(_tables(first, _history([(1, 0, None, 1.0)], "merchant_id")))
     stack.feast("apply")
+    _without_expectations(stack)
     yield stack
     import ray
 
