@@ -21,6 +21,13 @@ SIZES = generator.Sizes(customers=300, merchants=30, days=10, transactions=3_000
 SEED = 11
 
 
+def newest_event(now: pd.Timestamp) -> pd.Timestamp:
+    """An event time after the generated data's newest snapshot (the midnight of AS_OF's
+    day) and before `now`, whatever the hour: a row written there is its entity's newest."""
+    newest_snapshot = pd.Timestamp(AS_OF).floor("D")
+    return (newest_snapshot + (now - newest_snapshot) / 2).floor("s")
+
+
 class StackFactory:
     """Stacks for tests. A stack lives until the end of the module that made it, so the
     databases and Redis dbs it holds (there are 13 to share) are back before the next

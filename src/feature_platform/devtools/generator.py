@@ -143,7 +143,9 @@ def generate(
     n_m = sizes.merchants
     merchant_ids = np.arange(1, n_m + 1, dtype=np.int64)
     rating = np.round(np.clip(rng.normal(4.2, 0.5, n_m), *RATING_SCALE), 2)
-    rated = rng.random(n_m) >= 0.10
+    # exactly 10% unrated (rounded), so small demos keep within the rating's null share
+    unrated = np.argsort(rng.random(n_m))[: round(n_m * 0.10)]
+    rated = ~np.isin(np.arange(n_m), unrated)
     sales_rate = rng.gamma(2.0, 20.0, n_m)
     dispute_rate = rng.beta(1, 60, n_m)
     category = rng.choice(CATEGORIES, n_m)

@@ -6,12 +6,12 @@ table and are skipped, and an entity's row before a quarantined one is loaded in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import AS_OF, SEED
+from conftest import AS_OF, SEED, newest_event
 from stacks import Stack
 
 from feature_platform.devtools import generator
@@ -28,8 +28,8 @@ BAD_AFTER_GOOD = 980_000_003
 
 
 def _with_bad_rows(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    event = pd.Timestamp(datetime.now(UTC) - timedelta(minutes=30)).floor("s")
-    created = event + pd.Timedelta(minutes=1)
+    event = newest_event(pd.Timestamp(datetime.now(UTC)))
+    created = event
     merchants = tables["merchant_stats"]
     rating = merchants.iloc[[0]].assign(
         event_timestamp=event, created_timestamp=created, avg_rating=7.0

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import AS_OF, SEED
+from conftest import AS_OF, SEED, newest_event
 from stacks import Stack
 
 from feature_platform import cli
@@ -26,8 +26,8 @@ NOW = pd.Timestamp(datetime.now(UTC)).floor("s")
 
 
 def _with_bad_rows(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    event = NOW - pd.Timedelta(minutes=30)
-    created = event + pd.Timedelta(minutes=1)
+    event = newest_event(NOW)
+    created = event
     merchants = tables["merchant_stats"]
     rating = merchants.iloc[[0]].assign(
         event_timestamp=event, created_timestamp=created, avg_rating=7.0
