@@ -71,15 +71,18 @@ class CheckError(PlatformError):
 # --- where the rows come from ----------------------------------------------------------
 
 
-def key_pools(store: Any, service: str, now: datetime) -> dict[str, list[Any]]:
+def service_views(store: Any, service: str) -> set[str]:
+    return {p.name for p in store.get_feature_service(service).feature_view_projections}
+
+
+def key_pools(store: Any, names: set[str], now: datetime) -> dict[str, list[Any]]:
     """Join key -> its distinct values in the recent rows of the offline store, for every
-    feature view the service reads (sorted, so a seed picks the same keys again)."""
+    feature view named (sorted, so a seed picks the same keys again)."""
     from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 
     from feature_platform.feast_seam.conversion import column_names
 
     offline_store = get_offline_store_from_config(store.config.offline_store)
-    names = {p.name for p in store.get_feature_service(service).feature_view_projections}
     pools: dict[str, set[Any]] = {}
     for view in store.list_feature_views():
         if view.name not in names:
@@ -339,7 +342,7 @@ def _run(
 ) -> Result:
     service = training.FEATURE_SERVICE
     types, not_compared = comparison.comparable(comparison.feature_types(store, service))
-    pools = key_pools(store, service, datetime.now(UTC))
+    pools = key_pools(store, service_views(store, service), datetime.now(UTC))
     fields = request_fields(store, service)
     sample, never_seen = sample_rows(pools, fields, rows, seed)
     columns = [*pools, *fields]
@@ -369,6 +372,28 @@ def _run(
         mismatches=comparison.mismatches(served, comparison.offline_rows(trained, types), types),
         statuses=statuses,
     )
+
+
+def check_view(store: FeatureStore, view: str, rows: int, seed: int) -> list[comparison.Mismatch]:
+    """One view's values as the online store serves them in this process (a new version,
+    before any service reads it through a server), against its training values at the
+    same instant, for keys drawn as `run` draws them."""
+    definition = store.get_feature_view(view)
+    types, _not_compared = comparison.comparable({f.name: f.dtype for f in definition.features})
+    pools = key_pools(store, {view}, datetime.now(UTC))
+    sample, _never_seen = sample_rows(pools, {}, rows, seed)
+    refs = [f"{view}:{name}" for name in types]
+    entity_rows = {key: sample[key].tolist() for key in pools}
+
+    def read() -> list[comparison.Row]:
+        served = store.get_online_features(features=refs, entity_rows=entity_rows).to_dict()
+        return [{name: served[name][i] for name in types} for i in range(len(sample))]
+
+    instant, online, _read_again = at_one_instant(read)
+    labels = sample.assign(event_timestamp=pd.Timestamp(instant))
+    trained = store.get_historical_features(entity_df=labels, features=refs).to_df()
+    trained = trained.sort_values(ID_COLUMN, kind="stable").reset_index(drop=True)
+    return comparison.mismatches(online, comparison.offline_rows(trained, types), types)
 
 
 # --- Prometheus ----------------------------------------------------------------------------

@@ -162,6 +162,12 @@ def cmd_rollout_log(args: argparse.Namespace) -> int:
     return rollouts.cli_log(args.env, args.limit, say)
 
 
+def cmd_rollout_readers(args: argparse.Namespace) -> int:
+    from feature_platform.cli import rollouts
+
+    return rollouts.cli_readers(args.env, say)
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from feature_platform.cli import quality
 
@@ -371,6 +377,11 @@ def parser() -> argparse.ArgumentParser:
         "rollout-log", "the latest applies recorded in ENV's registry database", cmd_rollout_log
     )
     log.add_argument("--limit", type=_positive, default=20)
+    sub(
+        "rollout-readers",
+        "each feature service's last read and whether its old version may be retired",
+        cmd_rollout_readers,
+    )
 
     qrn = sub(
         "quarantine",

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from feature_platform.config.guard import one_line_error, redact
 from feature_platform.console import Say
 from feature_platform.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from feature_platform.rollouts import log as rollout_log
+from feature_platform.rollouts import versions
 from feature_platform.rollouts.apply import Applied, apply
 from feature_platform.rollouts.diff import ALLOW_BREAKING_VAR, Plan
-from feature_platform.rollouts.plan import RolloutError, connect, plan, settings
+from feature_platform.rollouts.plan import RolloutError, connect, plan, readers, settings
 
 
 def write_outputs(plan: Plan, json_path: Path | None, markdown_path: Path | None) -> None:
@@ -64,7 +66,9 @@ def cli_plan(env: str, json_path: Path | None, markdown_path: Path | None, say: 
 
 def cli_apply(env: str, json_path: Path | None, lock_timeout: float | None, say: Say) -> int:
     def body() -> int:
-        done = apply(env, say, lock_timeout)
+        from feature_platform.checks.backfill import backfill
+
+        done = apply(env, say, lock_timeout, backfill)
         write_outputs(done.plan, json_path, None)
         print(done.plan.markdown(), end="", flush=True)
         log = f"(log id {done.log_id})"
@@ -107,3 +111,31 @@ def cli_log(env: str, limit: int, say: Say) -> int:
         return EXIT_OK
 
     return guarded("rollout-log", say, body)
+
+
+def cli_readers(env: str, say: Say) -> int:
+    """Each feature service's last read, as the feature servers recorded it, and whether
+    an old version may be retired (a successor exists and it is quiet)."""
+
+    def body() -> int:
+        rows, record = readers(env)
+        if record.unknown is not None:
+            raise RolloutError(f"the record of reads cannot be read: {record.unknown}")
+        quiet = versions.ago(record.quiet.total_seconds())
+        print(f"{'feature service':<32} {'last read (UTC)':<20} {'ago':>6}  retire")
+        for row in rows:
+            if row.last_read is None:
+                when, ago = "never", "-"
+            else:
+                when = datetime.fromtimestamp(row.last_read, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                ago = versions.ago(record.now - row.last_read)
+            if row.successor is None:
+                retire = "no: newest version"
+            elif record.quiet_since(row.last_read):
+                retire = f"yes: {row.successor} succeeds it, unread for {quiet}"
+            else:
+                retire = f"not yet: read within {quiet}"
+            print(f"{row.service:<32} {when:<20} {ago:>6}  {retire}", flush=True)
+        return EXIT_OK
+
+    return guarded("rollout-readers", say, body)

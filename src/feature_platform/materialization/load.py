@@ -117,6 +117,16 @@ def _load(store: FeatureStore, view: FeatureView, rows: LoadWindow, say: Say) ->
     return read
 
 
+def backfill(store: FeatureStore, view: FeatureView, until: datetime, say: Say) -> int:
+    """Load a new view as a first run up to `until` would, and record the interval; the
+    watermark is left to the caller, which moves it once the view is checked (a new
+    version of a view, loaded up to its predecessor's watermark). The rows read."""
+    first = until - view_rows.lookback(view)
+    loaded = _load(store, view, LoadWindow(first, first, until), say)
+    store.registry.apply_materialization(view, store.project, first, until)
+    return loaded
+
+
 def _load_by_creation_time(
     store: FeatureStore, views: list[FeatureView], margin: timedelta, end: datetime, say: Say
 ) -> None:

@@ -12,6 +12,12 @@ next plan then shows nothing to do. So a failed apply records which planned chan
 in the registry and which are not, and keeps the definitions of deleted views whose
 online data may remain (`rollout_log`); the next apply re-applies what is missing,
 removes that data, and fails until it could.
+
+A new version of a view (`versions`: `customer_stats_v2` beside `customer_stats`) is
+applied in two stages, so that no client reads it empty: first everything but the new
+feature services that read it, then `backfill` loads and checks it, and only then are
+those services registered. A failed backfill leaves them out (exit 1, naming the view);
+the next apply finds them still to create and does the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import contextlib
 import hashlib
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +37,11 @@ import psycopg
 from feature_platform.config import environments
 from feature_platform.config.guard import one_line_error, redact
 from feature_platform.console import Say
-from feature_platform.errors import EXIT_BREAKING, EXIT_OK
+from feature_platform.errors import EXIT_BREAKING, EXIT_OK, PlatformError
 from feature_platform.feast_seam import feature_store, patches
 from feature_platform.rollouts import log as rollout_log
-from feature_platform.rollouts.diff import Plan
+from feature_platform.rollouts import versions
+from feature_platform.rollouts.diff import CREATE, Plan, service_dependencies
 from feature_platform.rollouts.log import Entry, PendingCleanup
 from feature_platform.rollouts.plan import (
     Planned,
@@ -61,6 +68,11 @@ LOCK_KEY = int.from_bytes(
 
 class LockTimeout(RolloutError):
     pass
+
+
+# Loads new versions of views (new name, predecessor) and checks them; raises, naming the
+# view and the reason, when one is not fit to serve. The checks layer provides it.
+Backfill = Callable[[Any, Sequence[tuple[str, str]], Say], None]
 
 
 def lock_timeout_seconds(values: Mapping[str, str]) -> float:
@@ -140,8 +152,12 @@ class ApplyFailed(RolloutError):
     """An apply failed; its log entry says what landed and what the next apply completes."""
 
 
-def apply(env: str, say: Say, lock_timeout: float | None = None) -> Applied:
-    """Plan under the environment's apply lock, then apply unless refused."""
+def apply(
+    env: str, say: Say, lock_timeout: float | None = None, backfill: Backfill | None = None
+) -> Applied:
+    """Plan under the environment's apply lock, then apply unless refused; new versions
+    of views are backfilled by `backfill` before the services that read them register
+    (without one, an apply that adds such a view fails before changing anything)."""
     values = settings(env)
     timeout = lock_timeout_seconds(values) if lock_timeout is None else lock_timeout
     allowed = breaking_allowed(values)
@@ -163,11 +179,17 @@ def apply(env: str, say: Say, lock_timeout: float | None = None) -> Applied:
         rollout_log.ensure_tables(conn)
         entry = Entry(datetime.now(UTC), env, project, who, rollout_log.FAILED, None, allowed)
         with in_repo(values) as repo, tempfile.TemporaryDirectory() as scratch:
-            return _apply_locked(conn, entry, values, repo, Path(scratch))
+            return _apply_locked(conn, entry, values, repo, Path(scratch), say, backfill)
 
 
 def _apply_locked(
-    conn: psycopg.Connection, entry: Entry, values: Mapping[str, str], repo: Path, scratch: Path
+    conn: psycopg.Connection,
+    entry: Entry,
+    values: Mapping[str, str],
+    repo: Path,
+    scratch: Path,
+    say: Say,
+    backfill: Backfill | None,
 ) -> Applied:
     project = entry.project
     state = registry_state(conn, project)
@@ -192,7 +214,15 @@ def _apply_locked(
     feast_applied = False
     try:
         if result.changes:
-            _feast_apply(planned)
+            staged = new_versions(planned)
+            if staged.views and backfill is None:
+                raise RolloutError(
+                    f"{', '.join(n for n, _ in staged.views)}: a new version needs a backfill"
+                )
+            if staged.views and backfill is not None:
+                _apply_in_stages(planned, staged, backfill, say)
+            else:
+                _feast_apply(planned)
             feast_applied = True
             left = differences(planned)
             if left:
@@ -212,6 +242,52 @@ def _apply_locked(
         rollout_log.close_pending(conn, removed, log_id, "removed")
         rollout_log.close_pending(conn, kept, log_id, "kept")
     return Applied(result, entry.outcome, log_id, done, _names(kept))
+
+
+@dataclass
+class Staged:
+    # (new view, the version it succeeds) for each new version of a view
+    views: list[tuple[str, str]]
+    # feature services created by this apply that read one of them: registered last
+    held: list[str]
+
+
+def new_versions(planned: Planned) -> Staged:
+    """The views of the repository that are new versions of a view in the registry (new
+    in this plan, or read by a service new in it), and the new services reading them."""
+    store, contents = planned.store, planned.contents
+    registered = {v.name for v in store.registry.list_feature_views(planned.plan.project)}
+    created = {c.name for c in planned.plan.changes if c.action == CREATE}
+    created_services = [
+        s for s in contents.feature_services if s.name in created and s.name not in registered
+    ]
+    readers = service_dependencies([*contents.on_demand_feature_views, *created_services])
+    views: list[tuple[str, str]] = []
+    for view in contents.feature_views:
+        old = versions.predecessor_in(view.name, registered)
+        if old is not None and (view.name in created or readers.get(view.name)):
+            views.append((view.name, old))
+    held = sorted({s for name, _ in views for s in readers.get(name, set())})
+    return Staged(views, held)
+
+
+def _apply_in_stages(planned: Planned, staged: Staged, backfill: Backfill, say: Say) -> None:
+    contents = planned.contents
+    first = contents._replace(
+        feature_services=[s for s in contents.feature_services if s.name not in staged.held]
+    )
+    names = ", ".join(n for n, _ in staged.views)
+    held = ", ".join(staged.held) or "no service"
+    say(f"new version(s) {names}: applying all but {held}, then backfilling")
+    _feast_apply(Planned(planned.plan, planned.store, first, planned.deleted_views))
+    try:
+        backfill(planned.store, staged.views, say)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, PlatformError) else one_line_error(exc, {})
+        raise RolloutError(f"backfill failed: {reason}; {held} not registered") from exc
+    if staged.held:
+        say(f"registering {held}")
+        _feast_apply(planned)
 
 
 def _feast_apply(planned: Planned) -> None:

@@ -17,7 +17,10 @@ adding one next to others, a permission renamed without other change, and its ta
 
 Anything else is treated as breaking too, named as "not on the safe list": a change the
 platform cannot show to be harmless is held for a person to allow. Adding is always fine;
-removing or renaming needs a new version (a new view or service name) next to the old one.
+removing or renaming needs a new version (a new view or service name) next to the old one
+(`versions`): a breaking update of a view or service carries that offer, with the names.
+Deleting an old version whose successor exists is a retirement, safe once no feature
+server has read it for the quiet period (`versions.Readers`), breaking until then.
 
 The plan itself (`Plan`: its changes, counts, JSON and markdown) lives here too; finding the
 diff of an environment is `rollout_plan`'s job.
@@ -31,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from feature_platform.errors import EXIT_BREAKING, EXIT_OK
+from feature_platform.rollouts import versions
 
 # Set to true (by the `allow-breaking-changes` label in CI) to apply breaking changes.
 ALLOW_BREAKING_VAR = "ALLOW_BREAKING_CHANGES"
@@ -49,6 +53,9 @@ VIEW_TYPES = {"feature view", "on demand feature view", "stream feature view", "
 PERMISSION = "permission"
 # Deleting one of these breaks whoever reads it.
 CONSUMED_TYPES = {"entity", "feature service", *VIEW_TYPES}
+SERVICE = "feature service"
+# What ships as a version beside the old one instead of changing in place.
+VERSIONED_TYPES = {SERVICE, *VIEW_TYPES}
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ class Change:
     object_type: str  # Feast's name: "entity", "feature view", ...
     name: str
     findings: list[Finding] = field(default_factory=list)
+    # For a breaking update of a view or service: the versioned way to ship it
+    # ({"keep": old, "add": new, "services": {old service: new service}}).
+    instead: dict[str, Any] | None = None
 
     @property
     def classification(self) -> str:
@@ -167,6 +177,10 @@ def render_markdown(plan: Plan) -> str:
                 f"| {change.action} | {change.object_type} | `{change.name}` | "
                 f"{change.classification} | {_cell(why)} |"
             )
+    offers = [c for c in sorted(plan.changes, key=_change_order) if c.instead]
+    if offers:
+        lines += ["", "**Ship it as a version instead** (refused in place, applied beside it):", ""]
+        lines += [f"- {_offer_text(c)}" for c in offers]
     if plan.breaking:
         lines.append("")
         if plan.breaking_allowed:
@@ -184,6 +198,24 @@ def render_markdown(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _offer_text(change: Change) -> str:
+    offer = change.instead or {}
+    keep, add, services = offer["keep"], offer["add"], offer["services"]
+    text = f"keep {change.object_type} `{keep}` as it is; add `{add}` with the change"
+    beside = {**offer.get("on_demand", {}), **services}
+    moved = [f"`{new}` beside `{old}`" for old, new in sorted(beside.items()) if old != keep]
+    if moved:
+        text += f"; add {', '.join(moved)}, reading `{add}`"
+    if change.object_type in VIEW_TYPES:
+        text += f"; apply backfills `{add}` before it registers the new service(s)"
+    clients = ", ".join(f"`{new}`" for new in sorted(services.values())) or f"`{add}`"
+    old = ", ".join(f"`{o}`" for o in sorted({keep, *beside}))
+    return (
+        f"{text}; move clients to {clients}; retire {old} once unread for the quiet period "
+        "(`feature-platform rollout-readers ENV`)"
+    )
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -191,8 +223,10 @@ def _cell(text: str) -> str:
 # --- classification ---------------------------------------------------------------------
 
 
-def classify(registry_diff: Any) -> list[Change]:
-    """Classify each created, updated or deleted object of a Feast RegistryDiff."""
+def classify(registry_diff: Any, readers: versions.Readers | None = None) -> list[Change]:
+    """Classify each created, updated or deleted object of a Feast RegistryDiff;
+    `readers` (when each service was last read) decides whether deleting an old version
+    is a retirement."""
     from feast.diff.property_diff import TransitionType
     from feast.feature_view import DUMMY_ENTITY_NAME
 
@@ -207,6 +241,17 @@ def classify(registry_diff: Any) -> list[Change]:
         if d.new_feast_object is not None
     ]
     dependents = service_dependencies(desired)
+    current = [
+        d.current_feast_object
+        for d in registry_diff.feast_object_diffs
+        if d.current_feast_object is not None
+    ]
+    desired_names = {
+        (d.feast_object_type.value, d.name)
+        for d in registry_diff.feast_object_diffs
+        if d.new_feast_object is not None
+    }
+    taken = {d.name for d in registry_diff.feast_object_diffs}
     changes: list[Change] = []
     for d in diffs:
         object_type = d.feast_object_type.value
@@ -217,7 +262,13 @@ def classify(registry_diff: Any) -> list[Change]:
                 )
             )
         elif d.transition_type == TransitionType.DELETE:
-            changes.append(Change(DELETE, object_type, d.name, _deletion(object_type)))
+            later = versions.successor_in(d.name, {n for t, n in desired_names if t == object_type})
+            findings = (
+                _retirement(object_type, d.name, later, current, readers)
+                if later is not None and object_type in VERSIONED_TYPES
+                else _deletion(object_type)
+            )
+            changes.append(Change(DELETE, object_type, d.name, findings))
         else:
             property_names = [p.property_name for p in d.feast_object_property_diffs]
             findings = _update_findings(
@@ -230,10 +281,81 @@ def classify(registry_diff: Any) -> list[Change]:
             )
             # No findings: Feast saw a difference in registry bookkeeping only.
             if findings:
-                changes.append(Change(UPDATE, object_type, d.name, findings))
+                change = Change(UPDATE, object_type, d.name, findings)
+                if change.classification == BREAKING and object_type in VERSIONED_TYPES:
+                    change.instead = _version_offer(
+                        object_type, d.name, dependents, on_demand_dependencies(desired), taken
+                    )
+                changes.append(change)
+    _one_offer_per_path(changes)
     _mark_renames(changes, {(d.feast_object_type.value, d.name): d for d in diffs})
     _permission_changes(changes, registry_diff.feast_object_diffs)
     return changes
+
+
+def _version_offer(
+    object_type: str,
+    name: str,
+    dependents: dict[str, set[str]],
+    on_demand: dict[str, set[str]],
+    taken: set[str],
+) -> dict[str, Any]:
+    """The names of the versioned path: a new view (or service) beside the old, a new
+    version of every on-demand view computed from the view and of every service that
+    reads it, directly or through those."""
+    readers = sorted(dependents.get(name, set())) if object_type in VIEW_TYPES else [name]
+    add = versions.next_free(name, taken)
+    services = {s: add if s == name else versions.next_free(s, taken) for s in readers}
+    computed = sorted(on_demand.get(name, set())) if object_type in VIEW_TYPES else []
+    offer = {"keep": name, "add": add, "services": services}
+    if computed:
+        offer["on_demand"] = {v: versions.next_free(v, taken) for v in computed}
+    return offer
+
+
+def _one_offer_per_path(changes: list[Change]) -> None:
+    """A service or on-demand view that breaks because a view it reads does is named in
+    that view's offer: no offer of its own."""
+    covered = {
+        name
+        for c in changes
+        if c.instead is not None
+        for name in (*c.instead["services"], *c.instead.get("on_demand", {}))
+        if name != c.name
+    }
+    for change in changes:
+        if change.name in covered:
+            change.instead = None
+
+
+def _retirement(
+    object_type: str,
+    name: str,
+    later: str,
+    current: Sequence[Any],
+    readers: versions.Readers | None,
+) -> list[Finding]:
+    """Deleting an old version whose successor exists: safe once unread for the quiet
+    period. A view counts as read when a service reading it in the registry is."""
+    head = f"old version, `{later}` succeeds it"
+    if readers is None or readers.unknown is not None:
+        why = readers.unknown if readers is not None else "not read"
+        return [Finding("retire_unknown", f"{head}; last read unknown ({why})", True)]
+    services = [name] if object_type == SERVICE else service_dependencies(current).get(name, [])
+    last = readers.last_read(services, None if object_type == SERVICE else name)
+    quiet = f"quiet period {versions.ago(readers.quiet.total_seconds())}"
+    if readers.quiet_since(last):
+        when = "never read" if last is None else f"last read {versions.ago(readers.now - last)} ago"
+        return [Finding("retire", f"retire: {head}; {when} ({quiet})", False)]
+    assert last is not None
+    return [
+        Finding(
+            "still_read",
+            f"{head}, but read {versions.ago(readers.now - last)} ago ({quiet}): "
+            "move its readers first",
+            True,
+        )
+    ]
 
 
 def _deletion(object_type: str) -> list[Finding]:
@@ -309,24 +431,32 @@ def strip_bookkeeping(message: Any) -> None:
             strip_bookkeeping(value)
 
 
+def on_demand_dependencies(objects: Iterable[Any]) -> dict[str, set[str]]:
+    """View name -> the on-demand views computed from it."""
+    from feast.on_demand_feature_view import OnDemandFeatureView
+
+    computed: dict[str, set[str]] = {}
+    for odfv in (o for o in objects if isinstance(o, OnDemandFeatureView)):
+        for view in odfv.source_feature_view_projections:
+            computed.setdefault(view, set()).add(odfv.name)
+    return computed
+
+
 def service_dependencies(objects: Iterable[Any]) -> dict[str, set[str]]:
     """View name -> the feature services that read it, directly or through an
     on-demand view computed from it."""
     from feast.feature_service import FeatureService
-    from feast.on_demand_feature_view import OnDemandFeatureView
 
     objects = list(objects)
-    odfv_sources = {
-        o.name: set(o.source_feature_view_projections)
-        for o in objects
-        if isinstance(o, OnDemandFeatureView)
-    }
-    uses: dict[str, set[str]] = {}
+    direct: dict[str, set[str]] = {}
     for service in (o for o in objects if isinstance(o, FeatureService)):
         for projection in service.feature_view_projections:
-            for view in {projection.name, *odfv_sources.get(projection.name, set())}:
-                uses.setdefault(view, set()).add(service.name)
-    return uses
+            direct.setdefault(projection.name, set()).add(service.name)
+    uses = {view: set(services) for view, services in direct.items()}
+    for view, computed in on_demand_dependencies(objects).items():
+        for odfv in computed:
+            uses.setdefault(view, set()).update(direct.get(odfv, set()))
+    return {view: services for view, services in uses.items() if services}
 
 
 def _update_findings(

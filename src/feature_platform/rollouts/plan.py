@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,11 @@ import psycopg
 import yaml
 
 from feature_platform.config import environments, feast_commands
-from feature_platform.config.guard import redact
+from feature_platform.config.guard import one_line_error, redact
 from feature_platform.errors import PlatformError
 from feature_platform.offline import tables as offline_tables
-from feature_platform.rollouts.diff import ALLOW_BREAKING_VAR, Plan, classify
+from feature_platform.rollouts import versions
+from feature_platform.rollouts.diff import ALLOW_BREAKING_VAR, VERSIONED_TYPES, Plan, classify
 
 # Registry tables that hold objects of a project; used to tell "never applied" from
 # "half initialized".
@@ -231,6 +233,23 @@ def differences(planned: Planned) -> set[tuple[str, str, str]]:
     }
 
 
+def read_readers(store: Any, values: Mapping[str, str]) -> versions.Readers:
+    """When each service was last read, from the online store's record; a record that
+    cannot be read is `unknown`, with the reason (no secret in it)."""
+    from feature_platform.feast_seam import feature_store
+
+    now, quiet = time.time(), versions.quiet_period(values)
+    online = feature_store.provider(store).online_store
+    last_reads = getattr(online, "last_reads", None)
+    if last_reads is None:
+        return versions.Readers(now, quiet, unknown=f"{type(online).__name__} keeps no record")
+    try:
+        services, views = last_reads(store.config)
+    except Exception as exc:
+        return versions.Readers(now, quiet, unknown=one_line_error(exc, values))
+    return versions.Readers(now, quiet, services, views)
+
+
 def plan_in_repo(
     env: str, values: Mapping[str, str], repo: Path, state: str, *, read_only: bool, scratch: Path
 ) -> Planned:
@@ -262,8 +281,45 @@ def plan_in_repo(
         if d.transition_type == TransitionType.DELETE
         and d.feast_object_type.value in ONLINE_VIEW_TYPES
     ]
-    plan = Plan(env, config.project, state, classify(registry_diff), breaking_allowed(values))
+    # The record of reads decides only whether deleting an old version is a retirement.
+    deletes_versioned = any(
+        d.transition_type == TransitionType.DELETE and d.feast_object_type.value in VERSIONED_TYPES
+        for d in registry_diff.feast_object_diffs
+    )
+    readers = read_readers(store, values) if deletes_versioned else None
+    changes = classify(registry_diff, readers)
+    plan = Plan(env, config.project, state, changes, breaking_allowed(values))
     return Planned(plan, store, contents, deleted_views)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One feature service of the registry and when the feature servers last read it."""
+
+    service: str
+    last_read: float | None
+    # the newest later version of it in the registry, when there is one
+    successor: str | None
+
+
+def readers(env: str) -> tuple[list[Reader], versions.Readers]:
+    """Every feature service of `env`'s registry with its last read, oldest version first."""
+    from feature_platform.feast_seam import registry as feast_registry
+
+    values = settings(env)
+    store = feast_commands.open_store(env)
+    try:
+        record = read_readers(store, values)
+        names = sorted(
+            s.name for s in store.registry.list_feature_services(store.project, allow_cache=False)
+        )
+    finally:
+        feast_registry.release(store)
+    rows = [
+        Reader(name, record.last_read([name]), versions.successor_in(name, names))
+        for name in sorted(names, key=versions.parse)
+    ]
+    return rows, record
 
 
 def plan(env: str) -> Plan:

@@ -36,10 +36,11 @@ from feature_platform.errors import HTTPError, bad_request, not_found, unavailab
 from feature_platform.serving import contract, metrics, writes
 from feature_platform.serving.errors import require_booleans, store_timed_out
 from feature_platform.serving.fastpath.online import Fallback, OnlineReader, entity_columns
-from feature_platform.serving.fastpath.plans import PlanCache, Unsupported
+from feature_platform.serving.fastpath.plans import PlanCache, ReadPlan, Unsupported
 from feature_platform.serving.fastpath.redis_clients import redis_client
 from feature_platform.serving.freshness import FreshnessReader
 from feature_platform.serving.lifecycle import draining
+from feature_platform.serving.read_record import ReadRecorder
 from feature_platform.serving.redis_memory import RedisMemoryReader
 from feature_platform.serving.registry_refresh import RegistryRefresher
 from feature_platform.serving.saturation import InFlight
@@ -81,6 +82,7 @@ class FeatureServerApp:
             else None
         )
         self.freshness = FreshnessReader(store, settings.store_timeout_s)
+        self.reads = ReadRecorder(self.redis, store.project, settings.store_timeout_s)
         self.redis_memory = (
             RedisMemoryReader(self.redis, store.config.online_store, settings.store_timeout_s)
             if self.redis is not None
@@ -256,8 +258,12 @@ class FeatureServerApp:
             else None
         )
         try:
-            plan = self.plans.get(service or None, refs)
+            plan: ReadPlan | None = self.plans.get(service or None, refs)
         except Unsupported:
+            plan = None
+        # counted once the registry knows the service: label values stay bounded
+        self.reads.note(service or None, refs)
+        if plan is None:
             return await self._to_feast(scope, body, receive, send, record)
         entities, n_rows = entity_columns(request.get("entities"), plan, self.settings.max_entities)
         simple = not request.get("full_feature_names") and not request.get(

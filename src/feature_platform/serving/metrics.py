@@ -34,6 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from feature_platform.serving import contract
+from feature_platform.stores import service_reads
 
 if TYPE_CHECKING:
     from feature_platform.serving.freshness import Freshness
@@ -101,6 +102,14 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     "arrive: the time a request (or a Redis reply) that is ready waits for its worker.",
     buckets=LATENCY_BUCKETS,
 )
+# Reads by feature list share one label value: the label set stays the registry's services.
+FEATURE_LIST = "_features"
+SERVICE_READS = Counter(
+    "feature_server_feature_service_reads_total",
+    "Online feature requests per feature service (found in the registry); requests by "
+    f'feature list count as feature_service="{FEATURE_LIST}".',
+    ["feature_service"],
+)
 REGISTRY_LAST_REFRESH = Gauge(
     "feature_server_registry_last_refresh_success_timestamp_seconds",
     "When the registry was last loaded; the stalest worker's time.",
@@ -162,6 +171,10 @@ class _Pending:
         self.shed = 0
         self.in_flight: InFlight | None = None
         self.loop_lag = _HistogramBatch(EVENT_LOOP_LAG_SECONDS)
+        # reads per service name, or per feature list (a tuple of refs)
+        self.readers: dict[str | tuple[str, ...], int] = {}
+        # the record's fields (`stores/service_reads.py`) read since it was last written
+        self.unrecorded: set[str] = set()
         self.scheduled = False
 
     def schedule(self) -> None:
@@ -198,6 +211,15 @@ class _Pending:
             self.shed = 0
         if self.in_flight is not None:
             IN_FLIGHT.set(self.in_flight.count)
+        readers, self.readers = self.readers, {}
+        for reader, count in readers.items():
+            if isinstance(reader, str):
+                SERVICE_READS.labels(reader).inc(count)
+                self.unrecorded.update(service_reads.fields([reader], []))
+            else:
+                SERVICE_READS.labels(FEATURE_LIST).inc(count)
+                views = {ref.split(":", 1)[0] for ref in reader}
+                self.unrecorded.update(service_reads.fields([], views))
 
 
 _pending = _Pending()
@@ -217,6 +239,20 @@ def observe(path: str, status: int, seconds: float) -> None:
 
 def observe_shed() -> None:
     _pending.shed += 1
+
+
+def observe_reader(service: str | None, refs: tuple[str, ...]) -> None:
+    """A read by a feature service of the registry, or by a feature list."""
+    key = service or refs
+    _pending.readers[key] = _pending.readers.get(key, 0) + 1
+    _pending.schedule()
+
+
+def take_readers() -> set[str]:
+    """The record's fields read since the last call (`serving/read_record.py`)."""
+    flush()
+    taken, _pending.unrecorded = _pending.unrecorded, set()
+    return taken
 
 
 def track_in_flight(in_flight: InFlight) -> None:

@@ -44,6 +44,7 @@ from feature_platform.stores import (
     redis_encoding,
     redis_sentinel,
     redis_write,
+    service_reads,
 )
 
 OnlineRows = list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
@@ -221,6 +222,7 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         )
         client = self._get_client(config.online_store)
         freshness.forget(client, config.project, (t.name for t in tables_to_delete))
+        service_reads.forget(client, config.project, [], (t.name for t in tables_to_delete))
 
     def teardown(
         self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]
@@ -234,6 +236,11 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         """What was written online per view, on Feast's own async client."""
         client = await self._get_client_async(config.online_store)
         return await freshness.read_async(client, config.project)
+
+    def last_reads(self, config: RepoConfig) -> tuple[dict[str, float], dict[str, float]]:
+        """When each service (and each view, by feature list) was last read: the feature
+        servers' record (`service_reads`)."""
+        return service_reads.read(self._get_client(config.online_store), config.project)
 
     def mark_loaded(self, config: RepoConfig, views: Iterable[str], at: float) -> None:
         """Record that a materialization run found `views` whole, or made them whole."""
