@@ -4,8 +4,9 @@ Apply (`rollouts/apply.py`) registers the new view first and its new services la
 between this loads the view up to the instant its predecessor is materialized to (the
 predecessor's watermark: both versions then hold the same rows), and compares what the
 online store serves for it with the training values at the same instant (the skew
-check's rule, `skew.check_view`). Only then does the view get its watermark, which marks
-it backfilled: a failed load or check leaves none, and the next apply does it again.
+check's rule, `skew.check_view`). Only then does the view get its watermark. What marks
+a version done is its services being registered: until then every apply loads and checks
+it again, even if the materialization job loaded it in between.
 
 A source that gained rows since the predecessor's last materialization shows them as
 mismatches: materialize, then apply again.
@@ -34,12 +35,9 @@ class BackfillFailed(PlatformError):
 
 
 def backfill(store: Any, views: Sequence[tuple[str, str]], say: Say) -> None:
-    """Load and check each (new view, predecessor) not backfilled yet."""
+    """Load and check each (new view, predecessor)."""
     watermarks = Watermarks(store.registry, store.project)
     for name, old in views:
-        if watermarks.get(name) is not None:
-            say(f"  {name}: backfilled already")
-            continue
         until = watermarks.get(old) or datetime.now(UTC)
         try:
             view = store.registry.get_feature_view(name, store.project, allow_cache=False)
