@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -12,6 +13,10 @@ from stacks import WRITABLE, Stack, make_stack
 
 from feature_platform.devtools import generator
 from feature_platform.devtools.launcher import FeatureServer
+
+# A server a test stops needs no time for a load balancer to take it out of rotation (the
+# lifecycle tests set their own drain).
+os.environ.setdefault("FEATURE_SERVER_DRAIN_SECONDS", "0")
 
 # One clock for the whole session: data up to AS_OF, materialized up to MAT_END, and
 # training rows asked for at MAT_END, so online and offline see the same instant.

@@ -231,9 +231,6 @@ def cmd_skew_check(args: argparse.Namespace) -> int:
 
 
 def cmd_training_set(args: argparse.Namespace) -> int:
-    from feature_platform.feast_seam import patches
-
-    patches.import_feast_unchecked()
     from feature_platform.cli import training_set
     from feature_platform.training import command
 
@@ -536,8 +533,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# Commands that import the feature repository: Feast's type checks refuse a mistyped
+# definition there.
+CHECKED_DEFINITIONS = frozenset({"plan", "apply", "demo", "feast"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if argv is None and args.command not in CHECKED_DEFINITIONS:
+        # A process of its own (a server, a job) starts without typeguard's instrumentation.
+        from feature_platform.feast_seam import patches
+
+        patches.import_feast_unchecked()
     try:
         return int(args.func(args))
     except ConfigError as exc:

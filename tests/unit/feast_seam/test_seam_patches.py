@@ -26,6 +26,15 @@ from feature_platform.feast_seam import patches
 patches.import_feast_unchecked()
 from feast import Entity
 """
+# A command run as a process of its own, then Feast imported as it left it.
+AS_A_COMMAND = """
+import sys
+from typeguard import TypeCheckError
+from feature_platform.cli import main
+sys.argv = ["feature-platform", *{args!r}]
+main()
+from feast import Entity
+"""
 AS_FEAST_IMPORTS_THE_STORE = """
 from typeguard import TypeCheckError
 import feature_platform.stores.sqlite_online
@@ -38,7 +47,12 @@ print(hasattr(utils._populate_response_from_feature_data, "__wrapped__"))
 def fresh_imports() -> dict[str, tuple[list[str], str]]:
     """Each script's lines of output and the end of its stderr; both at once, as each
     spends seconds importing Feast."""
-    scripts = {"unchecked": UNCHECKED, "store": AS_FEAST_IMPORTS_THE_STORE}
+    scripts = {
+        "unchecked": UNCHECKED,
+        "store": AS_FEAST_IMPORTS_THE_STORE,
+        "job": AS_A_COMMAND.format(args=["check-config", "local"]),
+        "plan": AS_A_COMMAND.format(args=["plan", "local"]),
+    }
     running = {
         name: subprocess.Popen(
             [sys.executable, "-c", code + WRONG_TYPE],
@@ -131,3 +145,14 @@ def test_feast_postgres_connections_open_with_the_password_file_of_the_moment(
     other = PostgreSQLConfig(host="db", database="d", user="u", password="not-from-the-file")
     assert "password=the-second-password" in connection_utils._get_conninfo(mine)
     assert "password=not-from-the-file" in connection_utils._get_conninfo(other)
+
+
+@pytest.mark.seam("patches.import_feast_unchecked")
+def test_jobs_and_servers_start_unchecked_while_definitions_stay_checked(
+    fresh_imports: dict[str, tuple[list[str], str]],
+) -> None:
+    """Every command but those importing the feature repository's definitions (plan,
+    apply, demo, feast) skips the instrumentation; plan here fails at once on an
+    environment without a registry database, which leaves Feast to import as usual."""
+    assert fresh_imports["job"][0][-1:] == ["unchecked"], fresh_imports["job"][1]
+    assert fresh_imports["plan"][0][-1:] == ["checked"], fresh_imports["plan"][1]
