@@ -13,6 +13,13 @@ hands the body back as "upgrade data", which uvicorn drops: the app would see an
 body. The server does not speak h2c, and HTTP/1.1 lets it ignore the upgrade (RFC 9110,
 7.8), so here those bytes are read as the request's body by its Content-Length, under
 the same read timeout, and a fresh parser takes the connection's next request.
+
+Past the worker's bound on requests in flight (saturation.py), a request to an endpoint
+the bound counts is refused here, as its headers end: its body is read and dropped and
+the 503 written when it is complete, with no ASGI task, so that a refusal costs a
+fraction of a served request and shedding leaves the capacity to the admitted ones. A
+request behind another on its connection, one expecting 100-continue, or any request
+while the server drains takes the app's path, which refuses the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from feature_platform.serving import metrics
+from feature_platform.serving.lifecycle import draining
+from feature_platform.serving.saturation import COUNTED, InFlight
 
 _TIMEOUT_BODY = b'{"error":"request timeout","detail":"the request did not arrive in time"}'
 TIMEOUT_RESPONSE = (
@@ -40,6 +51,8 @@ def bounded_read_protocol(
         _read_deadline: asyncio.TimerHandle | None = None
         # Body bytes of a request whose upgrade was ignored, still to come.
         _upgrade_body_left = 0
+        # The request being read is refused at the bound: (path, keep alive, start time).
+        _refusing: tuple[str, bool, float] | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -93,9 +106,47 @@ def bounded_read_protocol(
                 self.on_message_complete()
             return rest
 
+        def on_headers_complete(self) -> None:
+            in_flight = InFlight.worker
+            if in_flight is None or not in_flight.full() or not self._may_refuse():
+                super().on_headers_complete()
+                return
+            path = httptools.parse_url(self.url).path.decode("ascii", "replace")
+            if self.parser.get_method().decode("ascii", "replace") not in COUNTED.get(path, ()):
+                super().on_headers_complete()
+                return
+            keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+            self._refusing = (path, keep_alive, self.loop.time())
+
+        def _may_refuse(self) -> bool:
+            """Nothing ahead of it on the connection to answer first, no 100-continue to
+            send, no upgrade, and no drain (whose responses close their connection)."""
+            return (
+                (self.cycle is None or self.cycle.response_complete)
+                and not self.expect_100_continue
+                and not self.parser.should_upgrade()
+                and not draining()
+            )
+
+        def on_body(self, body: bytes) -> None:
+            if self._refusing is None:
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
             self._disarm()
-            super().on_message_complete()
+            if self._refusing is None:
+                super().on_message_complete()
+                return
+            (path, keep_alive, started), self._refusing = self._refusing, None
+            in_flight = InFlight.worker
+            assert in_flight is not None
+            self.transport.write(in_flight.refusals[keep_alive])
+            metrics.observe_shed()
+            metrics.observe(path, 503, self.loop.time() - started)
+            if keep_alive:
+                self.on_response_complete()
+            else:
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

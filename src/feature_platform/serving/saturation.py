@@ -15,34 +15,70 @@ a 503 is what load balancers and client retry policies treat as "try another ins
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import orjson
+
 from feature_platform.errors import HTTPError
-from feature_platform.serving import metrics
+from feature_platform.serving import contract, metrics
 
 RETRY_AFTER_S = 1
+# What the bound counts and refuses: the endpoints that do work.
+COUNTED = {
+    path: methods
+    for path, methods in contract.ENDPOINTS.items()
+    if path not in ("/health", "/ready", "/metrics", "/openapi.json")
+}
 
 
 class InFlight:
     """Requests this worker is working on, against its bound (0: no bound)."""
 
-    __slots__ = ("bound", "count")
+    __slots__ = ("bound", "count", "refusals")
+    # The worker's own (one app per worker process), for the protocol's early refusal.
+    worker: ClassVar[InFlight | None] = None
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
         self.count = 0
+        # the whole response, kept alive or closing, for the protocol's early refusal
+        self.refusals = {alive: refusal_bytes(at_capacity(bound), alive) for alive in (True, False)}
         metrics.track_in_flight(self)
+        InFlight.worker = self
+
+    def full(self) -> bool:
+        return self.count >= self.bound > 0
 
     def admit(self) -> None:
         """Count a request in, or refuse it (a 503 with Retry-After) at the bound."""
-        if self.count >= self.bound > 0:
+        if self.full():
             metrics.observe_shed()
-            raise HTTPError(
-                503,
-                "service unavailable",
-                f"the server is at capacity ({self.bound} requests in flight per worker); "
-                f"retry after {RETRY_AFTER_S}s",
-                [(b"retry-after", str(RETRY_AFTER_S).encode())],
-            )
+            raise at_capacity(self.bound)
         self.count += 1
 
     def done(self) -> None:
         self.count -= 1
+
+
+def at_capacity(bound: int) -> HTTPError:
+    return HTTPError(
+        503,
+        "service unavailable",
+        f"the server is at capacity ({bound} requests in flight per worker); "
+        f"retry after {RETRY_AFTER_S}s",
+        [(b"retry-after", str(RETRY_AFTER_S).encode())],
+    )
+
+
+def refusal_bytes(refusal: HTTPError, keep_alive: bool) -> bytes:
+    """`refusal` as a whole HTTP/1.1 response, as the app would send it."""
+    body = orjson.dumps(refusal.body())
+    headers = [(b"content-type", b"application/json"), *refusal.headers]
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"HTTP/1.1 503 Service Unavailable\r\n%scontent-length: %d\r\n\r\n%s" % (
+        head,
+        len(body),
+        body,
+    )

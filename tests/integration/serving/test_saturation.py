@@ -9,6 +9,8 @@ here is timed: what is checked is who was answered while the store was still pau
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -104,9 +106,14 @@ class Burst:
     probes: dict[str, int]  # status of /health, /ready and /metrics, asked meanwhile
 
 
-def _burst_while_stalled(stalled: Stalled, server: FeatureServer, expect_early: int) -> Burst:
+def _burst_while_stalled(
+    stalled: Stalled,
+    server: FeatureServer,
+    expect_early: int,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> Burst:
     """BOUND + EXCESS reads at once with Redis paused; once `expect_early` of them are
-    answered, the probes are asked, /health last, then Redis resumes."""
+    answered, the probes are asked, /health last, then `meanwhile`, then Redis resumes."""
     answers = Answers()
     probes: dict[str, int] = {}
 
@@ -126,6 +133,7 @@ def _burst_while_stalled(stalled: Stalled, server: FeatureServer, expect_early: 
         for thread in waiting:
             thread.start()
         probe("/health")
+        meanwhile()
         with answers.arrived:
             early = list(answers.responses)
     finally:
@@ -165,6 +173,62 @@ def test_past_the_bound_requests_are_shed_at_once_and_the_rest_served(stalled: S
     assert after[SHED] - before[SHED] == EXCESS
     assert after[IN_FLIGHT] == 0
     assert server.online_features(REQUEST["entities"], feature_service=FEATURE_SERVICE) == served
+
+
+def _raw_request(version: str = "1.1") -> bytes:
+    body = json.dumps(REQUEST).encode()
+    return (
+        f"POST /get-online-features HTTP/{version}\r\nhost: 127.0.0.1\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _raw_responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """`count` responses read off `sock`: (status, headers, body)."""
+    data, responses = b"", []
+    while len(responses) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            status_line, *lines = data[:head_end].decode().split("\r\n")
+            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+            end = head_end + 4 + int(headers["content-length"])
+            if len(data) >= end:
+                responses.append((int(status_line.split()[1]), headers, data[head_end + 4 : end]))
+                data = data[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(responses)} of {count} responses"
+        data += chunk
+    return responses
+
+
+def test_a_refused_request_leaves_its_connection_to_the_next(stalled: Stalled) -> None:
+    """Refused as its headers end, a request still has its body read and its 503 sent in
+    order: two pipelined refusals, then the same connection served once there is room.
+    An HTTP/1.0 request's refusal closes its connection, as its response would."""
+    server = stalled.stack.server(settings={**SETTINGS, "FEATURE_SERVER_MAX_IN_FLIGHT": str(BOUND)})
+    served = server.online_features(REQUEST["entities"], feature_service=FEATURE_SERVICE)
+    kept = socket.create_connection(("127.0.0.1", server.port), timeout=2 * HANG_GUARD_S)
+    refused: list[tuple[int, dict[str, str], bytes]] = []
+
+    def while_full() -> None:
+        kept.sendall(_raw_request() * 2)
+        refused.extend(_raw_responses(kept, 2))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as old:
+            old.sendall(_raw_request("1.0"))
+            refused.extend(_raw_responses(old, 1))
+            assert old.recv(1) == b"", "the HTTP/1.0 connection is closed"
+
+    with kept:
+        burst = _burst_while_stalled(stalled, server, EXCESS, while_full)
+        assert [status for status, _, _ in refused] == [503, 503, 503]
+        assert [h.get("connection") for _, h, _ in refused] == [None, None, "close"]
+        assert all(h["retry-after"] == "1" for _, h, _ in refused)
+        assert all(json.loads(body) == burst.early[0].json() for _, _, body in refused)
+        kept.sendall(_raw_request())
+        [(status, _, body)] = _raw_responses(kept, 1)
+    assert status == 200
+    assert json.loads(body) == served
 
 
 def test_without_a_bound_every_request_waits_for_the_store(stalled: Stalled) -> None:
