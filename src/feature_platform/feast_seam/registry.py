@@ -11,19 +11,34 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 
-def reload_cache(store: FeatureStore) -> None:
+def reload_cache(store: FeatureStore) -> bool:
     """Load the registry into the store's cache, raising on failure (CachingRegistry's
-    refresh swallows its errors; the cached copy is left as it was)."""
+    refresh swallows its errors; the cached copy is left as it was). Whether it changed:
+    an unchanged registry keeps its cached copy, so what was derived from that copy (the
+    feature server's read plans) stays."""
     from feast.infra.registry.caching_registry import CachingRegistry
     from feast.utils import _utc_now
 
     registry = store.registry
     if not isinstance(registry, CachingRegistry):
         store.refresh_registry()
-        return
-    registry.cached_registry_proto = registry.proto()
+        return True
+    fresh = registry.proto()
+    changed = fresh != registry.cached_registry_proto
+    if changed:
+        registry.cached_registry_proto = fresh
     registry.cached_registry_proto_created = _utc_now()
-    store._clear_feature_service_cache()
+    if changed:
+        store._clear_feature_service_cache()
+    return changed
+
+
+def stop_refresh_timer(store: FeatureStore) -> None:
+    """Cancel a caching registry's own refresh timer (`cache_mode: thread`), in a process
+    that refreshes the registry itself: one refresher, not two."""
+    timer = getattr(store.registry, "registry_refresh_thread", None)
+    if timer is not None:
+        timer.cancel()
 
 
 def release(store: FeatureStore) -> None:
@@ -31,9 +46,8 @@ def release(store: FeatureStore) -> None:
     refresh timer, its exit handler and (SQL registry) its database engines. Nothing
     when the store never created its registry."""
     registry = store._registry
-    timer = getattr(registry, "registry_refresh_thread", None)
-    if timer is not None:
-        timer.cancel()
+    if registry is not None:
+        stop_refresh_timer(store)
     exit_handler = getattr(registry, "_exit_handler", None)
     if exit_handler is not None:
         atexit.unregister(exit_handler)

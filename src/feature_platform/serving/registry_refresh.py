@@ -2,10 +2,14 @@
 
 Feast's app refreshes the registry in a timer thread that dies on the first exception,
 and a registry database outage raises one: the refresh then falls back to the SQL
-registry's own cycle (`cache_ttl_seconds`). This loop replaces it (the app is built with
-Feast's refresh off). A failed refresh is one JSON log line naming the error type (never
-its text, which can carry the DSN), counted in a Prometheus counter; the server keeps
-serving the registry it last loaded, and the next interval tries again.
+registry's own cycle (`cache_ttl_seconds`). This loop replaces both: the app is built
+with Feast's refresh off, and the SQL registry's own timer (`cache_mode: thread`) is
+stopped when the loop starts, so each worker re-reads the registry once per interval. A
+registry that did not change keeps its cached copy, and with it the read plans built
+from it (`fastpath/plans.py`); a change drops them. A failed refresh is one JSON log
+line naming the error type (never its text, which can carry the DSN), counted in a
+Prometheus counter; the server keeps serving the registry it last loaded, and the next
+interval tries again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 
 from feast import FeatureStore
 
-from feature_platform.feast_seam.registry import reload_cache
+from feature_platform.feast_seam.registry import reload_cache, stop_refresh_timer
 from feature_platform.serving import metrics
 
 log = logging.getLogger("feature_platform.server")
@@ -30,6 +34,7 @@ class RegistryRefresher:
         self._last_success = time.time()
 
     def start(self) -> None:
+        stop_refresh_timer(self.store)
         metrics.REGISTRY_LAST_REFRESH.set(self._last_success)
         threading.Thread(target=self._run, name="registry-refresh", daemon=True).start()
 

@@ -38,9 +38,17 @@ def test_allow_cache_reads_answer_from_the_reloaded_proto(
     other.apply([_entity("merchant")])
     assert "merchant" not in _cached_entities(store)
     before = store.registry.cached_registry_proto_created
-    registry.reload_cache(store)
+    assert registry.reload_cache(store) is True
     assert "merchant" in _cached_entities(store)
     assert store.registry.cached_registry_proto_created > before
+    # Unchanged: the same cached copy (what the server's read plans are keyed on), stamped.
+    cached, stamped = (
+        store.registry.cached_registry_proto,
+        store.registry.cached_registry_proto_created,
+    )
+    assert registry.reload_cache(store) is False
+    assert store.registry.cached_registry_proto is cached
+    assert store.registry.cached_registry_proto_created > stamped
     # Feast decides to refresh by cached_registry_proto_created: the stamp written here
     # keeps the copy, an old one makes Feast reload it on the next read.
     other.apply([_entity("terminal")])
@@ -66,6 +74,25 @@ def test_a_released_registry_leaves_nothing_running(registry: ModuleType, tmp_pa
     registry.release(store)
     timer.join(5)
     assert not timer.is_alive()
+
+
+@pytest.mark.seam("registry.release")
+def test_a_stopped_refresh_timer_leaves_the_registry_readable(
+    registry: ModuleType, tmp_path: Path
+) -> None:
+    """The feature server's one refresher: the registry's own timer stopped, reads go on."""
+    from feast import FeatureStore
+
+    store = FeatureStore(config=repo_config(tmp_path, cache_mode="thread", cache_ttl_seconds=60))
+    store.apply([_entity("customer")])
+    timer = store.registry.registry_refresh_thread
+    assert timer.is_alive()
+    registry.stop_refresh_timer(store)
+    timer.join(5)
+    assert not timer.is_alive()
+    assert registry.reload_cache(store) is True
+    assert "customer" in _cached_entities(store)
+    registry.release(store)
 
 
 def _init_body() -> tuple[set[str], set[str]]:
