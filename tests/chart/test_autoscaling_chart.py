@@ -149,11 +149,28 @@ def test_the_query_reads_what_the_server_exports() -> None:
         ({"autoscaling": {"enabled": False}}, "needs autoscaling.enabled"),
         ({"autoscaling": {"keda": {"targetInFlightRatio": 0}}}, "targetInFlightRatio"),
         ({"autoscaling": {"keda": {"window": "2 minutes"}}}, "window"),
+        ({"autoscaling": {"keda": {"authentication": {"name": "prom"}}}}, "modes is required"),
+        ({"autoscaling": {"keda": {"authentication": {"name": "p", "modes": "oauth"}}}}, "modes"),
+        ({"autoscaling": {"keda": {"authentication": {"kind": "Secret"}}}}, "kind"),
     ],
 )
 def test_keda_values_that_cannot_work_are_refused(change: dict[str, Any], message: str) -> None:
     with pytest.raises(RenderError, match=message):
         render(SCENARIOS[KEDA], change)
+
+
+def test_a_prometheus_behind_credentials_is_asked_through_a_trigger_authentication() -> None:
+    """Without a name the trigger carries no reference (the shipped scenario, above);
+    with one, KEDA reads the credentials from the named object, used as `modes` says."""
+    auth = {"name": "prometheus-reader", "kind": "ClusterTriggerAuthentication", "modes": "bearer"}
+    scaled = one(
+        render(SCENARIOS[KEDA], {"autoscaling": {"keda": {"authentication": auth}}}), "ScaledObject"
+    )
+    trigger = _in_flight_trigger(scaled)
+    assert trigger["authenticationRef"] == {"name": auth["name"], "kind": auth["kind"]}
+    assert trigger["metadata"]["authModes"] == "bearer"
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())
+    assert "authenticationRef" not in _in_flight_trigger(_scaled_object())
 
 
 def _sample_at(eval_time: str, value: float) -> dict[str, Any]:
