@@ -27,9 +27,8 @@ def reload_cache(store: FeatureStore) -> bool:
     changed = fresh != registry.cached_registry_proto
     if changed:
         registry.cached_registry_proto = fresh
-    registry.cached_registry_proto_created = _utc_now()
-    if changed:
         store._clear_feature_service_cache()
+    registry.cached_registry_proto_created = _utc_now()
     return changed
 
 
