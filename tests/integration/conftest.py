@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -26,11 +26,15 @@ SIZES = generator.Sizes(customers=300, merchants=30, days=10, transactions=3_000
 SEED = 11
 
 
+NEWEST_EVENT_AGE = timedelta(minutes=20)
+
+
 def newest_event(now: pd.Timestamp) -> pd.Timestamp:
     """An event time after the generated data's newest snapshot (the midnight of AS_OF's
-    day) and before `now`, whatever the hour: a row written there is its entity's newest."""
+    day) and before `now`, whatever the hour: a row written there is its entity's newest.
+    At most NEWEST_EVENT_AGE before `now`, so that it is within every view's ttl."""
     newest_snapshot = pd.Timestamp(AS_OF).floor("D")
-    return (newest_snapshot + (now - newest_snapshot) / 2).floor("s")
+    return (now - min(NEWEST_EVENT_AGE, (now - newest_snapshot) / 2)).floor("s")
 
 
 class StackFactory:

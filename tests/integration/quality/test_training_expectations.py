@@ -21,6 +21,9 @@ from feature_platform.quality import database as quality_db
 from feature_platform.quality import quarantine
 
 SIZES = generator.Sizes(customers=40, merchants=5, days=3, transactions=300)
+# customer_txn_1h's, the repository's shortest
+SHORTEST_TTL = timedelta(hours=2)
+EARLIER = timedelta(minutes=10)
 BAD_CUSTOMER, GOOD_CUSTOMER = 980_000_011, 980_000_012
 NOW = pd.Timestamp(datetime.now(UTC)).floor("s")
 
@@ -36,8 +39,8 @@ def _with_bad_rows(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         {
             "customer_id": [BAD_CUSTOMER, BAD_CUSTOMER, GOOD_CUSTOMER],
             # the bad customer's earlier row is good: it wins instead of the bad one
-            "event_timestamp": [event - timedelta(minutes=10), event, event],
-            "created_timestamp": [created - timedelta(minutes=10), created, created],
+            "event_timestamp": [event - EARLIER, event, event],
+            "created_timestamp": [created - EARLIER, created, created],
             "n_txn_1h": [2, -4, 3],
             "sum_amount_1h": [5.0, 10.0, 30.0],
         }
@@ -47,6 +50,17 @@ def _with_bad_rows(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         "merchant_stats": pd.concat([merchants, rating], ignore_index=True),
         "customer_txn_1h": pd.concat([tables["customer_txn_1h"], counters], ignore_index=True),
     }
+
+
+@pytest.mark.parametrize("minutes", range(1, 24 * 60, 17))
+def test_the_bad_rows_are_newest_and_served_at_any_hour(minutes: int) -> None:
+    """After the newest generated snapshot, so they are their entities' newest rows, and
+    within ttl of labels at now, so they are served: at every time of day."""
+    snapshot = pd.Timestamp(AS_OF).floor("D")
+    now = snapshot + timedelta(minutes=minutes)
+    event = newest_event(now)
+    assert snapshot < event < now
+    assert now - (event - EARLIER) < SHORTEST_TTL
 
 
 @pytest.fixture(scope="module")
