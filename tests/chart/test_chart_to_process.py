@@ -44,6 +44,7 @@ from stacks import Stack, make_stack
 
 from feature_platform.devtools.launcher import free_port
 from feature_platform.offline import tables as offline_tables
+from feature_platform.training import ENTITY_COLUMNS, training_set
 
 pytestmark = pytest.mark.integration
 
@@ -334,6 +335,14 @@ def test_client_server_commands_answer_their_probes(
             rest = container["args"][container["args"].index("--rest-port") + 1]
             listed = requests.get(f"http://127.0.0.1:{rest}/api/v1/projects", timeout=10).json()
             assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
+        else:
+            # A thin client's training set, staged under the pod's TMPDIR, rows read with
+            # COPY (the chart sets no mirror directory).
+            store = rendered.stack.through_offline_server(int(port), rendered.root / "thin")
+            labels = offline_tables.read(rendered.settings, "transactions")[ENTITY_COLUMNS]
+            train = training_set(store, labels.head(20))
+            assert len(train) == 20 and train["avg_purchase_30d"].notna().any()
+            assert "training set: platform engine, 20 labels" in server.log.read_text()
 
 
 def test_ui_command_answers_its_probe(rendered: Rendered, applied: None) -> None:

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 import yaml
-from rendering import SCENARIOS, find, one, pod_template, render, rendered_scenario
+from rendering import (
+    SCENARIOS,
+    RenderError,
+    container_env,
+    find,
+    one,
+    pod_template,
+    render,
+    rendered_scenario,
+)
 
 from feature_platform.config import client as client_config
 
@@ -113,3 +122,52 @@ def test_rest_port_zero_serves_grpc_only() -> None:
 def test_off_unless_enabled(scenario: str) -> None:
     names = {o["metadata"]["name"] for o in rendered_scenario(scenario)}
     assert not [n for n in names if n.endswith(("-registry", "-offline", "-client"))]
+
+
+def _offline_pod(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = pod_template(one(objects, "Deployment", "-offline"))
+    (container,) = pod["spec"]["containers"]
+    return pod, container
+
+
+def _mounted(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume mounted at `path`."""
+    (name,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == name]
+    return volume
+
+
+def test_the_offline_server_stages_training_sets_on_a_work_volume_without_mirror(
+    thin: list[dict],
+) -> None:
+    """Rows read with COPY: no mirror directory (the image's env file names one of its
+    own), DuckDB's files under TMPDIR on an emptyDir of `workDirSize`."""
+    pod, container = _offline_pod(thin)
+    env = container_env(container, thin)
+    assert env["OFFLINE_MIRROR_DIR"] == ""
+    assert _mounted(pod, container, env["TMPDIR"])["emptyDir"] == {"sizeLimit": "4Gi"}
+    assert not [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_the_offline_server_can_share_the_training_sets_mirror() -> None:
+    overrides = {
+        "offlineServer": {"mirror": True, "workDirSize": "8Gi"},
+        "trainingSet": {"enabled": True},
+    }
+    objects = render(SCENARIOS[SCENARIO], overrides)
+    pod, container = _offline_pod(objects)
+    env = container_env(container, objects)
+    job = pod_template(one(objects, "CronJob", "-training-set"))
+    (trainer,) = job["spec"]["containers"]
+    # The same directory on the same claim as the CronJob's: one mirror, no whole copies.
+    assert env["OFFLINE_MIRROR_DIR"] == container_env(trainer, objects)["OFFLINE_MIRROR_DIR"]
+    mount = env["OFFLINE_MIRROR_DIR"].rsplit("/", 1)[0]
+    claim = one(objects, "PersistentVolumeClaim", "-training-set")["metadata"]["name"]
+    assert _mounted(pod, container, mount)["persistentVolumeClaim"] == {"claimName": claim}
+    assert _mounted(job, trainer, mount)["persistentVolumeClaim"] == {"claimName": claim}
+    assert _mounted(pod, container, env["TMPDIR"])["emptyDir"] == {"sizeLimit": "8Gi"}
+
+
+def test_the_offline_servers_mirror_needs_the_training_set() -> None:
+    with pytest.raises(RenderError, match=r"offlineServer.mirror .* trainingSet.enabled"):
+        render(SCENARIOS[SCENARIO], {"offlineServer": {"mirror": True}})

@@ -16,12 +16,13 @@ from typing import Any
 import pandas as pd
 import psycopg
 import redis
+import yaml
 from feast import FeatureStore
 from psycopg import sql
 
 from feature_platform import training
 from feature_platform.config import environments, feast_commands
-from feature_platform.devtools.launcher import FeatureServer
+from feature_platform.devtools.launcher import FeatureServer, PlatformServer
 from feature_platform.materialization import load as materialize
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import tables as offline_tables
@@ -93,6 +94,26 @@ class Stack:
             server.start()
         self.cleanups.append(server.stop)
         return server
+
+    def offline_server(self, log: Path, **settings: str) -> PlatformServer:
+        """This stack's offline server (`settings` over its own), stopped when the stack
+        closes; it prints to `log`."""
+        server = PlatformServer(self.env, "offline", log=log.open("ab"))
+        with self.active(), patched_environ(settings):
+            server.start()
+        self.cleanups.append(server.stop)
+        return server
+
+    def through_offline_server(self, port: int, directory: Path) -> FeatureStore:
+        """Feast's SDK with a thin client's offline store, the offline server on `port`;
+        the registry read directly."""
+        config = yaml.safe_load(environments.feature_store_yaml(self.env).read_text())
+        config["offline_store"] = {"type": "remote", "host": "127.0.0.1", "port": port}
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "feature_store.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with patched_environ(self.settings()):
+            return FeatureStore(repo_path=str(environments.FEATURE_REPO), fs_yaml_file=path)
 
     def write(self, tables: Mapping[str, pd.DataFrame]) -> None:
         offline_tables.write(self.settings(), tables)

@@ -66,6 +66,9 @@ spec:
           env:
             {{- include "feast-platform.secretEnv" $ctx | nindent 12 }}
             {{- include "feast-platform.tlsServerEnv" $ctx | nindent 12 }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           startupProbe:
             {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
             periodSeconds: 2
@@ -82,6 +85,9 @@ spec:
             {{- include "feast-platform.platformVolumeMounts" $ctx | nindent 12 }}
             {{- include "feast-platform.identityVolumeMount" $ctx | nindent 12 }}
             {{- include "feast-platform.tlsVolumeMount" $ctx | nindent 12 }}
+            {{- with .volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           securityContext:
             {{- include "feast-platform.containerSecurityContext" $ctx | nindent 12 }}
           resources:
@@ -90,6 +96,9 @@ spec:
         {{- include "feast-platform.platformVolumes" $ctx | nindent 8 }}
         {{- include "feast-platform.identityVolume" $ctx | nindent 8 }}
         {{- include "feast-platform.tlsVolume" $ctx | nindent 8 }}
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
 {{- end }}
 
 {{- define "feast-platform.clientServerProbe" -}}
@@ -188,5 +197,23 @@ spec:
 {{- define "feast-platform.offlineServerArgs" -}}
 {{- $v := .Values.offlineServer }}
 {{- $args := list "serve-offline" .Values.environment "--port" ($v.port | toString) }}
-{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int) "rollOnTlsChange" true) }}
+{{- /* Training sets are staged in DuckDB files under TMPDIR, a volume of their own. */}}
+{{- $work := "/var/lib/feature-platform/offline-work" }}
+{{- $env := list (dict "name" "TMPDIR" "value" $work) }}
+{{- $mounts := list (dict "name" "work" "mountPath" $work) }}
+{{- $volumes := list (dict "name" "work" "emptyDir" (dict "sizeLimit" $v.workDirSize)) }}
+{{- if $v.mirror }}
+{{- if not .Values.trainingSet.enabled }}
+{{- fail "offlineServer.mirror reads the training set's mirror: set trainingSet.enabled (and trainingSet.mirror) too" }}
+{{- end }}
+{{- $training := "/var/lib/feature-platform/training" }}
+{{- $claim := default (printf "%s-training-set" (include "feast-platform.fullname" .)) .Values.trainingSet.volume.existingClaim }}
+{{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" (printf "%s/mirror" $training)) }}
+{{- $mounts = append $mounts (dict "name" "training" "mountPath" $training) }}
+{{- $volumes = append $volumes (dict "name" "training" "persistentVolumeClaim" (dict "claimName" $claim)) }}
+{{- else }}
+{{- /* Set even when empty: the image's env file names a directory of its own. */}}
+{{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" "") }}
+{{- end }}
+{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int) "rollOnTlsChange" true "env" $env "volumeMounts" $mounts "volumes" $volumes) }}
 {{- end }}

@@ -107,9 +107,11 @@ def cmd_serve_registry(args: argparse.Namespace) -> int:
 
 def cmd_serve_offline(args: argparse.Namespace) -> int:
     from feature_platform.servers import offline
+    from feature_platform.training import server_join
 
+    fast_join = server_join.fast_join(feast_commands.prepare(args.env))
     try:
-        offline.serve(feast_commands.open_store(args.env), args.host, args.port, say)
+        offline.serve(feast_commands.open_store(args.env), args.host, args.port, say, fast_join)
     except OSError as exc:
         say(f"serve-offline: {exc}")
         return 1

@@ -18,15 +18,16 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 from conftest import AS_OF
+from feast import FeatureStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from property_settings import COSTLY_EXAMPLES
 from stacks import Stack, patched_environ
 
-from feature_platform import cli
+from feature_platform import cli, training
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import tables as offline_tables
-from feature_platform.training import command, ray_engine
+from feature_platform.training import FEATURE_SERVICE, command, ray_engine
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")
 TTL = {
@@ -119,6 +120,20 @@ def dev(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def thin(dev: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, Path]:
+    """A thin client's store and its offline server's log. The server runs as the chart
+    runs it: no mirror, rows read with COPY scoped to the labels' entities."""
+    work = tmp_path_factory.mktemp("thin")
+    log = work / "offline.log"
+    server = dev.offline_server(log, **{offline_mirror.DIR_VAR: ""})
+    return dev.through_offline_server(server.port, work), log
+
+
+def _thin(thin: tuple[FeatureStore, Path], labels: pd.DataFrame) -> pd.DataFrame:
+    return training.training_set(thin[0], labels).sort_values("label_id").reset_index(drop=True)
+
+
 # The fast engine over the offline mirror (dev's default), over rows read out of
 # Postgres with COPY (no mirror), and the same join on Ray, one task per chunk.
 ENGINES = {
@@ -167,6 +182,7 @@ def assert_same(fast: pd.DataFrame, feast: pd.DataFrame) -> None:
 )
 def test_fast_engine_equals_feasts_postgres_path(
     dev: Stack,
+    thin: tuple[FeatureStore, Path],
     tmp_path_factory: pytest.TempPathFactory,
     customers: list,
     merchants: list,
@@ -182,6 +198,8 @@ def test_fast_engine_equals_feasts_postgres_path(
         fast = _fast(dev, labels, tmp, chunk_rows, variant)
         assert len(fast) == len(labels) == len(feast), (variant, len(fast), len(labels), len(feast))
         assert_same(fast, feast.copy())
+    # A thin client's get_historical_features, through the offline server's engine.
+    assert_same(_thin(thin, labels), feast.copy())
 
 
 def test_rows_appended_after_the_mirror_reach_the_training_set(dev: Stack, tmp_path: Path) -> None:
@@ -230,6 +248,54 @@ def written(dev: Stack) -> dict[str, pd.DataFrame]:
     tables = _tables(_history(customers, "customer_id"), _history([(1, 0, 2, 4.5)], "merchant_id"))
     dev.write(tables)
     return tables
+
+
+def _requests_since(log: Path, mark: int) -> list[str]:
+    with log.open("rb") as read:
+        read.seek(mark)
+        lines = read.read().decode().splitlines()
+    return [line for line in lines if line.startswith("training set: ")]
+
+
+def test_a_thin_client_gets_feasts_frame_from_the_platform_engine(
+    dev: Stack, written: dict[str, pd.DataFrame], thin: tuple[FeatureStore, Path]
+) -> None:
+    """Feast's own frame, column for column and type for type (the label time naive UTC,
+    as Feast's Postgres join returns it), built by the platform's engine."""
+    store, log = thin
+    labels = _labels(written, [3, 30, 50])
+    mark = log.stat().st_size
+    frames = []
+    for client in (store, dev.store()):
+        job = client.get_historical_features(
+            entity_df=labels, features=client.get_feature_service(FEATURE_SERVICE)
+        )
+        frames.append(job.to_df().sort_values("label_id").reset_index(drop=True))
+    remote, direct = frames
+    assert remote["avg_purchase_30d"].notna().any()
+    assert_same(remote, direct)
+    (line,) = _requests_since(log, mark)
+    assert line.startswith(f"training set: platform engine, {len(labels):,} labels"), line
+
+
+def test_what_the_engine_does_not_read_goes_through_feasts_join(
+    dev: Stack, written: dict[str, pd.DataFrame], thin: tuple[FeatureStore, Path]
+) -> None:
+    store, log = thin
+    labels = _labels(written, [3, 30])
+    mark = log.stat().st_size
+    features = ["customer_stats:avg_purchase_30d", "merchant_stats:avg_rating"]
+    frames = []
+    for client in (store, dev.store()):
+        job = client.get_historical_features(
+            entity_df=labels, features=features, full_feature_names=True
+        )
+        frames.append(job.to_df().sort_values("label_id").reset_index(drop=True))
+    remote, direct = frames
+    assert "customer_stats__avg_purchase_30d" in remote.columns
+    pd.testing.assert_frame_equal(remote, direct, check_exact=True)
+    (line,) = _requests_since(log, mark)
+    assert line.startswith("training set: Feast's join (full_feature_names)"), line
 
 
 def test_same_rows_whatever_the_chunking(

@@ -1,0 +1,107 @@
+"""The offline server's training sets: a thin client's `get_historical_features` through
+the fast engine (`engine`), under the platform's rule, equal to Feast's join.
+
+The server hands over the client's Flight command and its labels; the answer is the
+joined table or, where the engine does not apply, why not (the server then runs Feast's
+join). Rows come as the `training-set` command reads them with the server's settings: the
+offline mirror where `OFFLINE_MIRROR_DIR` is set, else COPY scoped to the labels'
+entities (the chart's default: read-only, no volume; `offlineServer.mirror` shares the
+training set's mirror instead; measured in docs/training-sets.md).
+
+Nothing is screened against the views' expectations here: the answer equals Feast's
+join, which screens nothing either.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from feast import FeatureStore
+
+from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
+from feature_platform.training import engine
+from feature_platform.training.labels import TIMESTAMP, LabelError
+
+# Labels staged and read out this many at a time; the answer is one table all the same.
+CHUNK_ROWS = 200_000
+
+
+def _quiet(_line: str) -> None:
+    """The engine's progress lines; the server logs one line per request instead."""
+
+
+def fast_plan(
+    store: FeatureStore, command: Mapping[str, Any], labels: pa.Table
+) -> engine.Plan | str:
+    """The engine's plan for the client's command, or why it does not apply."""
+    if command.get("entity_df_sql") is not None or labels.column_names == ["key"]:
+        return "labels given as SQL or a time range, not rows"
+    if labels.num_rows == 0:
+        return "no labels"
+    if command.get("full_feature_names"):
+        return "full_feature_names"
+    if any(command.get("name_aliases") or []):
+        return "a feature service renames a view (name alias)"
+    if TIMESTAMP not in labels.column_names:
+        return f"the labels' time column is not {TIMESTAMP}"
+    try:
+        plan = engine.plan(store, list(command["feature_refs"]))
+    except LabelError as exc:
+        return str(exc)
+    return engine.unsupported(store, plan) or plan
+
+
+def training_set(
+    store: FeatureStore, plan: engine.Plan, labels: pa.Table, settings: Mapping[str, str]
+) -> pa.Table:
+    """The labels with their features, in label order, as Feast's join of the configured
+    store returns them (the Postgres store's times naive UTC)."""
+    labels = _without_pandas_index(labels)
+    with tempfile.TemporaryDirectory(prefix="offline-server-") as tmp:
+        stage = engine.Stage(Path(tmp))
+        try:
+            stage.add_labels(iter(labels.to_batches(max_chunksize=CHUNK_ROWS)), plan, _quiet)
+            files = engine.view_files(store, plan, settings, _quiet)
+            for i, view in enumerate(plan.views):
+                stage.add_view(i, view, files[i], _quiet, store)
+            chunks = list(stage.chunks(plan, CHUNK_ROWS))
+        finally:
+            stage.close()
+    table = pa.concat_tables(chunks)
+    if isinstance(store.config.offline_store, PostgreSQLOfflineStoreConfig):
+        table = _naive_utc(table)
+    return table
+
+
+def _without_pandas_index(labels: pa.Table) -> pa.Table:
+    """Feast's client sends the labels frame with its index as a column when it is not a
+    plain range; Feast's join drops it, and so does this one."""
+    metadata = labels.schema.pandas_metadata or {}
+    index = [c for c in metadata.get("index_columns", []) if isinstance(c, str)]
+    return labels.drop_columns([c for c in index if c in labels.column_names])
+
+
+def _naive_utc(table: pa.Table) -> pa.Table:
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            utc = table.column(i).cast(pa.timestamp(field.type.unit, tz="UTC"))
+            table = table.set_column(i, field.name, utc.cast(pa.timestamp(field.type.unit)))
+    return table
+
+
+def fast_join(
+    settings: Mapping[str, str],
+) -> Callable[[FeatureStore, dict[str, Any], pa.Table], pa.Table | str]:
+    """The offline server's `fast_join`: the training set, or why the engine does not apply."""
+
+    def join(store: FeatureStore, command: dict[str, Any], labels: pa.Table) -> pa.Table | str:
+        plan = fast_plan(store, command, labels)
+        if isinstance(plan, str):
+            return plan
+        return training_set(store, plan, labels, settings)
+
+    return join
