@@ -1,12 +1,17 @@
 """`make bench` (saturation): overload, open loop, with the bound on requests in flight off
 (as before the bound existed) and on (`FEATURE_SERVER_MAX_IN_FLIGHT`, the chart's value).
 
-Two servers of the platform, one worker each, pinned to CPU 0; the load generators on
-CPU 1 (as in bench.py) with a redis-server of the benchmark's own, ahead of them (the
-shared Redis serves other work too). 100 entities per request of `fraud_detection_v1`:
-the open-loop generator cannot offer twice the one-entity capacity. Each round, for each
-server (the order alternates between rounds, so a busy moment of the shared machine
-falls on both):
+Two servers of the platform, one worker each, pinned to CPU 0 with a redis-server of the
+benchmark's own, ahead of them (the shared Redis serves other work too); the load
+generators alone on CPU 1. At 100 entities a read costs Redis about as much CPU as it
+costs the server, so on two cores the store cannot share a core with a generator offering
+twice the capacity: it would answer when the generator yields, and the overload measured
+would be the generator's core's (`--redis-core generator` measures that). On the
+servers' core, its time is taken from the closed-loop maximum and the overload runs
+alike: the system under test is one server with its store. 100 entities per request of
+`fraud_detection_v1`: the open-loop generator cannot offer twice the one-entity capacity.
+Each round, for each server (the order alternates between rounds, so a busy moment of the
+shared machine falls on both):
 
 1. the closed-loop maximum: `wrk`, 16 connections, against the server without a bound;
 2. open loop at half that maximum, then at twice it, each for a bounded time and count,
@@ -64,17 +69,19 @@ REDIS_NICE = -10
 GOODPUT_TARGET = 0.90
 P99_FACTOR_TARGET = 2.0
 SHED = re.compile(r"^feature_server_shed_requests_total ([0-9.e+]+)$", re.M)
+LIMIT = re.compile(r"^feature_server_max_in_flight_requests ([0-9.e+]+)$", re.M)
 
 say = bench.say
 
 
-def chart_bound() -> int:
-    return int(yaml.safe_load(CHART_VALUES.read_text())["server"]["maxInFlight"])
+def chart_server_value(key: str) -> int:
+    return int(yaml.safe_load(CHART_VALUES.read_text())["server"][key])
 
 
-def shed_total(url: str) -> int:
+def gauge(url: str, pattern: re.Pattern[str]) -> int:
+    """A value of the server's /metrics (0 when it has none)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        found = SHED.search(response.read().decode())
+        found = pattern.search(response.read().decode())
     return int(float(found.group(1))) if found else 0
 
 
@@ -111,15 +118,19 @@ def step(
         "socket_errors": r.errors - sum(v for k, v in r.statuses.items() if k != 200),
         "p50_ms": r.percentile(50) * 1e3,
         "p99_ms": r.percentile(99) * 1e3,
+        "p99_from_send_ms": r.percentile(99, r.from_send_s) * 1e3,
         "send_delay_p99_ms": delays[int(0.99 * (len(delays) - 1))] * 1e3,
     }
     ran, waited = core_time(server)
+    out["bound_in_use"] = gauge(server.url, LIMIT)  # as the run ended
     # the server's core: the time it ran on it, and waited for it behind other work
     out["ran_s"], out["waited_s"] = ran - ran_before, waited - waited_before
     out["ran_share"] = out["ran_s"] / r.elapsed_s if r.elapsed_s else 0.0
     out["waited_share"] = out["waited_s"] / r.elapsed_s if r.elapsed_s else 0.0
     say(f"    {out['offered_rps']:>5} rps offered: goodput {out['goodput_rps']:7.0f} rps, "
-        f"accepted p50 {out['p50_ms']:8.2f} ms p99 {out['p99_ms']:8.2f} ms, "
+        f"accepted p50 {out['p50_ms']:8.2f} ms p99 {out['p99_ms']:8.2f} ms "
+        f"(from send {out['p99_from_send_ms']:.2f} ms, send delay p99 "
+        f"{out['send_delay_p99_ms']:.2f} ms), "
         f"statuses {out['statuses']}, socket errors {out['socket_errors']}, "
         f"ran {out['ran_share']:.0%}, waited for its core {out['waited_share']:.0%}")  # fmt: skip
     return out
@@ -139,7 +150,7 @@ def one_round(
         say(f"  {mode}: closed loop {closed.rps:.0f} rps, p99 {closed.p99_s * 1e3:.2f} ms, "
             f"errors {closed.errors}")  # fmt: skip
         server = servers[mode]
-        shed_before = shed_total(server.url)
+        shed_before = gauge(server.url, SHED)
         half = step(server, body, closed.rps / 2, args)
         over = step(server, body, closed.rps * 2, args)
         out[mode] = {
@@ -148,7 +159,7 @@ def one_round(
             "load_average": os.getloadavg()[0],
             "half": half,
             "overload": over,
-            "shed_counted": shed_total(server.url) - shed_before,
+            "shed_counted": gauge(server.url, SHED) - shed_before,
             "goodput_fraction": over["goodput_rps"] / closed.rps,
             # the same per second the server ran on its core: what a core of its own would
             # give if the server is busy throughout (ran + waited near 100%)
@@ -157,6 +168,7 @@ def one_round(
             "goodput_fraction_per_core_s": (over["accepted"] / over["ran_s"])
             / (closed.requests / closed_ran_s),
             "p99_factor": over["p99_ms"] / half["p99_ms"],
+            "p99_factor_from_send": over["p99_from_send_ms"] / half["p99_from_send_ms"],
         }
     return out
 
@@ -177,6 +189,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "overload_waited_share": spread([m["overload"]["waited_share"] for m in per]),
             "overload_p99_ms": spread([m["overload"]["p99_ms"] for m in per]),
             "p99_factor": spread([m["p99_factor"] for m in per]),
+            "p99_factor_from_send": spread([m["p99_factor_from_send"] for m in per]),
             "shed_share": spread(
                 [
                     m["overload"]["statuses"].get("503", 0) / max(1, m["overload"]["sent"])
@@ -223,6 +236,12 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def chart_values_said(result: dict[str, Any]) -> str:
+    chart = (chart_server_value("maxInFlight"), chart_server_value("maxQueueWaitMs"))
+    ours = (result["bound"], result["max_queue_wait_ms"])
+    return " (the chart's values)" if chart == ours else ""
+
+
 def _f(s: dict[str, float], fmt: str) -> str:
     return f"{s['median']:{fmt}} ({s['min']:{fmt}} - {s['max']:{fmt}})"
 
@@ -238,9 +257,11 @@ def markdown(result: dict[str, Any]) -> str:
         "move between runs and within one; each is a median over rounds with its range, and "
         "every round is listed below. Two servers of the "
         "platform, one worker each on CPU 0: one without a bound (as before it existed), "
-        f"one with `FEATURE_SERVER_MAX_IN_FLIGHT={result['bound']}` (the chart's value); "
-        "wrk and the open-loop generator on CPU 1, with a redis-server of the benchmark's "
-        f"own ({result['redis_cpus']}). {SIZE} "
+        f"one with `FEATURE_SERVER_MAX_IN_FLIGHT={result['bound']}` and "
+        f"`FEATURE_SERVER_MAX_QUEUE_WAIT_MS={result['max_queue_wait_ms']}`"
+        f"{chart_values_said(result)}; a redis-server "
+        f"of the benchmark's own on {result['redis_cpus']}, ahead of them; wrk and the "
+        f"open-loop generator on CPU 1. {SIZE} "
         f"entities of `fraud_detection_v1` per request. In each of {len(result['rounds'])} "
         "rounds, for each server in turn (the order alternating between rounds): wrk's "
         f"closed-loop maximum against the server without a bound (16 connections, "
@@ -249,7 +270,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"over {result['connections']} connections. Goodput: 200s per second until the "
         "last answer, over that closed-loop maximum. p99: of the 200s only, from their "
         "scheduled send time, so waiting anywhere (in the generator, the kernel, the "
-        "server) counts. The server's core: the share of the run its worker ran on it, and "
+        "server) counts; beside it, from the moment each was sent, without the generator's "
+        "own delay in sending. The server's core: the share of the run its worker ran on it, and "
         "waited for it while other processes ran there (/proc schedstat); goodput per core "
         "second divides the 200s by the time the worker ran, at twice the maximum and "
         "during wrk's run alike, which takes out the other work's share of the core as long "
@@ -259,9 +281,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| server | closed-loop max (requests/s) | p99 at half load (ms) | goodput at 2x "
         "(requests/s) | goodput / closed-loop max | the same per core second | accepted p99 "
-        "at 2x (ms) | p99 at 2x / at half load | shed (503) at 2x | 503s at half load | "
-        "server's core at 2x: ran, waited |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "at 2x (ms) | p99 at 2x / at half load | the same from send | shed (503) at 2x | "
+        "503s at half load | server's core at 2x: ran, waited |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode in (OFF, ON):
         m = s[mode]
@@ -270,25 +292,28 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_f(m['overload_goodput_rps'], '.0f')} | {_f(m['goodput_fraction'], '.0%')} | "
             f"{_f(m['goodput_fraction_per_core_s'], '.0%')} | "
             f"{_f(m['overload_p99_ms'], '.1f')} | {_f(m['p99_factor'], '.2f')}x | "
+            f"{_f(m['p99_factor_from_send'], '.2f')}x | "
             f"{_f(m['shed_share'], '.0%')} | {m['half_503s']} | "
             f"{m['overload_ran_share']['median']:.0%}, {m['overload_waited_share']['median']:.0%} |"
         )
     lines += ["", "Every round (requests/s offered; the statuses at twice the maximum, and "
               "the server's core then; the generator's p99 delay in sending, which shows it "
               "falling behind; the load average after the server's runs):", "",
-              "| round | server | closed-loop max | half: offered, p99 ms | 2x: offered, "
-              "statuses, socket errors | 2x: goodput, p99 ms | 2x: ran, waited for the core | "
-              "send delay p99 ms | load average |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| round | server | closed-loop max | half: offered, p99 ms (from send) | 2x: "
+              "offered, statuses, socket errors | 2x: goodput, p99 ms (from send) | 2x: bound "
+              "in use | 2x: ran, waited for the core | send delay p99 ms, half and 2x | load "
+              "average |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for i, r in enumerate(result["rounds"], 1):
         for mode, m in r.items():
             h, o = m["half"], m["overload"]
             lines.append(
                 f"| {i} | {mode} | {m['closed_loop_rps']:.0f} | {h['offered_rps']}, "
-                f"{h['p99_ms']:.2f} | {o['offered_rps']}, {o['statuses']}, {o['socket_errors']} "
-                f"| {o['goodput_rps']:.0f}, {o['p99_ms']:.1f} | "
+                f"{h['p99_ms']:.2f} ({h['p99_from_send_ms']:.2f}) | {o['offered_rps']}, "
+                f"{o['statuses']}, {o['socket_errors']} | {o['goodput_rps']:.0f}, "
+                f"{o['p99_ms']:.1f} ({o['p99_from_send_ms']:.1f}) | {o['bound_in_use'] or '-'} | "
                 f"{o['ran_share']:.0%}, {o['waited_share']:.0%} | "
-                f"{o['send_delay_p99_ms']:.1f} | "
+                f"{h['send_delay_p99_ms']:.1f}, {o['send_delay_p99_ms']:.1f} | "
                 f"{m['load_average']:.2f} |"
             )
     lines += ["", "## Targets", ""]
@@ -306,8 +331,17 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=60_000, help="per open-loop run")
     parser.add_argument("--connections", type=int, default=512, help="of the open-loop runs")
     parser.add_argument("--bound", type=int, default=None, help="default: the chart's value")
+    parser.add_argument("--max-queue-wait-ms", type=int, default=None,
+                        help="the wait bound; default: the chart's value")  # fmt: skip
+    parser.add_argument("--redis-core", choices=("server", "generator"), default="server",
+                        help="the core of the benchmark's redis-server")  # fmt: skip
     args = parser.parse_args()
-    bound = chart_bound() if args.bound is None else args.bound
+    bound = chart_server_value("maxInFlight") if args.bound is None else args.bound
+    wait_ms = (
+        chart_server_value("maxQueueWaitMs")
+        if args.max_queue_wait_ms is None
+        else args.max_queue_wait_ms
+    )
     if args.rounds < 1 or bound < 1:
         parser.error("--rounds and the bound must be at least 1")
     if why_not := wrk.missing():
@@ -315,18 +349,19 @@ def main() -> int:
         return 2
     load_start = os.getloadavg()
     # A redis-server of its own: the shared one also serves other work on this machine,
-    # whose commands would stall the servers' reads at random. It shares CPU 1 with the
-    # generator, ahead of it (as a store on a machine of its own would be): otherwise the
-    # generator's own work at twice the capacity slows every read it measures.
+    # whose commands would stall the servers' reads at random. Ahead of the processes on
+    # its core (as a store on a machine of its own would be).
     redis = PrivateRedis(Path(tempfile.mkdtemp(prefix="bench_saturation_")))
     redis.start()
     assert redis.process is not None
     os.setpriority(os.PRIO_PROCESS, redis.process.pid, REDIS_NICE)
+    redis_cpus = bench.SERVER_CPUS if args.redis_core == "server" else bench.LOADGEN_CPUS
+    os.sched_setaffinity(redis.process.pid, redis_cpus)
     bench.BENCH_SETTINGS.update(
         SETTINGS, REDIS_PORT=str(redis.port), REDIS_DB="0", REDIS_PASSWORD=""
     )
     try:
-        settings = bench.prepare_data()
+        bench.prepare_data()
         os.sched_setaffinity(0, bench.LOADGEN_CPUS)
         body = bench.bodies()[SIZE]
         RESULTS.mkdir(exist_ok=True)
@@ -337,6 +372,7 @@ def main() -> int:
                        f"{platform.python_version()}",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "bound": bound,
+            "max_queue_wait_ms": wait_ms,
             "wrk_seconds": args.seconds,
             "step_seconds": args.step_seconds,
             "max_requests": args.max_requests,
@@ -351,13 +387,18 @@ def main() -> int:
                     bench.ENV,
                     cpus=bench.SERVER_CPUS,
                     log=log,
-                    settings={"FEATURE_SERVER_MAX_IN_FLIGHT": str(bound)},
+                    settings={
+                        "FEATURE_SERVER_MAX_IN_FLIGHT": str(bound),
+                        "FEATURE_SERVER_MAX_QUEUE_WAIT_MS": str(wait_ms),
+                    },
                 ),
             }
             for name, server in servers.items():
                 say(f"starting the server, {name}")
                 stack.enter_context(server)
-            result["redis_cpus"] = stack.enter_context(bench.redis_on_loadgen_cpus(settings))
+            result["redis_cpus"] = f"CPU {min(redis_cpus)}, with the " + (
+                "servers" if args.redis_core == "server" else "generator"
+            )
             for server in servers.values():  # warm-up, discarded
                 run_fixed_rate(f"{server.url}/get-online-features", body, 50, duration_s=2)
             for i in range(args.rounds):

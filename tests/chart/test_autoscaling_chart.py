@@ -59,12 +59,9 @@ def test_the_bound_reaches_the_server(scenario: str, objects: list[dict[str, Any
     (server,) = [c for c in containers(pod_template(one(objects, "Deployment", "-server")))
                  if c["name"] == "server"]  # fmt: skip
     assert {"configMapRef": {"name": settings["metadata"]["name"]}} in server["envFrom"]
-    expected = (
-        _scenario_values(scenario)
-        .get("server", {})
-        .get("maxInFlight", DEFAULTS["server"]["maxInFlight"])
-    )
-    assert settings["data"]["FEATURE_SERVER_MAX_IN_FLIGHT"] == str(expected)
+    for key, name in (("maxInFlight", "MAX_IN_FLIGHT"), ("maxQueueWaitMs", "MAX_QUEUE_WAIT_MS")):
+        expected = _scenario_values(scenario).get("server", {}).get(key, DEFAULTS["server"][key])
+        assert settings["data"][f"FEATURE_SERVER_{name}"] == str(expected)
 
 
 def test_the_bound_is_on_by_default_and_can_be_turned_off() -> None:
@@ -73,6 +70,9 @@ def test_the_bound_is_on_by_default_and_can_be_turned_off() -> None:
     assert one(off, "ConfigMap", "-settings")["data"]["FEATURE_SERVER_MAX_IN_FLIGHT"] == "0"
     with pytest.raises(RenderError, match="maxInFlight"):
         render(SCENARIOS["dev"], {"server": {"maxInFlight": -1}})
+    assert DEFAULTS["server"]["maxQueueWaitMs"] > 0
+    with pytest.raises(RenderError, match="maxQueueWaitMs"):
+        render(SCENARIOS["dev"], {"server": {"maxQueueWaitMs": -1}})
 
 
 def test_cpu_autoscaling_stays_the_default() -> None:

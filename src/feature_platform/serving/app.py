@@ -92,7 +92,7 @@ class FeatureServerApp:
             store, settings.served_vectors_queue_rows, settings.served_vectors_flush_s
         )
         self._document: tuple[Any, bytes] = (None, b"")
-        self.in_flight = InFlight(settings.max_in_flight)
+        self.in_flight = InFlight(settings.max_in_flight, settings.max_queue_wait_ms / 1e3)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -89,7 +89,8 @@ IN_FLIGHT = Gauge(
 )
 MAX_IN_FLIGHT = Gauge(
     "feature_server_max_in_flight_requests",
-    "The bound on requests in flight, summed over the workers (0: no bound).",
+    "The bound on requests in flight in use (FEATURE_SERVER_MAX_IN_FLIGHT, lowered by "
+    "FEATURE_SERVER_MAX_QUEUE_WAIT_MS), summed over the workers (0: no bound).",
     multiprocess_mode="livesum",
 )
 SHED = Counter(
@@ -211,6 +212,7 @@ class _Pending:
             self.shed = 0
         if self.in_flight is not None:
             IN_FLIGHT.set(self.in_flight.count)
+            MAX_IN_FLIGHT.set(self.in_flight.limit)
         readers, self.readers = self.readers, {}
         for reader, count in readers.items():
             if isinstance(reader, str):
@@ -256,9 +258,9 @@ def take_readers() -> set[str]:
 
 
 def track_in_flight(in_flight: InFlight) -> None:
-    """This worker's requests in flight are reported at every flush; its bound once."""
+    """This worker's requests in flight, and the bound in use, are reported at every flush."""
     _pending.in_flight = in_flight
-    MAX_IN_FLIGHT.set(in_flight.bound)
+    MAX_IN_FLIGHT.set(in_flight.limit)
     IN_FLIGHT.set(in_flight.count)
 
 

@@ -141,7 +141,7 @@ def bounded_read_protocol(
             in_flight = InFlight.worker
             assert in_flight is not None
             self.transport.write(in_flight.refusals[keep_alive])
-            metrics.observe_shed()
+            in_flight.refused()
             metrics.observe(path, 503, self.loop.time() - started)
             if keep_alive:
                 self.on_response_complete()

@@ -50,6 +50,9 @@ class ServerSettings:
     # Requests one worker works on at once (health, readiness and metrics aside); past
     # it a request is answered 503 with Retry-After at once instead of queueing. 0: no bound.
     max_in_flight: int = 0
+    # The longest work queued ahead of a request on its worker, in ms: the bound in use is
+    # lowered to the requests whose CPU time fits (serving/saturation.py). 0: no wait bound.
+    max_queue_wait_ms: int = 0
     # Writes (/push, /write-to-online-store, /materialize*) are off unless enabled.
     write_mode: str = "off"
     write_token: str = ""
@@ -123,6 +126,9 @@ class ServerSettings:
                 env, "FEATURE_SERVER_STORE_TIMEOUT_SECONDS", defaults.store_timeout_s
             ),
             max_in_flight=_int(env, "FEATURE_SERVER_MAX_IN_FLIGHT", defaults.max_in_flight),
+            max_queue_wait_ms=_int(
+                env, "FEATURE_SERVER_MAX_QUEUE_WAIT_MS", defaults.max_queue_wait_ms
+            ),
             write_mode=write_mode,
             write_token=token,
             log_format=log_format,

@@ -79,3 +79,56 @@ def test_the_event_loop_lag_is_how_late_the_scheduled_flush_ran() -> None:
     name = "feature_server_event_loop_lag_seconds"
     assert after[f"{name}_count"] - before[f"{name}_count"] == 1
     assert 0.004 <= after[f"{name}_sum"] - before[f"{name}_sum"] < 1.0
+
+
+def _serve(in_flight: InFlight, requests: int, cpu_s: float) -> None:
+    """`requests` admitted and done one after another, each taking `cpu_s` of CPU time."""
+    for _ in range(requests):
+        in_flight.admit()
+        until = time.thread_time() + cpu_s
+        while time.thread_time() < until:
+            pass
+        in_flight.done()
+
+
+def test_the_wait_bound_holds_costly_requests_to_those_whose_work_fits() -> None:
+    in_flight = InFlight(16, max_wait_s=0.003)
+    _serve(in_flight, 2 * InFlight.WINDOW, cpu_s=0.0005)
+    # 3 ms of queued work at 0.5 ms of CPU per request (and a little more for the loop)
+    assert 4 <= in_flight.limit <= 6, in_flight.cpu_per_request_s
+    assert _exported()["feature_server_max_in_flight_requests"] == in_flight.limit
+    for _ in range(in_flight.limit):
+        in_flight.admit()
+    with pytest.raises(HTTPError) as refused:
+        in_flight.admit()
+    detail = f"the server is at capacity ({in_flight.limit} requests in flight per worker)"
+    assert detail in refused.value.detail
+    assert detail.encode() in in_flight.refusals[True], "the protocol's refusal says the same"
+
+
+def test_cheap_requests_keep_the_count_bound() -> None:
+    in_flight = InFlight(16, max_wait_s=0.003)
+    _serve(in_flight, 2 * InFlight.WINDOW, cpu_s=0.00002)
+    assert in_flight.limit == 16
+    unbounded = InFlight(0, max_wait_s=0.003)
+    _serve(unbounded, 2 * InFlight.WINDOW, cpu_s=0.00002)
+    assert unbounded.limit > 16, "without a count bound the wait alone bounds"
+
+
+def test_a_window_spanning_idle_time_is_no_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    in_flight = InFlight(16, max_wait_s=0.003)
+    monkeypatch.setattr(InFlight, "STALE_S", 0.0)
+    _serve(in_flight, 2 * InFlight.WINDOW, cpu_s=0.0005)
+    assert (in_flight.limit, in_flight.cpu_per_request_s) == (16, 0.0)
+
+
+def test_a_window_with_refusals_is_no_sample() -> None:
+    """Their CPU time is not the requests': counted, the limit would fall the more the
+    server is overloaded."""
+    in_flight = InFlight(16, max_wait_s=0.003)
+    _serve(in_flight, InFlight.WINDOW - 1, cpu_s=0.0005)
+    in_flight.refused()
+    _serve(in_flight, 1, cpu_s=0.0005)
+    assert (in_flight.limit, in_flight.cpu_per_request_s) == (16, 0.0)
+    _serve(in_flight, InFlight.WINDOW, cpu_s=0.0005)
+    assert in_flight.limit < 16, "the next window without refusals is a sample"

@@ -34,10 +34,11 @@ def test_values_are_read_from_the_environment() -> None:
             "FEATURE_SERVER_WRITE_MODE": "token",
             "FEATURE_SERVER_WRITE_TOKEN": "t" * 16,
             "FEATURE_SERVER_MAX_IN_FLIGHT": "12",
+            "FEATURE_SERVER_MAX_QUEUE_WAIT_MS": "3",
         }
     )
     assert (settings.port, settings.workers, settings.store_timeout_s) == (7000, 3, 0.25)
-    assert settings.max_in_flight == 12
+    assert (settings.max_in_flight, settings.max_queue_wait_ms) == (12, 3)
     assert (settings.drain_s, settings.request_read_timeout_s) == (0, 2.5)
     assert settings.write_mode == "token"
 
@@ -56,6 +57,7 @@ def test_values_are_read_from_the_environment() -> None:
         ({"FEATURE_SERVER_FEAST_ENDPOINTS": "materialize"}, "paths starting with /"),
         ({"FEATURE_SERVER_MAX_IN_FLIGHT": "-1"}, "MAX_IN_FLIGHT must be at least 0"),
         ({"FEATURE_SERVER_MAX_IN_FLIGHT": "many"}, "MAX_IN_FLIGHT must be an integer"),
+        ({"FEATURE_SERVER_MAX_QUEUE_WAIT_MS": "-2"}, "MAX_QUEUE_WAIT_MS must be at least 0"),
     ],
 )
 def test_bad_values_stop_with_the_name(env: dict[str, str], message: str) -> None:
