@@ -163,12 +163,15 @@ BENCH_QUALITY_ARGS ?=
 BENCH_SATURATION_ARGS ?=
 # Options of the thin-client training-set benchmark: --rounds N (default 3), --quick.
 BENCH_THIN_CLIENT_ARGS ?=
-bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis, overload), training sets (command, thin client), materialization, quality
+# Options of the Ray per-task benchmark: --rounds N (default 3), --quick.
+BENCH_RAY_ARGS ?=
+bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis, overload), training sets (command, thin client, Ray per task), materialization, quality
 	@$(MAKE) --no-print-directory test-tools TEST_TOOLS=wrk:wrk
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtests/bench_saturation.py $(BENCH_SATURATION_ARGS)
 	$(BIN)/python loadtests/bench_training.py
 	$(BIN)/python loadtests/bench_thin_client.py $(BENCH_THIN_CLIENT_ARGS)
+	$(BIN)/python loadtests/bench_ray.py $(BENCH_RAY_ARGS)
 	$(BIN)/python loadtests/bench_materialize.py $(BENCH_MATERIALIZE_ARGS)
 	$(BIN)/python loadtests/bench_served_vectors.py $(BENCH_SERVED_VECTORS_ARGS)
 	$(BIN)/python loadtests/bench_quality.py $(BENCH_QUALITY_ARGS)

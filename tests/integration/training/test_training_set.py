@@ -202,6 +202,28 @@ def test_fast_engine_equals_feasts_postgres_path(
     assert_same(_thin(thin, labels), feast.copy())
 
 
+def test_ray_workers_import_feast_as_the_command_does() -> None:
+    """Without typeguard's instrumentation (`patches.import_feast_unchecked`): with it a
+    fresh worker took seconds longer to its first task. A Ray started elsewhere in the
+    session would lack the hook, so the engine starts its own."""
+    import ray
+
+    ray.shutdown()
+    ray_engine.start({})
+
+    def checked() -> bool:
+        from feast import Entity
+        from typeguard import TypeCheckError
+
+        try:
+            Entity(name=1, join_keys=["customer_id"])  # type: ignore[arg-type]
+        except TypeCheckError:
+            return True
+        return False
+
+    assert ray.get(ray.remote(checked).remote()) is False
+
+
 def test_rows_appended_after_the_mirror_reach_the_training_set(dev: Stack, tmp_path: Path) -> None:
     """Late rows written by Feast's offline write (a push's path) after the mirror copied
     the tables come through the mirror's delta: every engine still equals Feast's path."""
@@ -303,6 +325,8 @@ def test_same_rows_whatever_the_chunking(
 ) -> None:
     labels = _labels(written, [3, 50, 100]).sample(frac=1, random_state=3)  # not in time order
     results = [_fast(dev, labels, tmp_path, chunk_rows=n) for n in (1, 7, 10_000)]
+    # On Ray: chunks of 7 on two tasks at once of one CPU each, all in one task of two.
+    results += [_fast(dev, labels, tmp_path, n, "ray") for n in (7, 10_000)]
     for other in results[1:]:
         pd.testing.assert_frame_equal(results[0], other, check_exact=True)
     assert results[0]["label_id"].tolist() == labels["label_id"].tolist(), "label order kept"
