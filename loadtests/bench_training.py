@@ -7,8 +7,11 @@ memory read with `os.wait4`):
 
 - `feature-platform training-set dev` (the fast engine), labels parquet in, parquet out:
   with the offline mirror copied whole in the run (its first run, or after an update or
-  delete), with the mirror current, with the mirror after a day of new rows (its delta),
-  and without a mirror (rows read out of Postgres with COPY every run);
+  delete, when no materialization job ran since), after an update when the
+  materialization job ran in between (`feature-platform materialize dev`, untimed: it
+  copies the tables whole; its own time is reported), with the mirror current (the
+  steady state), with the mirror after a day of new rows (its delta), and without a
+  mirror (rows read out of Postgres with COPY every run);
 - the same join on Ray (`--engine ray`, Ray started in the process, two tasks);
 - the same command with `--engine feast`: Feast's Postgres store, chunk by chunk; at the
   smallest count only unless --feast-everywhere (it runs at about 10 k rows/s, so 1 M
@@ -158,6 +161,18 @@ def append(settings: dict[str, str], n: int) -> None:
         )
 
 
+def update_every_table(settings: dict[str, str]) -> None:
+    """One row of each feature table rewritten as it was: the mirror must copy the
+    tables whole again, as after any update or delete."""
+    conninfo = offline_tables.postgres_conninfo(settings, settings["OFFLINE_DB"])
+    with psycopg.connect(conninfo) as conn:
+        for table in ("customer_stats", "merchant_stats", "customer_txn_1h"):
+            conn.execute(
+                f"UPDATE {table} SET event_timestamp = event_timestamp "
+                f"WHERE ctid = (SELECT ctid FROM {table} LIMIT 1)"
+            )
+
+
 def measure(
     counts: list[int], data: dict[str, Any], rounds: int, feast_everywhere: bool
 ) -> list[dict[str, Any]]:
@@ -176,6 +191,15 @@ def measure(
     startup = child([sys.executable, "-c", imports], env, log)
     say(f"startup (imports): {startup['seconds']:.1f}s")
     rows.append({"engine": "startup_imports", "seconds": startup["seconds"]})
+    materialize_seconds: list[float] = []
+
+    def update_then_materialize() -> None:
+        update_every_table(settings)
+        materialize_seconds.append(child([str(PLATFORM), "materialize", ENV], env, log)["seconds"])
+        say(f"  materialize (copies the mirror whole): {materialize_seconds[-1]:.1f}s")
+
+    # The first job loads Redis whole: untimed, so the timed ones do what every later one does.
+    child([str(PLATFORM), "materialize", ENV], env, log)
     for n in counts:
         labels_path = WORK / f"labels-{n}.parquet"
         # A random sample of the transactions: labels spread over the whole period.
@@ -197,6 +221,7 @@ def measure(
         # name: (argv, settings, what happens before each round)
         runs: dict[str, tuple[list[str], dict[str, str], Callable[[], object]]] = {
             "fast, mirror copied whole": (command, {}, lambda: shutil.rmtree(mirror, True)),
+            "fast, after an update, materialize ran": (command, {}, update_then_materialize),
             "fast, mirror current": (command, {}, lambda: None),
             "fast, mirror after a day of new rows": (command, {}, lambda: append(settings, day)),
             "fast, no mirror (COPY)": (command, no_mirror, lambda: None),
@@ -233,6 +258,15 @@ def measure(
                     "peak_mib_max": max(peaks),
                 }
             )
+    rows.append(
+        {
+            "engine": "materialize_with_whole_copy",
+            "rounds": len(materialize_seconds),
+            "seconds_median": statistics.median(materialize_seconds),
+            "seconds_min": min(materialize_seconds),
+            "seconds_max": max(materialize_seconds),
+        }
+    )
     return rows
 
 
@@ -262,7 +296,21 @@ def report(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         if r["engine"] == "startup_imports":
             lines.append(f"- Python and Feast imports in each run: {r['seconds']:.1f}s")
+        if r["engine"] == "materialize_with_whole_copy":
+            lines.append(
+                f"- the materialization job that copied the mirror whole: "
+                f"{r['seconds_median']:.1f}s ({r['seconds_min']:.1f}-{r['seconds_max']:.1f}s, "
+                f"{r['rounds']} runs)"
+            )
     fast = "fast, mirror current"
+    largest = max(n for _, n in by)
+    for first in ("fast, mirror copied whole", "fast, after an update, materialize ran"):
+        ratio = by[first, largest] / by[fast, largest]
+        lines.append(f"- {largest:,} labels: {first} / {fast} = {ratio:.2f}x")
+    lines.append(
+        f"- {largest:,} labels: fast, mirror copied whole / fast, no mirror (COPY) = "
+        f"{by['fast, mirror copied whole', largest] / by['fast, no mirror (COPY)', largest]:.2f}x"
+    )
     for n in sorted({n for _, n in by}):
         if ("feast", n) in by:
             lines.append(f"- {n:,} labels: {fast} / Feast = {by[fast, n] / by['feast', n]:.1f}x")

@@ -37,13 +37,21 @@ Views this cannot read by creation time (no creation column, no entities, derive
 transformed views, on-demand views written online) go through `materialize-incremental`.
 The others are not flagged MATERIALIZING in the registry as it flags them: that stops
 Feast's own servers from serving a view meanwhile, and stays when a run is killed.
+
+After the load, with OFFLINE_MIRROR_DIR set and Postgres offline tables, the job brings
+the offline mirror of every view's table up to date (`offline/mirror.py`): a table
+replaced, updated or deleted from is copied whole here, not in the next training set. A
+failure there is said in one line and fails nothing: the training set refreshes the
+mirror itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import psycopg
 from feast import FeatureStore, FeatureView
 from feast import utils as feast_utils
 
@@ -55,9 +63,11 @@ from feature_platform.feast_seam import feature_store
 from feature_platform.materialization import rebuild
 from feature_platform.materialization import rows as view_rows
 from feature_platform.materialization.watermarks import Watermarks
+from feature_platform.offline import mirror as offline_mirror
 from feature_platform.quality.expectations import Refused
 from feature_platform.stores import redis_memory
 from feature_platform.stores.load_window import LoadWindow
+from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.stores.redis_online import RedisOnlineStore
 
 OVERLAP_VAR = "MATERIALIZE_OVERLAP_SECONDS"
@@ -211,6 +221,23 @@ def _run(
     return lost
 
 
+def _refresh_mirror(store: FeatureStore, values: Mapping[str, str], say: Say) -> None:
+    """The offline mirror of every view's table brought up to date, so the next training
+    set finds nothing to copy whole; a failure is said, not raised."""
+    root = values.get(offline_mirror.DIR_VAR)
+    config = store.config.offline_store
+    if not root or not isinstance(config, PostgreSQLOfflineStoreConfig):
+        return
+    sources = [view.batch_source for view in store.list_feature_views()]
+    try:
+        offline_mirror.refresh_sources(config, sources, Path(root), say)
+    except (psycopg.Error, PlatformError, OSError) as exc:
+        say(
+            f"mirror refresh failed: {one_line_error(exc, values)}; the next training set "
+            "copies what it needs itself"
+        )
+
+
 def job(env: str, end: datetime | None, say: Say) -> int:
     """Materialize `env` up to `end` (default: now). 0 when every view is loaded, 1 with
     one line (no secret in it) otherwise; a configuration error goes up (exit 2)."""
@@ -221,6 +248,7 @@ def job(env: str, end: datetime | None, say: Say) -> int:
     try:
         with view_rows.job_store(env) as store:
             lost = _run(store, env, values, margin, end, mode, say)
+            _refresh_mirror(store, values, say)
     except ConfigError:
         raise
     except ViewFailed as failed:

@@ -20,11 +20,19 @@ A refresh, under an advisory lock per table, does one of two things:
   (SHARE ROW EXCLUSIVE; readers go on); then, in a REPEATABLE READ snapshot taken after
   it, the table is copied to a new generation directory while the delta rows and marks
   that snapshot sees (changes the copy holds) are deleted. Writes go on during the copy
-  and reach the next refresh through the delta.
+  and reach the next refresh through the delta. A table larger than `RANGE_PAGES` is
+  copied as block ranges, one part each, on up to `COPIES_AT_ONCE` connections that all
+  read that one snapshot (exported by the first): Postgres formats rows on one core per
+  connection, which is most of a whole copy's time.
 - a delta copy: in one REPEATABLE READ transaction the delta rows it sees are claimed with
   a batch number and copied to one part file; rows committed after its snapshot stay
   unclaimed for the next refresh. The claimed rows are deleted once the manifest that
   lists the part is published; a crash in between copies them again next time.
+
+`refresh_all` brings several tables up to date at once, each on its own connections;
+`refresh_sources` those of Feast sources. The training-set command refreshes the tables
+it reads, and the materialization job every table of the registry's views after each
+run (when it has the mirror directory), so a training set rarely finds one to copy whole.
 
 Each table's copy lives in `<root>/<database>/<schema>.<table>/`; its `manifest.json`
 (replaced atomically) names the parts of the current copy; the parts of the previous
@@ -39,7 +47,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +57,18 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
 from psycopg import sql
 
 from feature_platform.console import Say
 from feature_platform.errors import PlatformError
+from feature_platform.feast_seam.stores import (
+    postgres_conn_kwargs,
+    postgres_conninfo,
+    postgres_table,
+)
 from feature_platform.offline import postgres_copy
 
 # The mirror's root directory, in an environment's settings; empty: no mirror.
@@ -62,6 +79,10 @@ MAX_PARTS = 16
 DELTA_SUFFIX = "__mirror_delta"
 BATCH = "__mirror_batch"
 TRIGGERS = ("insert", "update", "delete", "truncate")
+# A whole copy of a table past this many pages (8 KiB each: 64 MiB) is split in block
+# ranges copied at once, on at most COPIES_AT_ONCE connections (tables, likewise).
+RANGE_PAGES = 8192
+COPIES_AT_ONCE = min(4, os.cpu_count() or 1)
 
 
 # Installed once per database; SECURITY DEFINER so a writer needs no rights on the delta.
@@ -136,7 +157,11 @@ def refresh(
     started = time.monotonic()
     with connect() as conn:
         conn.autocommit = True
-        conn.execute(_SETUP)
+        with conn.transaction():
+            # Refreshes at once (tables in parallel, other jobs) would race on creating
+            # the same catalog rows.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_SPACE,))
+            conn.execute(_SETUP)
         found = _describe(conn, table)
         (database,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
         directory = root / database / f"{found.schema}.{found.name}"
@@ -148,7 +173,7 @@ def refresh(
             copied = _copy_delta(conn, found, directory, manifest)
             full = copied is None
             if copied is None:
-                copied = _copy_full(conn, found, directory, manifest)
+                copied = _copy_full(conn, connect, found, directory, manifest)
             manifest = _read_manifest(directory)  # the one the copy just wrote
             assert manifest is not None
             if len(manifest["parts"]) > MAX_PARTS:
@@ -168,7 +193,35 @@ def refresh(
     )
 
 
-# The advisory lock's first key: the mirror's own space, the table's oid the second.
+def refresh_all(
+    connect: Callable[[], psycopg.Connection], tables: Iterable[str], root: Path, say: Say
+) -> dict[str, Mirrored]:
+    """`refresh` for each table (once each), several at a time: table name -> outcome."""
+    names = list(dict.fromkeys(tables))
+    if not names:
+        return {}
+    with ThreadPoolExecutor(min(COPIES_AT_ONCE, len(names)), "mirror-refresh") as pool:
+        done = pool.map(lambda name: refresh(connect, name, root, say), names)
+        return dict(zip(names, done, strict=True))
+
+
+def refresh_sources(
+    config: Any, sources: Iterable[Any], root: Path, say: Say
+) -> dict[str, Mirrored]:
+    """`refresh_all` for the tables the PostgreSQLSources among `sources` name (one
+    defined by a query has none), over connections made from the offline store's
+    `config`: table name, as the source gives it -> outcome."""
+    tables = [postgres_table(s) for s in sources if isinstance(s, PostgreSQLSource)]
+    return refresh_all(
+        lambda: psycopg.connect(postgres_conninfo(config), **postgres_conn_kwargs(config)),
+        [name for name in tables if name],
+        root,
+        say,
+    )
+
+
+# The advisory lock's first key: the mirror's own space, the table's oid the second
+# (0, which no table has: the setup).
 _LOCK_SPACE = 0x6D697272
 
 
@@ -245,12 +298,15 @@ def _trigger(kind: str) -> str:
 
 
 def _copy_full(
-    conn: psycopg.Connection, table: _Table, directory: Path, manifest: dict[str, Any] | None
+    conn: psycopg.Connection,
+    connect: Callable[[], psycopg.Connection],
+    table: _Table,
+    directory: Path,
+    manifest: dict[str, Any] | None,
 ) -> int:
     mirror_id = manifest["mirror_id"] if manifest else uuid.uuid4().hex
     generation = _start_delta(conn, table, mirror_id)
-    part = f"gen-{generation}/full.parquet"
-    rows = _copy_table(conn, table, directory / part)
+    rows, parts = _copy_table(conn, connect, table, directory, f"gen-{generation}")
     previous = manifest["parts"] if manifest else []
     _write_manifest(
         directory,
@@ -260,7 +316,7 @@ def _copy_full(
             "generation": generation,
             "columns": table.columns,
             "last_batch": 0,
-            "parts": [part],
+            "parts": parts,
             "previous_parts": previous,
         },
     )
@@ -273,6 +329,8 @@ def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int
     out for this DDL only: every write that commits after it goes through the triggers,
     every write before it is in the snapshot of the copy that follows."""
     with conn.transaction():
+        # Creating triggers locks their functions, which the setup replaces: not at once.
+        conn.execute("SELECT pg_advisory_xact_lock_shared(%s, 0)", (_LOCK_SPACE,))
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.ident))
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.delta))
         conn.execute(
@@ -312,17 +370,62 @@ def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int
     return int(generation)
 
 
-def _copy_table(conn: psycopg.Connection, table: _Table, path: Path) -> int:
-    """The whole table into `path`, writers going on. The delta rows and marks this
-    snapshot sees are changes the copy holds; the ones it does not see stay for the next
-    refresh."""
+def _copy_table(
+    conn: psycopg.Connection,
+    connect: Callable[[], psycopg.Connection],
+    table: _Table,
+    directory: Path,
+    generation: str,
+) -> tuple[int, list[str]]:
+    """The whole table into parts under `directory/generation`, writers going on: its
+    rows and the parts. The delta rows and marks this snapshot sees are changes the copy
+    holds; the ones it does not see stay for the next refresh."""
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {}").format(table.delta))
         conn.execute(
             "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
         )
-        query = sql.SQL("SELECT * FROM {}").format(table.ident)
-        return _copy_to_parquet(conn, query, path, keep_empty=True)
+        (pages,) = conn.execute(  # type: ignore[misc]
+            "SELECT pg_relation_size(%s) / current_setting('block_size')::int", (table.oid,)
+        ).fetchone()
+        ranges = max(1, min(COPIES_AT_ONCE, pages // RANGE_PAGES))
+        whole = sql.SQL("SELECT * FROM {}").format(table.ident)
+        if ranges == 1:
+            part = f"{generation}/full.parquet"
+            return _copy_to_parquet(conn, whole, directory / part, keep_empty=True), [part]
+        # Block ranges, the last one open: pages added since are read too, and a row
+        # version has one place in the snapshot, so each row lands in one range.
+        (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()  # type: ignore[misc]
+        starts = [pages * i // ranges for i in range(ranges)]
+        queries = [
+            sql.SQL("{} WHERE ctid >= {}::tid{}").format(
+                whole,
+                sql.Literal(f"({start},0)"),
+                sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)"))
+                if end is not None
+                else sql.SQL(""),
+            )
+            for start, end in zip(starts, [*starts[1:], None], strict=True)
+        ]
+        parts = [f"{generation}/full-{i}.parquet" for i in range(ranges)]
+        with ThreadPoolExecutor(ranges - 1, "mirror-range") as pool:
+            others = [
+                pool.submit(_copy_in_snapshot, connect, snapshot, query, directory / part)
+                for query, part in zip(queries[1:], parts[1:], strict=True)
+            ]
+            rows = _copy_to_parquet(conn, queries[0], directory / parts[0], keep_empty=True)
+            return rows + sum(other.result() for other in others), parts
+
+
+def _copy_in_snapshot(
+    connect: Callable[[], psycopg.Connection], snapshot: str, query: sql.Composable, path: Path
+) -> int:
+    """The query's rows into `path`, read in another transaction's exported snapshot."""
+    with connect() as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            return _copy_to_parquet(conn, query, path, keep_empty=True)
 
 
 def _copy_delta(

@@ -177,29 +177,22 @@ def view_files(
     store: FeatureStore, plan: Plan, settings: Mapping[str, str], say: Say
 ) -> list[list[str] | None]:
     """Per view, the parquet files holding its rows: a file source's own, or the offline
-    mirror's copy of a Postgres table (refreshed first) when `OFFLINE_MIRROR_DIR` is set;
-    None where the rows must come out of Postgres."""
+    mirror's copy of a Postgres table (the tables refreshed first, several at once) when
+    `OFFLINE_MIRROR_DIR` is set; None where the rows must come out of Postgres."""
     mirror_dir = settings.get(offline_mirror.DIR_VAR)
-    config = store.config.offline_store
-    refreshed: dict[str, list[str]] = {}
+    refreshed: dict[str, offline_mirror.Mirrored] = {}
+    if mirror_dir:
+        sources = [view.source for view in plan.views]
+        config = store.config.offline_store
+        refreshed = offline_mirror.refresh_sources(config, sources, Path(mirror_dir), say)
     files: list[list[str] | None] = []
     for view in plan.views:
         source = view.source
         name = postgres_table(source) if isinstance(source, PostgreSQLSource) else ""
         if isinstance(source, FileSource):
             files.append([FileSource.get_uri_for_file_path(store.config.repo_path, source.path)])
-        elif mirror_dir and name:
-            if name not in refreshed:
-                mirrored = offline_mirror.refresh(
-                    lambda: psycopg.connect(
-                        postgres_conninfo(config), **postgres_conn_kwargs(config)
-                    ),
-                    name,
-                    Path(mirror_dir),
-                    say,
-                )
-                refreshed[name] = [str(p) for p in mirrored.parts]
-            files.append(refreshed[name])
+        elif name in refreshed:
+            files.append([str(p) for p in refreshed[name].parts])
         else:
             files.append(None)
     return files

@@ -148,12 +148,17 @@ def test_a_replaced_table_is_copied_whole(connect: Callable, tmp_path: Path) -> 
     assert after.full and _mirror_rows(after) == _table_rows(connect)
 
 
-@pytest.mark.parametrize("copy", ["delta", "full"])
+@pytest.mark.parametrize("copy", ["delta", "full", "full in ranges"])
 def test_writers_during_refreshes_lose_and_double_nothing(
-    connect: Callable, tmp_path: Path, copy: str
+    connect: Callable, tmp_path: Path, copy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Delta: every refresh after the first copies new rows. Full: two mirror
-    directories take turns, so every refresh copies the table whole while rows arrive."""
+    directories take turns, so every refresh copies the table whole while rows arrive;
+    in ranges: each whole copy split in block ranges read on three connections."""
+    if copy == "full in ranges":
+        monkeypatch.setattr(offline_mirror, "RANGE_PAGES", 1)
+        monkeypatch.setattr(offline_mirror, "COPIES_AT_ONCE", 3)
+    whole = copy.startswith("full")
     _insert(connect, 0, 100)
     _refresh(connect, tmp_path)
     stop = threading.Event()
@@ -174,7 +179,7 @@ def test_writers_during_refreshes_lose_and_double_nothing(
     refreshes = []
     try:
         for i in range(30):
-            root = tmp_path / str(i % 2) if copy == "full" else tmp_path
+            root = tmp_path / str(i % 2) if whole else tmp_path
             refreshes.append(_refresh(connect, root))
             assert len(refreshes[-1].parts) <= offline_mirror.MAX_PARTS + 1
             # Each refresh is exact as of its own snapshot: nothing it holds is doubled.
@@ -184,8 +189,10 @@ def test_writers_during_refreshes_lose_and_double_nothing(
         stop.set()
         thread.join(timeout=60)
     assert sum(written) > 0 and any(r.copied_rows for r in refreshes)
-    assert all(r.full == (copy == "full") for r in refreshes[1:])
-    final = _refresh(connect, tmp_path / "1" if copy == "full" else tmp_path)
+    assert all(r.full == whole for r in refreshes[1:])
+    if copy == "full in ranges":
+        assert max(len(r.parts) for r in refreshes) == 3
+    final = _refresh(connect, tmp_path / "1" if whole else tmp_path)
     assert len(_mirror_rows(final)) == 100 + sum(written)
     assert _mirror_rows(final) == _table_rows(connect)
 
@@ -241,9 +248,9 @@ def test_rows_written_between_the_delta_start_and_the_copy_are_held_once(
     _insert(connect, 0, 10)
     real = offline_mirror._copy_table
 
-    def write_first(conn: psycopg.Connection, table: Any, path: Path) -> int:
+    def write_first(conn: psycopg.Connection, *args: Any) -> tuple[int, list[str]]:
         _insert(connect, 10, 4)
-        return real(conn, table, path)
+        return real(conn, *args)
 
     monkeypatch.setattr(offline_mirror, "_copy_table", write_first)
     first = _refresh(connect, tmp_path)
@@ -252,3 +259,25 @@ def test_rows_written_between_the_delta_start_and_the_copy_are_held_once(
     after = _refresh(connect, tmp_path)
     assert not after.full and after.copied_rows == 0
     assert _mirror_rows(after) == _table_rows(connect)
+
+
+def test_tables_refreshed_at_once_are_each_exact(
+    connect: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several refreshes at once each install the mirror's functions (CREATE OR REPLACE
+    of the same rows in pg_proc), so that setup must not race; each table's copy is its
+    own."""
+    monkeypatch.setattr(offline_mirror, "COPIES_AT_ONCE", 4)
+    names = [f"stats_{i}" for i in range(4)]
+    _insert(connect, 0, 40)
+    with connect() as conn:
+        for i, name in enumerate(names):
+            conn.execute(f"DROP TABLE IF EXISTS {name}, {name}__mirror_delta")
+            conn.execute(f"CREATE TABLE {name} AS SELECT * FROM stats WHERE customer_id > {i}")
+    for _ in range(5):
+        mirrored = offline_mirror.refresh_all(connect, names, tmp_path, lambda _: None)
+        for name in names:
+            with connect() as conn:
+                rows = conn.execute(f"SELECT * FROM {name}").fetchall()
+            expected = sorted((_comparable(r) for r in rows), key=repr)
+            assert _mirror_rows(mirrored[name]) == expected

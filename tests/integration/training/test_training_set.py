@@ -144,7 +144,12 @@ ENGINES = {
 
 
 def _fast(
-    stack: Stack, labels: pd.DataFrame, tmp: Path, chunk_rows: int, variant: str = "fast"
+    stack: Stack,
+    labels: pd.DataFrame,
+    tmp: Path,
+    chunk_rows: int,
+    variant: str = "fast",
+    say: Callable[[str], None] = lambda _line: None,
 ) -> pd.DataFrame:
     path = tmp / "labels.parquet"
     labels.to_parquet(path, index=False)
@@ -154,7 +159,7 @@ def _fast(
         env="dev", output=output, labels_path=path, chunk_rows=chunk_rows, engine=engine
     )
     with stack.active(), patched_environ(settings):
-        command.build(request, lambda _line: None)
+        command.build(request, say)
     return pq.read_table(output).to_pandas()
 
 
@@ -252,6 +257,25 @@ def test_rows_appended_after_the_mirror_reach_the_training_set(dev: Stack, tmp_p
         lambda _line: None,
     )
     assert not mirrored.full and len(mirrored.parts) == 2, "the late rows came as a delta"
+
+
+def test_after_the_materialization_job_a_training_set_copies_nothing_whole(
+    dev: Stack, tmp_path: Path
+) -> None:
+    """The materialization job brings the mirror up to date: tables replaced before it
+    (`write` replaces them, as the generator does) are copied whole by the job, so the
+    training set after it finds the mirror current, its rows still Feast's."""
+    customers = [(c, h, 1, c + h / 10) for c in (1, 2, 3) for h in (0, 24)]
+    tables = _tables(_history(customers, "customer_id"), _history([(1, 0, 2, 4.5)], "merchant_id"))
+    dev.write(tables)
+    dev.materialize()
+    labels = _labels(tables, [3, 30])
+    said: list[str] = []
+    fast = _fast(dev, labels, tmp_path, 10_000, say=said.append)
+    refreshed = [line for line in said if line.lstrip().startswith("mirror ")]
+    assert len(refreshed) == len(TTL), said
+    assert all("brought up to date, 0 rows" in line for line in refreshed), refreshed
+    assert_same(fast, _feast(dev, labels))
 
 
 def _offline(stack: Stack) -> str:
