@@ -165,10 +165,13 @@ BENCH_SATURATION_ARGS ?=
 BENCH_THIN_CLIENT_ARGS ?=
 # Options of the Ray per-task benchmark: --rounds N (default 3), --quick.
 BENCH_RAY_ARGS ?=
-bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis, overload), training sets (command, thin client, Ray per task), materialization, quality
+# Options of the refresh benchmark: --rounds N (default 3), --seconds S, --interval S, --extra-views N.
+BENCH_REFRESH_ARGS ?=
+bench: install services ## Benchmark the server (stock feast serve, no-ops, raw Redis, overload, registry refreshes), training sets (command, thin client, Ray per task), materialization, quality
 	@$(MAKE) --no-print-directory test-tools TEST_TOOLS=wrk:wrk
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtests/bench_saturation.py $(BENCH_SATURATION_ARGS)
+	$(BIN)/python loadtests/bench_refresh.py $(BENCH_REFRESH_ARGS)
 	$(BIN)/python loadtests/bench_training.py
 	$(BIN)/python loadtests/bench_thin_client.py $(BENCH_THIN_CLIENT_ARGS)
 	$(BIN)/python loadtests/bench_ray.py $(BENCH_RAY_ARGS)

@@ -92,6 +92,11 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """A benchmark's checks as markdown list items: met or not, what, the figures."""
+    return [f"- {'met' if c['met'] else 'NOT met'}: {c['what']} ({c['value']})" for c in checks]
+
+
 def prepare_data() -> dict[str, str]:
     """Fresh bench databases, generated data, apply, materialize."""
     os.environ.update(BENCH_SETTINGS)

@@ -37,6 +37,10 @@ class RunResult:
     # of the 200s, from the moment the request was written: what the server and the
     # network took, without the generator's own delay in sending
     from_send_s: list[float] = field(default_factory=list)
+    # each 200's scheduled send time (time.perf_counter()), beside its latency in
+    # latencies_s; add clock_offset_s for the wall clock (time.time())
+    scheduled_s: list[float] = field(default_factory=list)
+    clock_offset_s: float = 0.0
 
     @property
     def sent(self) -> int:
@@ -156,6 +160,7 @@ class _Run:
         if status == 200:
             result.latencies_s.append(now - connection.scheduled)
             result.from_send_s.append(now - connection.sent_at)
+            result.scheduled_s.append(connection.scheduled)
         else:
             result.errors += 1
         self.idle.append(connection)
@@ -189,7 +194,7 @@ async def _run(
     host: str, port: int, path: str, body: bytes, rps: float, duration_s: float,
     connections: int, max_requests: int,
 ) -> RunResult:  # fmt: skip
-    result = RunResult(rps, duration_s)
+    result = RunResult(rps, duration_s, clock_offset_s=time.time() - time.perf_counter())
     run = _Run(host, port, _request_bytes(host, port, path, body), result)
     await run.open(connections)
     total = min(max_requests, int(rps * duration_s))

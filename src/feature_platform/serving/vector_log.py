@@ -35,6 +35,7 @@ from feast.feature_logging import (
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
 from feature_platform.serving import metrics
+from feature_platform.serving.fastpath.plans import KeptWhileUnchanged
 
 log = logging.getLogger("feature_platform.server")
 
@@ -76,7 +77,7 @@ class VectorLog:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._services: tuple[Any, dict[str, _Service | None]] = (None, {})
+        self._services = KeptWhileUnchanged(store)
         self._thread: threading.Thread | None = None
 
     def recorder(
@@ -149,15 +150,16 @@ class VectorLog:
                 metrics.SERVED_VECTORS.labels("written").inc(rows)
 
     def _service(self, name: str) -> _Service | None:
-        """The service's logging plan, worked out once per registry snapshot."""
-        snapshot = getattr(self.store.registry, "cached_registry_proto", None)
-        cached_for, services = self._services
-        if snapshot is None or snapshot is not cached_for:
-            services = {}
-            self._services = (snapshot, services)
-        if name not in services:
-            services[name] = self._plan(name)
-        return services[name]
+        """The service's logging plan, kept while the service and its views are unchanged
+        in the registry (worked out again on the request path otherwise)."""
+        snapshot = self._services.current()
+        kept = self._services.get(name)
+        if kept is not None:
+            return kept[0]
+        service = self._plan(name)
+        views = {p.name for p in service.definition.feature_view_projections} if service else set()
+        self._services.keep(snapshot, name, service, name, views)
+        return service
 
     def _plan(self, name: str) -> _Service | None:
         try:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -175,6 +176,9 @@ def test_registry_changes_reach_the_server_after_a_registry_outage(services: Ser
 
     log_text = services.server_log.read_text()
     assert "registry refresh failed (OperationalError)" in log_text
+    # each reload says when it started and whether the registry changed (bench_refresh.py
+    # matches latency to reloads by it)
+    assert re.search(r"registry reloaded at [0-9.]+ in [0-9.]+ ms \(changed\)", log_text)
     assert "Traceback" not in log_text
     for line in log_text.splitlines():
         if "registry refresh" in line:
