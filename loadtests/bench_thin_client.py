@@ -125,6 +125,7 @@ class FeastJoinServer:
         deadline = time.monotonic() + 90
         while not flight_answers(self.address, timeout_s=1):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # one still starting would hold its port past the bench
                 raise SystemExit(f"Feast's join server did not start; see {log}")
             time.sleep(0.25)
 

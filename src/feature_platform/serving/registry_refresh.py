@@ -6,7 +6,8 @@ registry's own cycle (`cache_ttl_seconds`). This loop replaces both: the app is 
 with Feast's refresh off, and the SQL registry's own timer (`cache_mode: thread`) is
 stopped when the loop starts, so each worker re-reads the registry once per interval. A
 registry that did not change keeps its cached copy, and with it the read plans built
-from it (`fastpath/plans.py`); a change drops them. A failed refresh is one JSON log
+from it (`fastpath/plans.py`); a change drops only the plans whose feature service or
+views changed. A failed refresh is one JSON log
 line naming the error type (never its text, which can carry the DSN), counted in a
 Prometheus counter; the server keeps serving the registry it last loaded, and the next
 interval tries again.

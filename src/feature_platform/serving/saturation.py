@@ -65,8 +65,9 @@ class InFlight:
     WINDOW = 64
     STALE_S = 5.0
     # The wait bound never lowers the limit below this: one request on the core, one
-    # waiting on the store and one arriving keep the core busy (at 2 a worker sharing its
-    # core idled for much of an overload run: loadtests/bench_saturation.py).
+    # waiting on the store and one arriving keep the core busy (at 2, goodput at twice
+    # the capacity fell to 85% on a quiet machine, less on a busy one, where the worker
+    # idled: loadtests/bench_saturation.py, docs/feature-server/performance.md).
     MIN_LIMIT = 3
 
     def __init__(self, bound: int, max_wait_s: float = 0.0) -> None:
