@@ -133,6 +133,8 @@ def cli_readers(env: str, say: Say) -> int:
                 retire = "no: newest version"
             elif record.quiet_since(row.last_read):
                 retire = f"yes: {row.successor} succeeds it, unread for {quiet}"
+            elif row.last_read is None:
+                retire = f"not yet: {record.too_young()}"
             else:
                 retire = f"not yet: read within {quiet}"
             print(f"{row.service:<32} {when:<20} {ago:>6}  {retire}", flush=True)

@@ -347,7 +347,8 @@ def _retirement(
     if readers.quiet_since(last):
         when = "never read" if last is None else f"last read {versions.ago(readers.now - last)} ago"
         return [Finding("retire", f"retire: {head}; {when} ({quiet})", False)]
-    assert last is not None
+    if last is None:
+        return [Finding("retire_unknown", f"{head}; {readers.too_young()}", True)]
     return [
         Finding(
             "still_read",

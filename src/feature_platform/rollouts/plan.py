@@ -244,10 +244,10 @@ def read_readers(store: Any, values: Mapping[str, str]) -> versions.Readers:
     if last_reads is None:
         return versions.Readers(now, quiet, unknown=f"{type(online).__name__} keeps no record")
     try:
-        services, views = last_reads(store.config)
+        services, views, since = last_reads(store.config)
     except Exception as exc:
         return versions.Readers(now, quiet, unknown=one_line_error(exc, values))
-    return versions.Readers(now, quiet, services, views)
+    return versions.Readers(now, quiet, services, views, since=since)
 
 
 def plan_in_repo(

@@ -86,6 +86,9 @@ class Readers:
     views: dict[str, float] = field(default_factory=dict)
     # Why the record could not be read; then no deletion counts as a retirement.
     unknown: str | None = None
+    # When the record began (its first write): a service absent from a record younger than
+    # the quiet period (a new or rebuilt Redis) may be read daily, so it is not unread yet.
+    since: float | None = None
 
     def last_read(self, service_names: Collection[str], view: str | None = None) -> float | None:
         """The latest read of any of the services (and of the view by feature list)."""
@@ -95,7 +98,20 @@ class Readers:
         return max(times, default=None)
 
     def quiet_since(self, last: float | None) -> bool:
-        return last is None or self.now - last >= self.quiet.total_seconds()
+        if last is None:
+            last = self.since
+        return last is not None and self.now - last >= self.quiet.total_seconds()
+
+    def too_young(self) -> str:
+        """Why a service the record never saw is not unread yet (with `quiet_since` false)."""
+        began = (
+            "has no beginning yet"
+            if self.since is None
+            else (f"began {ago(self.now - self.since)} ago")
+        )
+        return f"not read since the record of reads {began}, within the quiet period " + ago(
+            self.quiet.total_seconds()
+        )
 
 
 def next_free(name: str, taken: Collection[str]) -> str:

@@ -237,9 +237,11 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
         client = await self._get_client_async(config.online_store)
         return await freshness.read_async(client, config.project)
 
-    def last_reads(self, config: RepoConfig) -> tuple[dict[str, float], dict[str, float]]:
-        """When each service (and each view, by feature list) was last read: the feature
-        servers' record (`service_reads`)."""
+    def last_reads(
+        self, config: RepoConfig
+    ) -> tuple[dict[str, float], dict[str, float], float | None]:
+        """When each service (and each view, by feature list) was last read, and when the
+        record began: the feature servers' record (`service_reads`)."""
         return service_reads.read(self._get_client(config.online_store), config.project)
 
     def mark_loaded(self, config: RepoConfig, views: Iterable[str], at: float) -> None:

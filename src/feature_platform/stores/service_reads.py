@@ -6,6 +6,9 @@ for a read by feature service, `fv:<view>` for a view read by feature list. A ro
 reads it to tell an old version nobody reads any more (a retirement) from one still in
 use, without Prometheus. Each write is an HSET of the flush time: a worker's write may
 land a few seconds behind another's, which is nothing against a quiet period of hours.
+Field `since` holds the time of the record's first write (HSETNX with each write): a
+service absent from a record younger than the quiet period (a new or rebuilt Redis) is
+not yet known to be unread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from feature_platform.stores.freshness import KEY_PREFIX
 
 SERVICE_FIELD = "fs:"
 VIEW_FIELD = "fv:"
+SINCE_FIELD = "since"
 
 
 def key(project: str) -> str:
@@ -28,23 +32,31 @@ def fields(services: Iterable[str], views: Iterable[str]) -> list[str]:
 
 
 async def record_async(client: Any, project: str, names: Iterable[str], at: float) -> None:
-    """`names` as `fields` makes them; one HSET."""
+    """`names` as `fields` makes them; one HSET, and the record's beginning if it has
+    none, in one round trip."""
     mapping = dict.fromkeys(names, at)
     if mapping:
-        await client.hset(key(project), mapping=mapping)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(key(project), mapping=mapping)
+            pipe.hsetnx(key(project), SINCE_FIELD, at)
+            await pipe.execute()
 
 
-def read(client: Any, project: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(service -> last read, view -> last read by feature list), in epoch seconds."""
+def read(client: Any, project: str) -> tuple[dict[str, float], dict[str, float], float | None]:
+    """(service -> last read, view -> last read by feature list, the record's beginning),
+    in epoch seconds."""
     services: dict[str, float] = {}
     views: dict[str, float] = {}
+    since = None
     for name, at in client.hgetall(key(project)).items():
         text = name.decode() if isinstance(name, bytes) else str(name)
         if text.startswith(SERVICE_FIELD):
             services[text[len(SERVICE_FIELD) :]] = float(at)
         elif text.startswith(VIEW_FIELD):
             views[text[len(VIEW_FIELD) :]] = float(at)
-    return services, views
+        elif text == SINCE_FIELD:
+            since = float(at)
+    return services, views, since
 
 
 def forget(client: Any, project: str, services: Iterable[str], views: Iterable[str]) -> None:

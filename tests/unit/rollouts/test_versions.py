@@ -143,10 +143,13 @@ def test_a_safe_change_offers_nothing() -> None:
     assert (change.classification, change.instead) == (SAFE, None)
 
 
-def readers(**services: float) -> versions.Readers:
-    """Last reads `hours` ago, a quiet period of 24 hours."""
+def readers(since_hours: float = 100, **services: float) -> versions.Readers:
+    """Last reads `hours` ago, a quiet period of 24 hours, a record begun `since_hours` ago."""
     return versions.Readers(
-        NOW, timedelta(hours=24), {s: NOW - h * HOUR for s, h in services.items()}
+        NOW,
+        timedelta(hours=24),
+        {s: NOW - h * HOUR for s, h in services.items()},
+        since=NOW - since_hours * HOUR,
     )
 
 
@@ -169,6 +172,26 @@ def test_deleting_an_old_version_unread_for_the_quiet_period_is_a_retirement() -
     }
     never = retiring(readers(model_v2=0))
     assert never["model_v1"][0] == SAFE and "never read" in never["model_v1"][1]
+
+
+@pytest.mark.parametrize("since_hours", [3.0, None])
+def test_never_read_counts_only_once_the_record_is_older_than_the_quiet_period(
+    since_hours: float | None,
+) -> None:
+    """A record of reads begun an hour ago (a new or rebuilt Redis), or with no beginning
+    (no server wrote it yet), cannot tell an unread service from one read daily."""
+    record = versions.Readers(
+        NOW,
+        timedelta(hours=24),
+        {"model_v2": NOW},
+        since=None if since_hours is None else NOW - since_hours * HOUR,
+    )
+    got = retiring(record)
+    began = "began 3h ago" if since_hours else "has no beginning yet"
+    for name in ("stats", "model_v1"):
+        classification, detail = got[name]
+        assert classification == BREAKING
+        assert f"not read since the record of reads {began}, within the quiet period 1d" in (detail)
 
 
 def test_deleting_an_old_version_read_within_the_quiet_period_is_breaking() -> None:
