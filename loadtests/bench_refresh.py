@@ -12,9 +12,11 @@ offer half the one-entity capacity). Each round:
 2. open loop at half that maximum, for `--seconds` each, in three conditions (the order
    rotating between rounds): the server that never refreshes; the refreshing server with
    the registry unchanged; the refreshing server while another process applies one
-   unrelated feature view (a new description) twice per interval, so every refresh loads
-   a changed registry. Before each, a discarded run of two intervals lets the server
-   settle on the registry of the moment.
+   unrelated feature view (a new description) at random times, on average twice per
+   interval and never more than an interval apart, so every refresh loads a changed
+   registry while the applies' own work (the process's, and Postgres's on any core) falls
+   as often within a second after a refresh as in the rest of the run. Before each, a
+   discarded run of two intervals lets the server settle on the registry of the moment.
 
 Each refresh's start and duration come from the server's log ("registry reloaded at");
 a request is "after a refresh" when it was scheduled to be sent within `WINDOW_S` of a
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -95,9 +98,9 @@ def add_views(count: int) -> None:
 
 
 def change_registry(every_s: float) -> None:
-    """Apply one unrelated feature view with a new description every `every_s`, until
-    stopped: the registry changes, what the servers read does not. A line on stdout
-    after the first apply."""
+    """Apply one unrelated feature view with a new description at random times, on
+    average every `every_s` and at most 2 * `every_s` apart, until stopped: the registry
+    changes, what the servers read does not. A line on stdout after the first apply."""
     from feature_platform.config import feast_commands
 
     store = feast_commands.open_store(bench.ENV)
@@ -109,7 +112,9 @@ def change_registry(every_s: float) -> None:
         store.registry.apply_feature_view(view, store.project, commit=True)
         if revision == 1:
             print("applied", flush=True)
-        time.sleep(every_s)
+        # a random phase against the refreshes: at a fixed period the applies would fall
+        # in the same place of every refresh interval, and their load with them
+        time.sleep(random.uniform(0, 2 * every_s))
 
 
 def refreshes(log_path: Path, start: float, end: float) -> list[dict[str, Any]]:
@@ -154,7 +159,8 @@ def one_run(
     url = f"{server.url}/get-online-features"
     changer = None
     if changing:
-        # twice per interval: every refresh finds the registry changed
+        # twice per interval on average, never an interval apart: every refresh finds the
+        # registry changed
         changer = subprocess.Popen(
             [sys.executable, __file__, "--change-registry-every", str(args.interval / 2)],
             stdout=subprocess.PIPE,
@@ -335,8 +341,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"maximum (16 connections, {result['wrk_seconds']:g} s, against the server that "
         f"never refreshes), {result['seconds']:g} s per condition in each of "
         f"{len(result['rounds'])} rounds. Changed registry: another process (CPU 1, nice 19) "
-        "applies one feature view that no service reads, with a new description, twice per "
-        f"interval. After a refresh: scheduled within {WINDOW_S:g} s of the start of a "
+        "applies one feature view that no service reads, with a new description, at random "
+        "times (twice per interval on average, never an interval apart). After a refresh: "
+        f"scheduled within {WINDOW_S:g} s of the start of a "
         "refresh (from the server's log); latency from the scheduled send time.",
         "",
         f"Command: `{result['command']}`",
