@@ -11,11 +11,14 @@ requests all along, and none fails.
 
 from __future__ import annotations
 
+import re
+import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,10 @@ MAX_REQUESTS = 20_000
 MAX_SECONDS = 900
 PAUSE_S = 0.02
 QUIET_S = 3
+# The pull request's plan's Redis user, as docs/rollouts.md gives it (after its password).
+PLAN_READER_RULES = (
+    "resetkeys ~feature_platform:reads:<project> resetchannels -@all +hgetall +select"
+)
 
 IN_PLACE = [("feature_views.py", '        Field(name="n_purchases_7d", dtype=Int64),\n', "")]
 
@@ -102,6 +109,27 @@ RETIRED = [
     ("feature_services.py", "    customer_stats,\n", ""),
     ("feature_services.py", "    transaction_vs_history,\n", ""),
 ]
+
+
+@contextmanager
+def plan_reader(stack: Stack, rules: str) -> Iterator[dict[str, str]]:
+    """The settings of a Redis ACL user with these rules, for the time of the block."""
+    username, password = f"plan-{secrets.token_hex(4)}", secrets.token_hex(16)
+    admin = stack.redis()
+    admin.acl_setuser(username, enabled=True, passwords=[f"+{password}"])
+    admin.execute_command(
+        "ACL", "SETUSER", username, *rules.replace("<project>", "fraud_detection").split()
+    )
+    try:
+        yield {"REDIS_USERNAME": username, "REDIS_PASSWORD": password}
+    finally:
+        admin.acl_deluser(username)
+
+
+def plan_rows(markdown: str) -> list[str]:
+    """The plan's table rows, without how long ago each read was."""
+    rows = (line for line in markdown.splitlines() if line.startswith("| "))
+    return sorted(re.sub(r"read \d+[smhd] ago", "read ... ago", row) for row in rows)
 
 
 @dataclass
@@ -317,6 +345,17 @@ def test_a_breaking_change_ships_as_a_version_while_clients_read(
     for name in ("customer_stats", "transaction_vs_history", "fraud_detection_v1"):
         assert f"`{name}` | safe | retire: old version, `" in retire.stdout, retire.stdout
     assert "quiet period 3s" in retire.stdout
+    # The pull request's plan, with a Redis user that may read the record and nothing else
+    # (docs/rollouts.md): the same retirements.
+    with plan_reader(stack, PLAN_READER_RULES) as user:
+        pull_request = ci("plan", stack, retired, **user, **quiet)
+    assert pull_request.returncode == 0, pull_request.stdout + pull_request.stderr
+    assert plan_rows(pull_request.stdout) == plan_rows(retire.stdout)
+    # A user that may not read the record: the last read is unknown, the deletion breaking.
+    with plan_reader(stack, "resetkeys resetchannels -@all +select") as user:
+        blind = ci("plan", stack, retired, **user, **quiet)
+    assert blind.returncode == 3, blind.stdout + blind.stderr
+    assert "succeeds it; last read unknown (" in blind.stdout
     readers = readers_cli(stack, retired, **quiet)
     assert "yes: fraud_detection_v2 succeeds it, unread for 3s" in row_of(
         readers.stdout, "fraud_detection_v1"

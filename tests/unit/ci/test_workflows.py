@@ -134,10 +134,13 @@ def test_pull_requests_test_then_plan_both_environments_read_only() -> None:
     for env in ("dev", "prod"):
         assert by_id[env]["run"] == f"bash ci/plan-to-output.sh {env}"
         prefix = env.upper()
-        assert by_id[env]["env"]["POSTGRES_PASSWORD"] == (
-            f"${{{{ secrets.{prefix}_PLAN_POSTGRES_PASSWORD }}}}"
-        )
-    assert plan["env"]["REDIS_PASSWORD"] == ""
+        for variable, secret in (
+            ("POSTGRES_PASSWORD", "PLAN_POSTGRES_PASSWORD"),
+            ("REDIS_USERNAME", "PLAN_REDIS_USERNAME"),
+            ("REDIS_PASSWORD", "PLAN_REDIS_PASSWORD"),
+        ):
+            assert by_id[env]["env"][variable] == f"${{{{ secrets.{prefix}_{secret} }}}}"
+    assert "REDIS_PASSWORD" not in plan["env"]
     assert "allow-breaking-changes" in plan["env"]["ALLOW_BREAKING_CHANGES"]
     verdict = wf["jobs"]["verdict"]["steps"][0]["run"]
     assert "3)" in verdict and "ALLOWED" in verdict
