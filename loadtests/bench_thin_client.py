@@ -9,11 +9,18 @@ count, rounds interleaved so drift hits every path alike:
   time after the imports, from its last line ("wrote N rows ... in Xs");
 - a thin client (Feast's SDK with only the client file: registry server, offline server)
   timing `get_historical_features(...).to_df()` in a warm process, against
-  - the offline server as the chart runs it (no mirror: COPY scoped to the labels'
-    entities),
+  - the offline server without a mirror (COPY scoped to the labels' entities),
   - the offline server sharing the command's mirror directory,
   - at the smallest count, Feast's join behind the same server (the path before the
-    platform's engine answered), one round.
+    platform's engine answered), one round;
+
+then, in a second set of rounds, the offline server as the chart runs it, with a mirror
+of its own (started fresh for each label count: its whole copy made before it listens,
+then one untimed request, so the state measured is the one after the first request),
+interleaved with the command again, now while the server's mirror exists beside the
+command's. Each mirror path reports how many of its timed refreshes copied a table whole
+(0: both mirrors stayed incremental); the ratios of this second set are to the command of
+the same set.
 
 Results: loadtests/results/bench_thin_client.{json,md}; the ratio of each thin-client path
 to the command against the target, 1.5x. `--quick` runs a tenth of the data, and 2 000
@@ -27,11 +34,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +77,9 @@ COMMAND = "training-set command (mirror current)"
 THIN_COPY = "thin client, server without mirror (COPY)"
 THIN_MIRROR = "thin client, server sharing the mirror"
 THIN_FEAST = "thin client, server running Feast's join"
+COMMAND_BESIDE = "training-set command, the server's own mirror kept too"
+THIN_OWN = "thin client, server with its own mirror"
+OWN_MIRROR = WORK / "server-mirror"
 
 # The offline server as it answered before the platform's engine: Feast's join always.
 FEAST_SERVER = """
@@ -143,8 +154,9 @@ def thin_client(registry: str, offline: str, name: str) -> FeatureStore:
     return FeatureStore(repo_path=str(directory))
 
 
-def run_command(labels_path: Path, output: Path, log: Path) -> float:
-    """The command's own time after its imports, from its last line."""
+def run_command(labels_path: Path, output: Path, log: Path) -> tuple[float, int]:
+    """The command's own time after its imports, from its last line; how many tables its
+    mirror copied whole."""
     argv = [str(PLATFORM), "training-set", ENV, "--labels", str(labels_path), "--output",
             str(output)]  # fmt: skip
     with log.open("ab") as out:
@@ -154,7 +166,15 @@ def run_command(labels_path: Path, output: Path, log: Path) -> float:
     if done.returncode != 0:
         raise SystemExit(f"the command failed; see {log}")
     (seconds,) = re.findall(rb"wrote [\d,]+ rows to .* in ([\d.]+)s", done.stderr)
-    return float(seconds)
+    return float(seconds), len(re.findall(rb"mirror .*: copied whole", done.stderr))
+
+
+def whole_copies(root: Path) -> dict[str, str]:
+    """Table -> the whole copy its mirror's manifest names (a new one at each whole copy)."""
+    return {
+        str(m.parent): json.loads(m.read_text()).get("copy", "")
+        for m in root.glob("*/*/manifest.json")
+    }
 
 
 def run_thin(store: FeatureStore, labels: pd.DataFrame) -> tuple[float, pd.DataFrame]:
@@ -179,39 +199,58 @@ def same_rows(thin: pd.DataFrame, labels: pd.DataFrame, command_output: Path) ->
 
 
 def measure(
-    labels_all: pd.DataFrame, n: int, rounds: int, stores: dict[str, FeatureStore], first: bool
+    labels_all: pd.DataFrame,
+    n: int,
+    rounds: int,
+    stores: dict[str, FeatureStore],
+    first: bool,
+    own_server: Callable[[], FeatureStore],
 ) -> list[dict[str, Any]]:
-    """Every path at `n` labels, rounds interleaved."""
+    """Every path at `n` labels, rounds interleaved, in two sets (see the module's text)."""
     log = WORK / "bench_thin_client.log"
     labels = labels_all.sample(n, random_state=7).sort_index().reset_index(drop=True)
     labels_path = WORK / f"labels-{n}.parquet"
     labels.to_parquet(labels_path, index=False, coerce_timestamps="us")
     output = WORK / f"out-{n}.parquet"
     run_command(labels_path, output, log)  # the mirror brought up to date first
-    paths = [COMMAND, THIN_COPY, THIN_MIRROR] + ([THIN_FEAST] if first else [])
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    checked: dict[str, bool] = {}
-    for r in range(rounds):
-        for name in paths:
-            if name == THIN_FEAST and r > 0:
-                continue  # minutes at larger counts; one round shows the gap
-            if name == COMMAND:
-                seconds = run_command(labels_path, output, log)
-            else:
-                seconds, frame = run_thin(stores[name], labels)
-                checked.setdefault(name, same_rows(frame, labels, output))
-            times[name].append(seconds)
-            say(f"{n:,} labels, round {r + 1}, {name}: {seconds:.2f}s")
-    base = statistics.median(times[COMMAND])
+    sets = [[COMMAND, THIN_COPY, THIN_MIRROR] + ([THIN_FEAST] if first else []),
+            [COMMAND_BESIDE, THIN_OWN]]  # fmt: skip
+    mirrors = {THIN_MIRROR: WORK / "mirror", THIN_OWN: OWN_MIRROR}
     rows = []
-    for name, seconds_list in times.items():
-        median = statistics.median(seconds_list)
-        rows.append({
-            "path": name, "labels": n, "rounds": len(seconds_list), "seconds_median": median,
-            "seconds_min": min(seconds_list), "seconds_max": max(seconds_list),
-            "ratio_to_command": median / base,
-            "same_rows_as_command": checked.get(name, True),
-        })  # fmt: skip
+    for paths in sets:
+        if THIN_OWN in paths:
+            stores[THIN_OWN] = own_server()
+            run_thin(stores[THIN_OWN], labels)  # the state after the first request
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        whole: dict[str, int] = dict.fromkeys(paths, 0)
+        checked: dict[str, bool] = {}
+        for r in range(rounds):
+            for name in paths:
+                if name == THIN_FEAST and r > 0:
+                    continue  # minutes at larger counts; one round shows the gap
+                if name in (COMMAND, COMMAND_BESIDE):
+                    seconds, copied = run_command(labels_path, output, log)
+                    whole[name] += copied
+                else:
+                    before = whole_copies(mirrors[name]) if name in mirrors else {}
+                    seconds, frame = run_thin(stores[name], labels)
+                    checked.setdefault(name, same_rows(frame, labels, output))
+                    if name in mirrors:
+                        after = whole_copies(mirrors[name])
+                        whole[name] += sum(after[t] != before.get(t) for t in after)
+                times[name].append(seconds)
+                say(f"{n:,} labels, round {r + 1}, {name}: {seconds:.2f}s")
+        base = statistics.median(times[paths[0]])
+        for name, seconds_list in times.items():
+            median = statistics.median(seconds_list)
+            rows.append({
+                "path": name, "labels": n, "rounds": len(seconds_list),
+                "seconds_median": median, "seconds_min": min(seconds_list),
+                "seconds_max": max(seconds_list), "ratio_to_command": median / base,
+                "same_rows_as_command": checked.get(name, True),
+                "whole_copies": whole[name] if name in (*mirrors, COMMAND, COMMAND_BESIDE)
+                else None,
+            })  # fmt: skip
     return rows
 
 
@@ -221,18 +260,26 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"{result['machine']}, {result['when']}, data: {result['sizes']}",
         "",
-        "| path | labels | seconds (median) | spread (min-max) | / command | rounds | same rows |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| path | labels | seconds (median) | spread (min-max) | / command | rounds | same rows "
+        "| whole copies |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['path']} | {r['labels']:,} | {r['seconds_median']:.2f} | "
             f"{r['seconds_min']:.2f}-{r['seconds_max']:.2f} | {r['ratio_to_command']:.2f}x | "
-            f"{r['rounds']} | {'yes' if r['same_rows_as_command'] else 'NO'} |"
+            f"{r['rounds']} | {'yes' if r['same_rows_as_command'] else 'NO'} | "
+            f"{'-' if r.get('whole_copies') is None else r['whole_copies']} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        f"Load average (1, 5, 15 min) at the start: {result['load_start']}, at the end: "
+        f"{result['load_end']}. Whole copies: timed refreshes that copied a table whole "
+        "(the first copies are made before the timed rounds).",
+        "",
+    ]
     for r in result["rows"]:
-        if r["path"] in (THIN_COPY, THIN_MIRROR):
+        if r["path"] in (THIN_COPY, THIN_MIRROR, THIN_OWN):
             verdict = "within" if r["ratio_to_command"] <= TARGET else "over"
             lines.append(
                 f"- {r['labels']:,} labels, {r['path']}: {r['ratio_to_command']:.2f}x the "
@@ -248,6 +295,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes, counts = QUICK if args.quick else FULL
     WORK.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
     labels = prepare(sizes)
     log = WORK / "servers.log"
     registry = PlatformServer(ENV, "registry", log=log.open("ab")).start()
@@ -255,6 +303,18 @@ def main() -> int:
     with environ({offline_mirror.DIR_VAR: ""}):
         copying = PlatformServer(ENV, "offline", log=log.open("ab")).start()
     feast_join = FeastJoinServer(log)
+    own: list[PlatformServer] = []
+
+    def own_server() -> FeatureStore:
+        """A server with a mirror of its own, started fresh: its whole copy made first."""
+        for server in own:
+            server.stop()
+        own.clear()
+        shutil.rmtree(OWN_MIRROR, ignore_errors=True)
+        with environ({offline_mirror.DIR_VAR: str(OWN_MIRROR)}):
+            own.append(PlatformServer(ENV, "offline", log=log.open("ab")).start())
+        return thin_client(registry.address, own[0].address, "own")
+
     try:
         stores = {
             THIN_COPY: thin_client(registry.address, copying.address, "copy"),
@@ -264,9 +324,11 @@ def main() -> int:
         rows = [
             row
             for n in counts
-            for row in measure(labels, n, args.rounds, stores, first=n == counts[0])
+            for row in measure(labels, n, args.rounds, stores, n == counts[0], own_server)
         ]
     finally:
+        for server in own:
+            server.stop()
         feast_join.stop()
         for server in (copying, mirrored, registry):
             server.stop()
@@ -275,6 +337,8 @@ def main() -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "sizes": str(sizes),
         "target_ratio": TARGET,
+        "load_start": " ".join(f"{x:.2f}" for x in load_start),
+        "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)

@@ -336,13 +336,18 @@ def test_client_server_commands_answer_their_probes(
             listed = requests.get(f"http://127.0.0.1:{rest}/api/v1/projects", timeout=10).json()
             assert [p["spec"]["name"] for p in listed["projects"]] == ["fraud_detection"]
         else:
-            # A thin client's training set, staged under the pod's TMPDIR, rows read with
-            # COPY (the chart sets no mirror directory).
+            # A thin client's training set, staged under the pod's TMPDIR, rows read from
+            # the pod's own mirror, copied whole before the server listened.
             store = rendered.stack.through_offline_server(int(port), rendered.root / "thin")
             labels = offline_tables.read(rendered.settings, "transactions")[ENTITY_COLUMNS]
             train = training_set(store, labels.head(20))
             assert len(train) == 20 and train["avg_purchase_30d"].notna().any()
-            assert "training set: platform engine, 20 labels" in server.log.read_text()
+            log = server.log.read_text()
+            assert "training set: platform engine, 20 labels" in log
+            listening = log.index("offline server (read-only)")
+            assert 0 <= log.find("copied whole (no mirror yet)") < listening, log
+            mirror = Path(command.env["OFFLINE_MIRROR_DIR"])
+            assert list(mirror.glob("*/*/manifest.json")), "the pod's own mirror"
 
 
 def test_ui_command_answers_its_probe(rendered: Rendered, applied: None) -> None:

@@ -137,16 +137,43 @@ def _mounted(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[
     return volume
 
 
-def test_the_offline_server_stages_training_sets_on_a_work_volume_without_mirror(
-    thin: list[dict],
-) -> None:
-    """Rows read with COPY: no mirror directory (the image's env file names one of its
-    own), DuckDB's files under TMPDIR on an emptyDir of `workDirSize`."""
+def test_the_offline_server_keeps_a_mirror_of_its_own_by_default(thin: list[dict]) -> None:
+    """Each pod's mirror on an emptyDir of `ownMirror.sizeLimit`, copied whole before the
+    pod listens: the startup probe waits `startupSeconds`. DuckDB's files under TMPDIR on
+    an emptyDir of `workDirSize`; no claim."""
     pod, container = _offline_pod(thin)
     env = container_env(container, thin)
-    assert env["OFFLINE_MIRROR_DIR"] == ""
+    assert env["OFFLINE_MIRROR_DIR"].startswith("/")
+    assert _mounted(pod, container, env["OFFLINE_MIRROR_DIR"])["emptyDir"] == {"sizeLimit": "20Gi"}
     assert _mounted(pod, container, env["TMPDIR"])["emptyDir"] == {"sizeLimit": "4Gi"}
+    assert env["OFFLINE_MIRROR_DIR"] != env["TMPDIR"]
     assert not [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    registry = pod_template(one(thin, "Deployment", "-registry"))["spec"]["containers"][0]
+    assert registry["startupProbe"]["failureThreshold"] == 60
+
+
+def test_the_offline_servers_own_mirror_can_live_on_a_claim() -> None:
+    own = {"existingClaim": "offline-mirror", "startupSeconds": 1200}
+    objects = render(SCENARIOS[SCENARIO], {"offlineServer": {"ownMirror": own}})
+    pod, container = _offline_pod(objects)
+    env = container_env(container, objects)
+    mounted = _mounted(pod, container, env["OFFLINE_MIRROR_DIR"])
+    assert mounted["persistentVolumeClaim"] == {"claimName": "offline-mirror"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200
+
+
+def test_without_a_mirror_the_offline_server_reads_with_copy() -> None:
+    """Rows read with COPY: no mirror directory (the image's env file names one of its
+    own), no mirror volume, the usual startup probe."""
+    objects = render(SCENARIOS[SCENARIO], {"offlineServer": {"ownMirror": {"enabled": False}}})
+    pod, container = _offline_pod(objects)
+    env = container_env(container, objects)
+    assert env["OFFLINE_MIRROR_DIR"] == ""
+    assert all(v["name"] != "mirror" for v in pod["spec"]["volumes"])
+    assert container["startupProbe"]["failureThreshold"] == 60
 
 
 def test_the_offline_server_can_share_the_training_sets_mirror() -> None:
@@ -166,6 +193,8 @@ def test_the_offline_server_can_share_the_training_sets_mirror() -> None:
     assert _mounted(pod, container, mount)["persistentVolumeClaim"] == {"claimName": claim}
     assert _mounted(job, trainer, mount)["persistentVolumeClaim"] == {"claimName": claim}
     assert _mounted(pod, container, env["TMPDIR"])["emptyDir"] == {"sizeLimit": "8Gi"}
+    # The shared mirror replaces the pod's own.
+    assert not [v for v in pod["spec"]["volumes"] if v["name"] == "mirror"]
 
 
 def test_the_offline_servers_mirror_needs_the_training_set() -> None:

@@ -2,8 +2,9 @@
 The Deployment of a server clients without credentials call (registry, offline): one pod
 shape for both, from the same named templates as the feature server's. Arguments: ctx
 (the root), part, values (registryServer or offlineServer), args, ports (name -> port)
-probe (the probe handler without its port: {"grpc": {}} or {"tcpSocket": {}}), probePort
-and rollOnTlsChange (a server that reads its certificate only at start).
+probe (the probe handler without its port: {"grpc": {}} or {"tcpSocket": {}}), probePort,
+rollOnTlsChange (a server that reads its certificate only at start) and startupFailures
+(the startup probe's, every 2 s; 60 unless given).
 */}}
 {{- define "feast-platform.clientServerDeployment" -}}
 {{- $ctx := .ctx }}
@@ -72,7 +73,7 @@ spec:
           startupProbe:
             {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
             periodSeconds: 2
-            failureThreshold: 60
+            failureThreshold: {{ .startupFailures | default 60 }}
           readinessProbe:
             {{- include "feast-platform.clientServerProbe" (dict "probe" .probe "port" $probePort) | nindent 12 }}
             periodSeconds: 5
@@ -202,6 +203,7 @@ spec:
 {{- $env := list (dict "name" "TMPDIR" "value" $work) }}
 {{- $mounts := list (dict "name" "work" "mountPath" $work) }}
 {{- $volumes := list (dict "name" "work" "emptyDir" (dict "sizeLimit" $v.workDirSize)) }}
+{{- $startupFailures := 60 }}
 {{- if $v.mirror }}
 {{- if not .Values.trainingSet.enabled }}
 {{- fail "offlineServer.mirror reads the training set's mirror: set trainingSet.enabled (and trainingSet.mirror) too" }}
@@ -211,9 +213,20 @@ spec:
 {{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" (printf "%s/mirror" $training)) }}
 {{- $mounts = append $mounts (dict "name" "training" "mountPath" $training) }}
 {{- $volumes = append $volumes (dict "name" "training" "persistentVolumeClaim" (dict "claimName" $claim)) }}
+{{- else if $v.ownMirror.enabled }}
+{{- /* The server's own mirror, copied whole before it listens: the startup probe waits. */}}
+{{- $own := "/var/lib/feature-platform/offline-mirror" }}
+{{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" $own) }}
+{{- $mounts = append $mounts (dict "name" "mirror" "mountPath" $own) }}
+{{- if $v.ownMirror.existingClaim }}
+{{- $volumes = append $volumes (dict "name" "mirror" "persistentVolumeClaim" (dict "claimName" $v.ownMirror.existingClaim)) }}
+{{- else }}
+{{- $volumes = append $volumes (dict "name" "mirror" "emptyDir" (dict "sizeLimit" $v.ownMirror.sizeLimit)) }}
+{{- end }}
+{{- $startupFailures = div (add $v.ownMirror.startupSeconds 1) 2 }}
 {{- else }}
 {{- /* Set even when empty: the image's env file names a directory of its own. */}}
 {{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" "") }}
 {{- end }}
-{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int) "rollOnTlsChange" true "env" $env "volumeMounts" $mounts "volumes" $volumes) }}
+{{- toJson (dict "part" "offline" "values" $v "args" $args "ports" (dict "flight" ($v.port | int)) "probe" (dict "tcpSocket" (dict)) "probePort" ($v.port | int) "rollOnTlsChange" true "env" $env "volumeMounts" $mounts "volumes" $volumes "startupFailures" $startupFailures) }}
 {{- end }}

@@ -109,9 +109,13 @@ def cmd_serve_offline(args: argparse.Namespace) -> int:
     from feature_platform.servers import offline
     from feature_platform.training import server_join
 
-    fast_join = server_join.fast_join(feast_commands.prepare(args.env))
+    settings = feast_commands.prepare(args.env)
+    fast_join = server_join.fast_join(settings)
+    store = feast_commands.open_store(args.env)
+    # Before listening: the pod is ready once its mirror is (the chart's startup probe).
+    server_join.warm_mirror(store, settings, say)
     try:
-        offline.serve(feast_commands.open_store(args.env), args.host, args.port, say, fast_join)
+        offline.serve(store, args.host, args.port, say, fast_join)
     except OSError as exc:
         say(f"serve-offline: {exc}")
         return 1

@@ -230,7 +230,8 @@ def _refresh_mirror(store: FeatureStore, values: Mapping[str, str], say: Say) ->
         return
     sources = [view.batch_source for view in store.list_feature_views()]
     try:
-        offline_mirror.refresh_sources(config, sources, Path(root), say)
+        keep = offline_mirror.keep(values)
+        offline_mirror.refresh_sources(config, sources, Path(root), say, keep)
     except (psycopg.Error, PlatformError, OSError) as exc:
         say(
             f"mirror refresh failed: {one_line_error(exc, values)}; the next training set "

@@ -5,39 +5,55 @@ pays that once, then copies only what changed. Its files serve the fast training
 and engines that read files only (Ray).
 
 Statement-level triggers the platform installs on each mirrored table record changes in
-the same transaction as the change:
+the same transaction as the change, each with that transaction's id (`xid8`):
 
 - an INSERT (or COPY) copies its new rows from the statement's transition table into
   `<table>__mirror_delta`;
-- an UPDATE, DELETE or TRUNCATE marks the table in `feature_platform_mirror_marks`: the
-  next refresh copies it whole.
+- an UPDATE, DELETE or TRUNCATE adds a mark for the table to
+  `feature_platform_mirror_marks`.
 
-A refresh, under an advisory lock per table, does one of two things:
+Nothing a refresh does takes a change away from another mirror: each mirror directory
+keeps its own place in that log, the snapshot (`pg_current_snapshot()`) its last copy or
+delta read was taken in, in its manifest. So the training job's mirror, the offline
+server's and a developer's each stay exact and incremental over the same tables.
 
-- a full copy (no mirror yet, the table replaced or its columns changed, a mark, the
-  triggers gone, or another mirror directory took the delta over): the triggers and the
-  delta table are (re)created in a transaction that locks out writers for that DDL only
-  (SHARE ROW EXCLUSIVE; readers go on); then, in a REPEATABLE READ snapshot taken after
-  it, the table is copied to a new generation directory while the delta rows and marks
-  that snapshot sees (changes the copy holds) are deleted. Writes go on during the copy
-  and reach the next refresh through the delta. A table larger than `RANGE_PAGES` is
-  copied as block ranges, one part each, on up to `COPIES_AT_ONCE` connections that all
-  read that one snapshot (exported by the first): Postgres formats rows on one core per
-  connection, which is most of a whole copy's time.
-- a delta copy: in one REPEATABLE READ transaction the delta rows it sees are claimed with
-  a batch number and copied to one part file; rows committed after its snapshot stay
-  unclaimed for the next refresh. The claimed rows are deleted once the manifest that
-  lists the part is published; a crash in between copies them again next time.
+A refresh, under an advisory lock per table (mirrors of one table refresh in turn),
+does one of two things:
+
+- a delta copy: in one REPEATABLE READ transaction, the delta rows of transactions the
+  previous snapshot did not see (`NOT pg_visible_in_snapshot`, the scan bounded below by
+  that snapshot's xmin) go to one part file, and the new manifest records this
+  transaction's snapshot. Rows of transactions still open then are read by the next
+  refresh; a row is never read twice. A crash before the manifest reads them again.
+- a full copy when the delta does not apply: no mirror yet (or one of the layout before
+  positions), a mark the previous snapshot did not see, the table replaced or its
+  columns changed, the triggers gone, or the mirror's position expired (below). The
+  triggers and the delta table are (re)created only when missing or out of date, in a
+  transaction that locks out writers for that DDL only (SHARE ROW EXCLUSIVE; readers go
+  on); a generation in `feature_platform_mirror_state` makes every mirror of the table
+  copy whole once after that. Then, in a REPEATABLE READ snapshot, the table is copied to
+  a new directory; writes go on and reach the next refresh through the delta. A table
+  larger than `RANGE_PAGES` is copied as block ranges, one part each, on up to
+  `COPIES_AT_ONCE` connections that all read that one snapshot (exported by the first):
+  Postgres formats rows on one core per connection, which is most of a whole copy's time.
+
+Each refresh records its mirror's position (its snapshot's xmin and the time) in
+`feature_platform_mirror_positions`; delta rows and marks below every position of the
+table are deleted. A mirror not refreshed for `OFFLINE_MIRROR_KEEP_DAYS` (default 7)
+loses its position and stops holding the log back; when it comes back it finds its
+position gone and copies whole, and says so. Mirrors written before positions existed
+(the delta claimed by one mirror) are copied whole on their first refresh.
 
 `refresh_all` brings several tables up to date at once, each on its own connections;
-`refresh_sources` those of Feast sources. The training-set command refreshes the tables
-it reads, and the materialization job every table of the registry's views after each
-run (when it has the mirror directory), so a training set rarely finds one to copy whole.
+`refresh_sources` those of Feast sources. The training-set command and the offline
+server refresh the tables they read, and the materialization job every table of the
+registry's views after each run (when it has the mirror directory), so a training set
+rarely finds one to copy whole.
 
 Each table's copy lives in `<root>/<database>/<schema>.<table>/`; its `manifest.json`
 (replaced atomically) names the parts of the current copy; the parts of the previous
 manifest are kept too, for readers that opened it just before. One root serves one
-Postgres server: the delta belongs to the last mirror directory that copied the table.
+Postgres server.
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,29 +90,50 @@ from feature_platform.offline import postgres_copy
 
 # The mirror's root directory, in an environment's settings; empty: no mirror.
 DIR_VAR = "OFFLINE_MIRROR_DIR"
+# Days a mirror not refreshed keeps its place in the change log; after that the log is
+# pruned past it, and it copies whole when it comes back.
+KEEP_VAR = "OFFLINE_MIRROR_KEEP_DAYS"
+KEEP = timedelta(days=7)
 MANIFEST = "manifest.json"
 # More delta parts than this are merged into one, so reads stay one scan per file.
 MAX_PARTS = 16
 DELTA_SUFFIX = "__mirror_delta"
-BATCH = "__mirror_batch"
+XID = "__mirror_xid"
 TRIGGERS = ("insert", "update", "delete", "truncate")
 # A whole copy of a table past this many pages (8 KiB each: 64 MiB) is split in block
 # ranges copied at once, on at most COPIES_AT_ONCE connections (tables, likewise).
 RANGE_PAGES = 8192
 COPIES_AT_ONCE = min(4, os.cpu_count() or 1)
 
+# Why a refresh copies whole, as its progress line says it.
+NEW = "no mirror yet"
+OLD_LAYOUT = "a mirror of the layout before positions"
+EXPIRED = "its position in the change log expired or was never recorded"
+
 
 # Installed once per database; SECURITY DEFINER so a writer needs no rights on the delta.
 # A delta insert that fails (a column dropped since the delta was made) marks the table
-# instead: a write to the offline table never fails because of the mirror.
+# instead: a write to the offline table never fails because of the mirror. The tables of
+# the layout before positions (one mark per table, a mirror id per table) are replaced.
 _SETUP = """
+DO $$ BEGIN
+    IF to_regclass('feature_platform_mirror_marks') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute WHERE attname = 'xid' AND NOT attisdropped
+        AND attrelid = to_regclass('feature_platform_mirror_marks')) THEN
+        DROP TABLE feature_platform_mirror_marks;
+        DROP TABLE IF EXISTS feature_platform_mirror_state;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS feature_platform_mirror_marks (
-    table_name text NOT NULL, marked_at timestamptz NOT NULL DEFAULT now());
+    table_name text NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    marked_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX IF NOT EXISTS feature_platform_mirror_marks_table
-    ON feature_platform_mirror_marks (table_name);
+    ON feature_platform_mirror_marks (table_name, xid);
 CREATE TABLE IF NOT EXISTS feature_platform_mirror_state (
-    table_name text PRIMARY KEY, table_oid oid NOT NULL, mirror_id text NOT NULL,
-    generation bigint NOT NULL);
+    table_name text PRIMARY KEY, table_oid oid NOT NULL, generation bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS feature_platform_mirror_positions (
+    mirror_id text NOT NULL, table_name text NOT NULL, snapshot_xmin xid8 NOT NULL,
+    seen_at timestamptz NOT NULL, PRIMARY KEY (table_name, mirror_id));
 CREATE OR REPLACE FUNCTION feature_platform_mirror_mark() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
@@ -107,8 +145,9 @@ CREATE OR REPLACE FUNCTION feature_platform_mirror_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     BEGIN
-        EXECUTE format('INSERT INTO %I.%I SELECT *, NULL FROM feature_platform_new_rows',
-                       TG_TABLE_SCHEMA, TG_TABLE_NAME || '__mirror_delta');
+        EXECUTE format(
+            'INSERT INTO %I.%I SELECT *, pg_current_xact_id() FROM feature_platform_new_rows',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME || '__mirror_delta');
     EXCEPTION WHEN OTHERS THEN
         INSERT INTO public.feature_platform_mirror_marks (table_name)
         VALUES (quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
@@ -131,6 +170,7 @@ class Mirrored:
     full: bool  # copied whole in this refresh
     copied_rows: int  # rows read out of Postgres by this refresh
     seconds: float
+    why: str = ""  # why it was copied whole
 
 
 @dataclass(frozen=True)
@@ -150,8 +190,26 @@ class _Table:
         return sql.Identifier(self.schema, self.name + DELTA_SUFFIX)
 
 
+def keep(settings: Mapping[str, str]) -> timedelta:
+    """How long a mirror not refreshed keeps its place in the change log (`KEEP_VAR`)."""
+    text = settings.get(KEEP_VAR, "").strip()
+    if not text:
+        return KEEP
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days > 0:
+        raise MirrorError(f"{KEEP_VAR} must be a number of days above 0, not {text!r}")
+    return timedelta(days=days)
+
+
 def refresh(
-    connect: Callable[[], psycopg.Connection], table: str, root: Path, say: Say
+    connect: Callable[[], psycopg.Connection],
+    table: str,
+    root: Path,
+    say: Say,
+    keep: timedelta = KEEP,
 ) -> Mirrored:
     """Bring `root/<table>` up to date with the Postgres table `table` and return its parts."""
     started = time.monotonic()
@@ -170,19 +228,20 @@ def refresh(
         try:
             manifest = _read_manifest(directory)
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            copied = _copy_delta(conn, found, directory, manifest)
+            copied, why = _copy_delta(conn, found, directory, manifest)
             full = copied is None
             if copied is None:
-                copied = _copy_full(conn, connect, found, directory, manifest)
+                copied = _copy_full(conn, connect, found, directory, manifest, why)
             manifest = _read_manifest(directory)  # the one the copy just wrote
             assert manifest is not None
+            _record_position(conn, found, manifest, keep)
             if len(manifest["parts"]) > MAX_PARTS:
                 manifest = _compact(directory, manifest)
         finally:
             conn.isolation_level = None
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_SPACE, found.oid))
     seconds = time.monotonic() - started
-    how = "copied whole" if full else "brought up to date"
+    how = f"copied whole ({why})" if full else "brought up to date"
     say(f"  mirror {found.name}: {how}, {copied:,} rows from Postgres in {seconds:.1f}s")
     return Mirrored(
         table=found.name,
@@ -190,23 +249,28 @@ def refresh(
         full=full,
         copied_rows=copied,
         seconds=seconds,
+        why=why if full else "",
     )
 
 
 def refresh_all(
-    connect: Callable[[], psycopg.Connection], tables: Iterable[str], root: Path, say: Say
+    connect: Callable[[], psycopg.Connection],
+    tables: Iterable[str],
+    root: Path,
+    say: Say,
+    keep: timedelta = KEEP,
 ) -> dict[str, Mirrored]:
     """`refresh` for each table (once each), several at a time: table name -> outcome."""
     names = list(dict.fromkeys(tables))
     if not names:
         return {}
     with ThreadPoolExecutor(min(COPIES_AT_ONCE, len(names)), "mirror-refresh") as pool:
-        done = pool.map(lambda name: refresh(connect, name, root, say), names)
+        done = pool.map(lambda name: refresh(connect, name, root, say, keep), names)
         return dict(zip(names, done, strict=True))
 
 
 def refresh_sources(
-    config: Any, sources: Iterable[Any], root: Path, say: Say
+    config: Any, sources: Iterable[Any], root: Path, say: Say, keep: timedelta = KEEP
 ) -> dict[str, Mirrored]:
     """`refresh_all` for the tables the PostgreSQLSources among `sources` name (one
     defined by a query has none), over connections made from the offline store's
@@ -217,6 +281,7 @@ def refresh_sources(
         [name for name in tables if name],
         root,
         say,
+        keep,
     )
 
 
@@ -238,14 +303,19 @@ def _describe(conn: psycopg.Connection, table: str) -> _Table:
         raise MirrorError(f"{table!r} is not a table (relkind {kind}): only tables are mirrored")
     if len((name + DELTA_SUFFIX).encode()) > 63:
         raise MirrorError(f"table name {name!r} is too long to mirror (the delta table's name)")
+    columns = _columns(conn, oid)
+    qualified = conn.execute("SELECT quote_ident(%s) || '.' || quote_ident(%s)", (schema, name))
+    (text,) = qualified.fetchone()  # type: ignore[misc]
+    return _Table(text, schema, name, int(oid), columns)
+
+
+def _columns(conn: psycopg.Connection, oid: int | None) -> list[list[str]]:
     columns = conn.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (oid,),
     ).fetchall()
-    qualified = conn.execute("SELECT quote_ident(%s) || '.' || quote_ident(%s)", (schema, name))
-    (text,) = qualified.fetchone()  # type: ignore[misc]
-    return _Table(text, schema, name, int(oid), [[c, t] for c, t in columns])
+    return [[c, t] for c, t in columns]
 
 
 def _read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -262,35 +332,61 @@ def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     os.replace(partial, directory / MANIFEST)
 
 
-def _delta_applies(conn: psycopg.Connection, table: _Table, manifest: dict[str, Any]) -> bool:
-    """Whether the mirror holds the table up to its delta, in the snapshot that copies it."""
-    if manifest["columns"] != table.columns:
-        return False
-    marked = conn.execute(
-        "SELECT 1 FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
-    ).fetchone()
-    if marked:
-        return False
+def _log_generation(conn: psycopg.Connection, table: _Table) -> int | None:
+    """The generation of the table's change log when its triggers and delta table are in
+    place and match the table's columns; None when they must be (re)created."""
     state = conn.execute(
-        "SELECT table_oid, mirror_id, generation FROM feature_platform_mirror_state "
-        "WHERE table_name = %s",
+        "SELECT table_oid, generation FROM feature_platform_mirror_state WHERE table_name = %s",
         (table.qualified,),
     ).fetchone()
-    if state is None or (int(state[0]), state[1], state[2]) != (
-        table.oid,
-        manifest["mirror_id"],
-        manifest["generation"],
-    ):
-        return False
     (triggers,) = conn.execute(  # type: ignore[misc]
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s AND tgname = ANY(%s)",
         (table.oid, [_trigger(kind) for kind in TRIGGERS]),
     ).fetchone()
-    current, delta = conn.execute(  # type: ignore[misc]
-        "SELECT to_regclass(%s)::oid, to_regclass(%s)",
-        (table.qualified, f"{table.qualified}{DELTA_SUFFIX}"),
+    (delta,) = conn.execute(  # type: ignore[misc]
+        "SELECT to_regclass(%s)::oid", (f"{table.qualified}{DELTA_SUFFIX}",)
     ).fetchone()
-    return triggers == len(TRIGGERS) and current == table.oid and delta is not None
+    if state is None or int(state[0]) != table.oid or triggers != len(TRIGGERS) or not delta:
+        return None
+    if _columns(conn, delta) != [*table.columns, [XID, "xid8"]]:
+        return None
+    return int(state[1])
+
+
+def _delta_applies(conn: psycopg.Connection, table: _Table, manifest: dict[str, Any] | None) -> str:
+    """Why the mirror cannot be brought up to date from the change log ('' when it can),
+    as the snapshot of the refresh's transaction sees it."""
+    if manifest is None:
+        return NEW
+    if "snapshot" not in manifest:
+        return OLD_LAYOUT
+    if manifest["columns"] != table.columns:
+        return "its columns changed"
+    generation = _log_generation(conn, table)
+    if generation is None:
+        return "its change log (triggers, delta table) is missing or out of date"
+    if generation != manifest["generation"]:
+        return "its change log was made again since this mirror's copy"
+    position = conn.execute(
+        "SELECT snapshot_xmin <= pg_snapshot_xmin(%s::pg_snapshot) "
+        "FROM feature_platform_mirror_positions "
+        "WHERE table_name = %s AND mirror_id = %s",
+        (manifest["snapshot"], table.qualified, manifest["mirror_id"]),
+    ).fetchone()
+    if position is None:
+        return EXPIRED
+    if not position[0]:
+        # Recorded ahead of this manifest: a copy of this directory refreshes elsewhere.
+        return "another mirror directory holds its position"
+    marked = conn.execute(
+        "SELECT 1 FROM feature_platform_mirror_marks WHERE table_name = %s "
+        "AND xid >= pg_snapshot_xmin(%s::pg_snapshot) "
+        "AND NOT pg_visible_in_snapshot(xid, %s::pg_snapshot) LIMIT 1",
+        (table.qualified, manifest["snapshot"], manifest["snapshot"]),
+    ).fetchone()
+    if marked:
+        return "updated, deleted from or truncated"
+    return ""
 
 
 def _trigger(kind: str) -> str:
@@ -303,10 +399,17 @@ def _copy_full(
     table: _Table,
     directory: Path,
     manifest: dict[str, Any] | None,
+    why: str,
 ) -> int:
-    mirror_id = manifest["mirror_id"] if manifest else uuid.uuid4().hex
-    generation = _start_delta(conn, table, mirror_id)
-    rows, parts = _copy_table(conn, connect, table, directory, f"gen-{generation}")
+    keeps_id = manifest and why not in (OLD_LAYOUT, "another mirror directory holds its position")
+    mirror_id = manifest["mirror_id"] if manifest and keeps_id else uuid.uuid4().hex
+    generation = _log_generation(conn, table)
+    if generation is None:
+        generation = _start_delta(conn, table)
+    # A directory no manifest names yet: readers of the current one keep their files.
+    used = [int(p.name[4:]) for p in directory.glob("gen-*") if p.name[4:].isdigit()]
+    copy = f"gen-{max(used, default=0) + 1}"
+    rows, parts, snapshot = _copy_table(conn, connect, table, directory, copy)
     previous = manifest["parts"] if manifest else []
     _write_manifest(
         directory,
@@ -314,8 +417,10 @@ def _copy_full(
             "table": table.qualified,
             "mirror_id": mirror_id,
             "generation": generation,
+            "snapshot": snapshot,
             "columns": table.columns,
-            "last_batch": 0,
+            "copy": copy,
+            "last_delta": 0,
             "parts": parts,
             "previous_parts": previous,
         },
@@ -324,7 +429,7 @@ def _copy_full(
     return rows
 
 
-def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int:
+def _start_delta(conn: psycopg.Connection, table: _Table) -> int:
     """(Re)create the delta table and the triggers; the new generation. Writers are locked
     out for this DDL only: every write that commits after it goes through the triggers,
     every write before it is in the snapshot of the copy that follows."""
@@ -334,10 +439,12 @@ def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.ident))
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.delta))
         conn.execute(
-            sql.SQL("CREATE TABLE {} (LIKE {}, {} bigint)").format(
-                table.delta, table.ident, sql.Identifier(BATCH)
-            )
+            sql.SQL(
+                "CREATE TABLE {} (LIKE {}, {} xid8 NOT NULL DEFAULT pg_current_xact_id())"
+            ).format(table.delta, table.ident, sql.Identifier(XID))
         )
+        # A delta read scans from the previous snapshot's xmin on, not the whole log.
+        conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(table.delta, sql.Identifier(XID)))
         for kind in TRIGGERS:
             conn.execute(
                 sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
@@ -358,14 +465,15 @@ def _start_delta(conn: psycopg.Connection, table: _Table, mirror_id: str) -> int
                     "EXECUTE FUNCTION feature_platform_mirror_mark()"
                 ).format(sql.Identifier(_trigger(kind)), sql.SQL(kind.upper()), table.ident)
             )
-        # A crash before the new manifest leaves the manifest a generation behind: the
-        # next refresh copies again.
+        # Marks of the log before are about rows the copy that follows holds.
+        conn.execute(
+            "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
+        )
         (generation,) = conn.execute(  # type: ignore[misc]
-            "INSERT INTO feature_platform_mirror_state AS s VALUES (%s, %s, %s, 1) "
+            "INSERT INTO feature_platform_mirror_state AS s VALUES (%s, %s, 1) "
             "ON CONFLICT (table_name) DO UPDATE SET table_oid = excluded.table_oid, "
-            "mirror_id = excluded.mirror_id, generation = s.generation + 1 "
-            "RETURNING generation",
-            (table.qualified, table.oid, mirror_id),
+            "generation = s.generation + 1 RETURNING generation",
+            (table.qualified, table.oid),
         ).fetchone()
     return int(generation)
 
@@ -376,15 +484,12 @@ def _copy_table(
     table: _Table,
     directory: Path,
     generation: str,
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], str]:
     """The whole table into parts under `directory/generation`, writers going on: its
-    rows and the parts. The delta rows and marks this snapshot sees are changes the copy
-    holds; the ones it does not see stay for the next refresh."""
+    rows, the parts and the snapshot they were read in. Writes that snapshot does not see
+    reach the next refresh through the delta."""
     with conn.transaction():
-        conn.execute(sql.SQL("DELETE FROM {}").format(table.delta))
-        conn.execute(
-            "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s", (table.qualified,)
-        )
+        (snapshot,) = conn.execute("SELECT pg_current_snapshot()::text").fetchone()  # type: ignore[misc]
         (pages,) = conn.execute(  # type: ignore[misc]
             "SELECT pg_relation_size(%s) / current_setting('block_size')::int", (table.oid,)
         ).fetchone()
@@ -392,10 +497,11 @@ def _copy_table(
         whole = sql.SQL("SELECT * FROM {}").format(table.ident)
         if ranges == 1:
             part = f"{generation}/full.parquet"
-            return _copy_to_parquet(conn, whole, directory / part, keep_empty=True), [part]
+            rows = _copy_to_parquet(conn, whole, directory / part, keep_empty=True)
+            return rows, [part], snapshot
         # Block ranges, the last one open: pages added since are read too, and a row
         # version has one place in the snapshot, so each row lands in one range.
-        (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()  # type: ignore[misc]
+        (exported,) = conn.execute("SELECT pg_export_snapshot()").fetchone()  # type: ignore[misc]
         starts = [pages * i // ranges for i in range(ranges)]
         queries = [
             sql.SQL("{} WHERE ctid >= {}::tid{}").format(
@@ -410,11 +516,11 @@ def _copy_table(
         parts = [f"{generation}/full-{i}.parquet" for i in range(ranges)]
         with ThreadPoolExecutor(ranges - 1, "mirror-range") as pool:
             others = [
-                pool.submit(_copy_in_snapshot, connect, snapshot, query, directory / part)
+                pool.submit(_copy_in_snapshot, connect, exported, query, directory / part)
                 for query, part in zip(queries[1:], parts[1:], strict=True)
             ]
             rows = _copy_to_parquet(conn, queries[0], directory / parts[0], keep_empty=True)
-            return rows + sum(other.result() for other in others), parts
+            return rows + sum(other.result() for other in others), parts, snapshot
 
 
 def _copy_in_snapshot(
@@ -430,45 +536,73 @@ def _copy_in_snapshot(
 
 def _copy_delta(
     conn: psycopg.Connection, table: _Table, directory: Path, manifest: dict[str, Any] | None
-) -> int | None:
-    """The rows inserted since the last refresh, as one more part; None when the mirror
-    needs a full copy instead."""
-    if manifest is None:
-        return None
-    batch = manifest["last_batch"] + 1
-    batch_column = sql.Identifier(BATCH)
-    columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in table.columns)
-    part = f"gen-{manifest['generation']}/delta-{batch}.parquet"
+) -> tuple[int | None, str]:
+    """The rows inserted by transactions the manifest's snapshot did not see, as one more
+    part: their count, or None and why the mirror needs a full copy instead."""
     with conn.transaction():
-        if not _delta_applies(conn, table, manifest):
-            return None
-        conn.execute(
-            sql.SQL("UPDATE {} SET {} = %s WHERE {} IS NULL").format(
-                table.delta, batch_column, batch_column
-            ),
-            (batch,),
-        )
-        # Rows a crashed refresh claimed but never published are copied again here.
-        query = sql.SQL("SELECT {} FROM {} WHERE {} > {}").format(
-            columns, table.delta, batch_column, sql.Literal(manifest["last_batch"])
-        )
+        why = _delta_applies(conn, table, manifest)
+        if why:
+            return None, why
+        assert manifest is not None
+        (snapshot,) = conn.execute("SELECT pg_current_snapshot()::text").fetchone()  # type: ignore[misc]
+        previous = sql.Literal(manifest["snapshot"])
+        xid = sql.Identifier(XID)
+        columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in table.columns)
+        query = sql.SQL(
+            "SELECT {} FROM {} WHERE {} >= pg_snapshot_xmin({}::pg_snapshot) "
+            "AND NOT pg_visible_in_snapshot({}, {}::pg_snapshot)"
+        ).format(columns, table.delta, xid, previous, xid, previous)
+        number = manifest["last_delta"] + 1
+        part = f"{manifest['copy']}/delta-{number}.parquet"
         rows = _copy_to_parquet(conn, query, directory / part, keep_empty=False)
-    if rows:
-        _write_manifest(
-            directory,
-            {
-                **manifest,
-                "last_batch": batch,
-                "parts": [*manifest["parts"], part],
-                "previous_parts": manifest["parts"],
-            },
-        )
+    # The manifest moves to the new snapshot even with no rows: the mirror's position
+    # follows it, and the log is pruned up to it. The files only older manifests name (a
+    # copy replaced by a whole copy) go.
+    _write_manifest(
+        directory,
+        {
+            **manifest,
+            "parts": [*manifest["parts"], part] if rows else manifest["parts"],
+            "previous_parts": manifest["parts"],
+            "snapshot": snapshot,
+            "last_delta": number if rows else number - 1,
+        },
+    )
+    _remove_unlisted(directory)
+    return rows, ""
+
+
+def _record_position(
+    conn: psycopg.Connection, table: _Table, manifest: dict[str, Any], keep: timedelta
+) -> None:
+    """The mirror's place in the table's change log, once its manifest is published; the
+    positions not seen within `keep` given up; the log pruned below every position left."""
     with conn.transaction():
         conn.execute(
-            sql.SQL("DELETE FROM {} WHERE {} <= %s").format(table.delta, batch_column),
-            (batch if rows else manifest["last_batch"],),
+            "INSERT INTO feature_platform_mirror_positions AS p "
+            "VALUES (%s, %s, pg_snapshot_xmin(%s::pg_snapshot), now()) "
+            "ON CONFLICT (table_name, mirror_id) DO UPDATE "
+            "SET snapshot_xmin = excluded.snapshot_xmin, seen_at = excluded.seen_at",
+            (manifest["mirror_id"], table.qualified, manifest["snapshot"]),
         )
-    return rows
+        conn.execute(
+            "DELETE FROM feature_platform_mirror_positions "
+            "WHERE table_name = %s AND seen_at < now() - %s",
+            (table.qualified, keep),
+        )
+        (low,) = conn.execute(  # type: ignore[misc]
+            "SELECT min(snapshot_xmin) FROM feature_platform_mirror_positions "
+            "WHERE table_name = %s",
+            (table.qualified,),
+        ).fetchone()
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE {} < %s::xid8").format(table.delta, sql.Identifier(XID)),
+            (low,),
+        )
+        conn.execute(
+            "DELETE FROM feature_platform_mirror_marks WHERE table_name = %s AND xid < %s::xid8",
+            (table.qualified, low),
+        )
 
 
 def _copy_to_parquet(
@@ -500,9 +634,8 @@ def _copy_to_parquet(
 
 def _compact(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Merge the parts into one file, so a read opens one file again; the new manifest."""
-    generation = manifest["generation"]
-    part = f"gen-{generation}/compact-{manifest['last_batch']}.parquet"
-    partial = directory / f"gen-{generation}/.compact.partial"
+    part = f"{manifest['copy']}/compact-{manifest['last_delta']}.parquet"
+    partial = directory / f"{manifest['copy']}/.compact.partial"
     writer: pq.ParquetWriter | None = None
     try:
         for name in manifest["parts"]:

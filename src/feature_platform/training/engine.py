@@ -184,7 +184,8 @@ def view_files(
     if mirror_dir:
         sources = [view.source for view in plan.views]
         config = store.config.offline_store
-        refreshed = offline_mirror.refresh_sources(config, sources, Path(mirror_dir), say)
+        keep = offline_mirror.keep(settings)
+        refreshed = offline_mirror.refresh_sources(config, sources, Path(mirror_dir), say, keep)
     files: list[list[str] | None] = []
     for view in plan.views:
         source = view.source

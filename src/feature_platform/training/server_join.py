@@ -4,9 +4,10 @@ the fast engine (`engine`), under the platform's rule, equal to Feast's join.
 The server hands over the client's Flight command and its labels; the answer is the
 joined table or, where the engine does not apply, why not (the server then runs Feast's
 join). Rows come as the `training-set` command reads them with the server's settings: the
-offline mirror where `OFFLINE_MIRROR_DIR` is set, else COPY scoped to the labels'
-entities (the chart's default: read-only, no volume; `offlineServer.mirror` shares the
-training set's mirror instead; measured in docs/training-sets.md).
+offline mirror where `OFFLINE_MIRROR_DIR` is set (the chart's default: a mirror of the
+server's own, kept incremental beside the training job's; `warm_mirror` copies the
+tables before the server listens), else COPY scoped to the labels' entities (measured in
+docs/training-sets.md).
 
 Nothing is screened against the views' expectations here: the answer equals Feast's
 join, which screens nothing either.
@@ -19,9 +20,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pyarrow as pa
 from feast import FeatureStore
 
+from feature_platform.config.guard import one_line_error
+from feature_platform.console import Say
+from feature_platform.errors import PlatformError
+from feature_platform.offline import mirror as offline_mirror
 from feature_platform.stores.postgres_offline import PostgreSQLOfflineStoreConfig
 from feature_platform.training import engine
 from feature_platform.training.labels import TIMESTAMP, LabelError
@@ -91,6 +97,26 @@ def _naive_utc(table: pa.Table) -> pa.Table:
             utc = table.column(i).cast(pa.timestamp(field.type.unit, tz="UTC"))
             table = table.set_column(i, field.name, utc.cast(pa.timestamp(field.type.unit)))
     return table
+
+
+def warm_mirror(store: FeatureStore, settings: Mapping[str, str], say: Say) -> None:
+    """The mirror of every view's Postgres table brought up to date (copied whole the
+    first time), so the first request only reads what changed since; a failure is said,
+    not raised: that request then refreshes the tables it reads itself."""
+    root = settings.get(offline_mirror.DIR_VAR)
+    config = store.config.offline_store
+    if not root or not isinstance(config, PostgreSQLOfflineStoreConfig):
+        return
+    sources = [view.batch_source for view in store.list_feature_views()]
+    say(f"offline server: bringing the mirror under {root} up to date")
+    try:
+        keep = offline_mirror.keep(settings)
+        offline_mirror.refresh_sources(config, sources, Path(root), say, keep)
+    except (psycopg.Error, PlatformError, OSError) as exc:
+        say(
+            f"offline server: mirror not brought up to date: {one_line_error(exc, settings)}; "
+            "the first request refreshes the tables it reads"
+        )
 
 
 def fast_join(

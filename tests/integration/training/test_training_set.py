@@ -9,6 +9,7 @@ no rows at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest.mock import patch
@@ -25,9 +26,10 @@ from property_settings import COSTLY_EXAMPLES
 from stacks import Stack, patched_environ
 
 from feature_platform import cli, training
+from feature_platform.feast_seam.stores import postgres_table
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import tables as offline_tables
-from feature_platform.training import FEATURE_SERVICE, command, ray_engine
+from feature_platform.training import FEATURE_SERVICE, command, ray_engine, server_join
 
 D0 = pd.Timestamp("2026-01-10", tz="UTC")
 TTL = {
@@ -123,11 +125,25 @@ def dev(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def thin(dev: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, Path]:
     """A thin client's store and its offline server's log. The server runs as the chart
-    runs it: no mirror, rows read with COPY scoped to the labels' entities."""
+    runs it: a mirror of its own (`_server_mirror`), beside the command's."""
     work = tmp_path_factory.mktemp("thin")
+    log = work / "offline.log"
+    server = dev.offline_server(log, **{offline_mirror.DIR_VAR: str(work / "mirror")})
+    return dev.through_offline_server(server.port, work), log
+
+
+@pytest.fixture(scope="module")
+def thin_copy(dev: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, Path]:
+    """As `thin`, the server without a mirror: rows read with COPY scoped to the labels'
+    entities."""
+    work = tmp_path_factory.mktemp("thin_copy")
     log = work / "offline.log"
     server = dev.offline_server(log, **{offline_mirror.DIR_VAR: ""})
     return dev.through_offline_server(server.port, work), log
+
+
+def _server_mirror(thin: tuple[FeatureStore, Path]) -> Path:
+    return thin[1].parent / "mirror"
 
 
 def _thin(thin: tuple[FeatureStore, Path], labels: pd.DataFrame) -> pd.DataFrame:
@@ -229,14 +245,20 @@ def test_ray_workers_import_feast_as_the_command_does() -> None:
     assert ray.get(ray.remote(checked).remote()) is False
 
 
-def test_rows_appended_after_the_mirror_reach_the_training_set(dev: Stack, tmp_path: Path) -> None:
-    """Late rows written by Feast's offline write (a push's path) after the mirror copied
-    the tables come through the mirror's delta: every engine still equals Feast's path."""
+def test_rows_appended_after_the_mirror_reach_the_training_set(
+    dev: Stack, thin: tuple[FeatureStore, Path], tmp_path: Path
+) -> None:
+    """Late rows written by Feast's offline write (a push's path) after the mirrors copied
+    the tables come through the change log to both the command's mirror and the offline
+    server's own: every engine and the thin client still equal Feast's path, and neither
+    mirror copies whole again."""
     customers = [(c, h, lag, c + h / 10) for c in (1, 2) for h in (0, 24) for lag in (0, 6)]
     tables = _tables(_history(customers, "customer_id"), _history([(1, 0, 2, 4.5)], "merchant_id"))
     dev.write(tables)
     labels = _labels(tables, [3, 30, 50])
     _fast(dev, labels, tmp_path, 10_000)  # the mirror copies the tables whole
+    _thin(thin, labels)  # and the server's own
+    server_copies = _copies(_server_mirror(thin))
     late = _tables(
         _history([(1, 25, 30, 77.5), (2, 1, 40, 8.25), (3, 24, None, 5.0)], "customer_id"),
         _history([(1, 1, 1, 2.5)], "merchant_id"),
@@ -257,6 +279,17 @@ def test_rows_appended_after_the_mirror_reach_the_training_set(dev: Stack, tmp_p
         lambda _line: None,
     )
     assert not mirrored.full and len(mirrored.parts) == 2, "the late rows came as a delta"
+    assert_same(_thin(thin, labels), feast.copy())
+    assert _copies(_server_mirror(thin)) == server_copies, "no whole copy by the server"
+    for manifest in _server_mirror(thin).glob("*/*stats/manifest.json"):
+        assert len(json.loads(manifest.read_text())["parts"]) == 2, manifest
+
+
+def _copies(root: Path) -> dict[str, str]:
+    """Table directory -> the whole copy its manifest names (new at each whole copy)."""
+    return {
+        m.parent.name: json.loads(m.read_text())["copy"] for m in root.glob("*/*/manifest.json")
+    }
 
 
 def test_after_the_materialization_job_a_training_set_copies_nothing_whole(
@@ -303,12 +336,14 @@ def _requests_since(log: Path, mark: int) -> list[str]:
     return [line for line in lines if line.startswith("training set: ")]
 
 
+@pytest.mark.parametrize("server", ["thin", "thin_copy"])
 def test_a_thin_client_gets_feasts_frame_from_the_platform_engine(
-    dev: Stack, written: dict[str, pd.DataFrame], thin: tuple[FeatureStore, Path]
+    dev: Stack, written: dict[str, pd.DataFrame], server: str, request: pytest.FixtureRequest
 ) -> None:
     """Feast's own frame, column for column and type for type (the label time naive UTC,
-    as Feast's Postgres join returns it), built by the platform's engine."""
-    store, log = thin
+    as Feast's Postgres join returns it), built by the platform's engine over the server's
+    own mirror and over rows read with COPY."""
+    store, log = request.getfixturevalue(server)
     labels = _labels(written, [3, 30, 50])
     mark = log.stat().st_size
     frames = []
@@ -486,3 +521,30 @@ def test_a_training_set_leaves_no_registry_connection_open(dev: Stack, tmp_path:
     for _ in range(3):
         _fast(dev, labels, tmp_path, 10_000)
     assert _connections_to(dev, registry) == before
+
+
+def test_the_offline_server_copies_its_mirror_before_listening_or_leaves_it_to_a_request(
+    dev: Stack, tmp_path: Path
+) -> None:
+    """`serve-offline` brings its mirror up to date before it listens (every view's
+    Postgres table copied whole the first time); when it cannot (here, its directory
+    cannot be made) it says so and starts all the same."""
+    with dev.active():
+        store = dev.store()
+    settings = {**dev.settings(), offline_mirror.DIR_VAR: str(tmp_path / "mirror")}
+    said: list[str] = []
+    server_join.warm_mirror(store, settings, said.append)
+    copied = [line for line in said if "copied whole (no mirror yet)" in line]
+    tables = {postgres_table(v.batch_source) for v in store.list_feature_views()}
+    assert len(copied) == len(tables) > 0, said
+    assert len(list((tmp_path / "mirror").glob("*/*/manifest.json"))) == len(tables)
+    said.clear()
+    server_join.warm_mirror(store, settings, said.append)
+    assert not [line for line in said if "copied whole" in line], said
+
+    (tmp_path / "a-file").write_text("")
+    broken = {**settings, offline_mirror.DIR_VAR: str(tmp_path / "a-file" / "mirror")}
+    said.clear()
+    server_join.warm_mirror(store, broken, said.append)
+    assert said[-1].startswith("offline server: mirror not brought up to date"), said
+    assert "a-file" in said[-1], said
