@@ -147,6 +147,7 @@ def test_the_offline_server_keeps_a_mirror_of_its_own_by_default(thin: list[dict
     assert _mounted(pod, container, env["OFFLINE_MIRROR_DIR"])["emptyDir"] == {"sizeLimit": "20Gi"}
     assert _mounted(pod, container, env["TMPDIR"])["emptyDir"] == {"sizeLimit": "4Gi"}
     assert env["OFFLINE_MIRROR_DIR"] != env["TMPDIR"]
+    assert env["OFFLINE_MIRROR_REFRESH_SECONDS"] == "300"
     assert not [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
@@ -156,9 +157,11 @@ def test_the_offline_server_keeps_a_mirror_of_its_own_by_default(thin: list[dict
 
 def test_the_offline_servers_own_mirror_can_live_on_a_claim() -> None:
     own = {"existingClaim": "offline-mirror", "startupSeconds": 1200}
-    objects = render(SCENARIOS[SCENARIO], {"offlineServer": {"ownMirror": own}})
+    overrides = {"offlineServer": {"ownMirror": own, "mirrorRefreshSeconds": 0}}
+    objects = render(SCENARIOS[SCENARIO], overrides)
     pod, container = _offline_pod(objects)
     env = container_env(container, objects)
+    assert env["OFFLINE_MIRROR_REFRESH_SECONDS"] == "0"
     mounted = _mounted(pod, container, env["OFFLINE_MIRROR_DIR"])
     assert mounted["persistentVolumeClaim"] == {"claimName": "offline-mirror"}
     startup = container["startupProbe"]
@@ -188,6 +191,7 @@ def test_the_offline_server_can_share_the_training_sets_mirror() -> None:
     (trainer,) = job["spec"]["containers"]
     # The same directory on the same claim as the CronJob's: one mirror, no whole copies.
     assert env["OFFLINE_MIRROR_DIR"] == container_env(trainer, objects)["OFFLINE_MIRROR_DIR"]
+    assert env["OFFLINE_MIRROR_REFRESH_SECONDS"] == "300"
     mount = env["OFFLINE_MIRROR_DIR"].rsplit("/", 1)[0]
     claim = one(objects, "PersistentVolumeClaim", "-training-set")["metadata"]["name"]
     assert _mounted(pod, container, mount)["persistentVolumeClaim"] == {"claimName": claim}

@@ -211,12 +211,14 @@ spec:
 {{- $training := "/var/lib/feature-platform/training" }}
 {{- $claim := default (printf "%s-training-set" (include "feast-platform.fullname" .)) .Values.trainingSet.volume.existingClaim }}
 {{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" (printf "%s/mirror" $training)) }}
+{{- $env = append $env (dict "name" "OFFLINE_MIRROR_REFRESH_SECONDS" "value" ($v.mirrorRefreshSeconds | toString)) }}
 {{- $mounts = append $mounts (dict "name" "training" "mountPath" $training) }}
 {{- $volumes = append $volumes (dict "name" "training" "persistentVolumeClaim" (dict "claimName" $claim)) }}
 {{- else if $v.ownMirror.enabled }}
 {{- /* The server's own mirror, copied whole before it listens: the startup probe waits. */}}
 {{- $own := "/var/lib/feature-platform/offline-mirror" }}
 {{- $env = append $env (dict "name" "OFFLINE_MIRROR_DIR" "value" $own) }}
+{{- $env = append $env (dict "name" "OFFLINE_MIRROR_REFRESH_SECONDS" "value" ($v.mirrorRefreshSeconds | toString)) }}
 {{- $mounts = append $mounts (dict "name" "mirror" "mountPath" $own) }}
 {{- if $v.ownMirror.existingClaim }}
 {{- $volumes = append $volumes (dict "name" "mirror" "persistentVolumeClaim" (dict "claimName" $v.ownMirror.existingClaim)) }}

@@ -6,8 +6,8 @@ joined table or, where the engine does not apply, why not (the server then runs 
 join). Rows come as the `training-set` command reads them with the server's settings: the
 offline mirror where `OFFLINE_MIRROR_DIR` is set (the chart's default: a mirror of the
 server's own, kept incremental beside the training job's; `warm_mirror` copies the
-tables before the server listens), else COPY scoped to the labels' entities (measured in
-docs/training-sets.md).
+tables before the server listens, `keep_mirror_current` refreshes them between
+requests), else COPY scoped to the labels' entities (measured in docs/training-sets.md).
 
 Nothing is screened against the views' expectations here: the answer equals Feast's
 join, which screens nothing either.
@@ -16,6 +16,7 @@ join, which screens nothing either.
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import psycopg
 import pyarrow as pa
 from feast import FeatureStore
 
-from feature_platform.config.guard import one_line_error
+from feature_platform.config.guard import ConfigError, one_line_error
 from feature_platform.console import Say
 from feature_platform.errors import PlatformError
 from feature_platform.offline import mirror as offline_mirror
@@ -34,6 +35,9 @@ from feature_platform.training.labels import TIMESTAMP, LabelError
 
 # Labels staged and read out this many at a time; the answer is one table all the same.
 CHUNK_ROWS = 200_000
+# Seconds between the server's own refreshes of its mirror while it runs (0: none).
+REFRESH_VAR = "OFFLINE_MIRROR_REFRESH_SECONDS"
+DEFAULT_REFRESH_S = 300.0
 
 
 def _quiet(_line: str) -> None:
@@ -104,19 +108,73 @@ def warm_mirror(store: FeatureStore, settings: Mapping[str, str], say: Say) -> N
     first time), so the first request only reads what changed since; a failure is said,
     not raised: that request then refreshes the tables it reads itself."""
     root = settings.get(offline_mirror.DIR_VAR)
-    config = store.config.offline_store
-    if not root or not isinstance(config, PostgreSQLOfflineStoreConfig):
-        return
-    sources = [view.batch_source for view in store.list_feature_views()]
-    say(f"offline server: bringing the mirror under {root} up to date")
+    if root and _mirrors_postgres(store):
+        say(f"offline server: bringing the mirror under {root} up to date")
+        _refresh_mirror(store, settings, say, progress=say)
+
+
+def keep_mirror_current(
+    store: FeatureStore, settings: Mapping[str, str], say: Say
+) -> threading.Event | None:
+    """Between requests, every `REFRESH_VAR` seconds, the mirror brought up to date as at
+    start, in a thread of its own: a table an update, a delete or an erasure (`forget`)
+    marked is copied whole without waiting for a request that reads it, and the refresh
+    after drops the previous copy's files, so a forgotten entity's rows leave the pod's
+    disk within two intervals. One line per refresh that copied anything. The event
+    returned stops it."""
+    interval = refresh_seconds(settings)
+    if not interval or not settings.get(offline_mirror.DIR_VAR) or not _mirrors_postgres(store):
+        return None
+
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            done = _refresh_mirror(store, settings, say, progress=_quiet)
+            changed = [m for m in done.values() if m.full or m.copied_rows]
+            if changed:
+                say("offline server: mirror refreshed: " + ", ".join(
+                    f"{m.table} " + (f"copied whole ({m.why})" if m.full else "brought up to date")
+                    + f", {m.copied_rows:,} rows" for m in changed
+                ))  # fmt: skip
+
+    threading.Thread(target=run, name="mirror-refresh", daemon=True).start()
+    return stop
+
+
+def refresh_seconds(settings: Mapping[str, str]) -> float:
+    """`REFRESH_VAR`: seconds between the server's own refreshes of its mirror; 0: none."""
+    raw = settings.get(REFRESH_VAR) or str(DEFAULT_REFRESH_S)
     try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{REFRESH_VAR} must be a number of seconds, got {raw!r}") from None
+    if seconds < 0:
+        raise ConfigError(f"{REFRESH_VAR} must be 0 or more, got {raw!r}")
+    return seconds
+
+
+def _mirrors_postgres(store: FeatureStore) -> bool:
+    return isinstance(store.config.offline_store, PostgreSQLOfflineStoreConfig)
+
+
+def _refresh_mirror(
+    store: FeatureStore, settings: Mapping[str, str], say: Say, progress: Say
+) -> dict[str, offline_mirror.Mirrored]:
+    """Every view's table refreshed, with a line per table to `progress`; a failure said
+    in one line (the next try is the next request's, or the next interval's)."""
+    try:
+        sources = [view.batch_source for view in store.list_feature_views()]
         keep = offline_mirror.keep(settings)
-        offline_mirror.refresh_sources(config, sources, Path(root), say, keep)
+        root = Path(settings[offline_mirror.DIR_VAR])
+        config = store.config.offline_store
+        return offline_mirror.refresh_sources(config, sources, root, progress, keep)
     except (psycopg.Error, PlatformError, OSError) as exc:
         say(
             f"offline server: mirror not brought up to date: {one_line_error(exc, settings)}; "
-            "the first request refreshes the tables it reads"
+            "the next request refreshes the tables it reads"
         )
+        return {}
 
 
 def fast_join(

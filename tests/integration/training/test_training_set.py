@@ -19,6 +19,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 from conftest import AS_OF
+from faults import eventually
 from feast import FeatureStore
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from property_settings import COSTLY_EXAMPLES
 from stacks import Stack, patched_environ
 
 from feature_platform import cli, training
+from feature_platform.config.guard import ConfigError
 from feature_platform.feast_seam.stores import postgres_table
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import tables as offline_tables
@@ -548,3 +550,48 @@ def test_the_offline_server_copies_its_mirror_before_listening_or_leaves_it_to_a
     server_join.warm_mirror(store, broken, said.append)
     assert said[-1].startswith("offline server: mirror not brought up to date"), said
     assert "a-file" in said[-1], said
+
+
+def test_the_offline_server_refreshes_its_mirror_between_requests(
+    dev: Stack, tmp_path: Path
+) -> None:
+    """Every OFFLINE_MIRROR_REFRESH_SECONDS the server brings its mirror up to date with
+    no request: a table a statement marked (an erasure's DELETE; here an UPDATE of no
+    row, which fires the same trigger) is copied whole, and the refresh after drops the
+    previous copy's files."""
+    with dev.active():
+        store = dev.store()
+    settings = {
+        **dev.settings(),
+        offline_mirror.DIR_VAR: str(tmp_path / "mirror"),
+        server_join.REFRESH_VAR: "0.2",
+    }
+    server_join.warm_mirror(store, settings, lambda _line: None)
+    (manifest,) = (tmp_path / "mirror").glob("*/*.customer_stats/manifest.json")
+    first = set(json.loads(manifest.read_text())["parts"])
+    said: list[str] = []
+    stop = server_join.keep_mirror_current(store, settings, said.append)
+    assert stop is not None
+    try:
+        conninfo = offline_tables.postgres_conninfo(dev.settings(), _offline(dev))
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("UPDATE customer_stats SET n_purchases_7d = 0 WHERE false")
+        eventually(
+            lambda: any("customer_stats copied whole (" in line for line in said),
+            "the marked table copied whole with no request",
+        )
+        eventually(
+            lambda: not any((manifest.parent / part).exists() for part in first),
+            "the previous copy's files dropped",
+        )
+    finally:
+        stop.set()
+    assert all(line.startswith("offline server: mirror refreshed: ") for line in said), said
+
+
+def test_the_offline_servers_refresh_interval_is_checked() -> None:
+    assert server_join.refresh_seconds({}) == server_join.DEFAULT_REFRESH_S
+    assert server_join.refresh_seconds({server_join.REFRESH_VAR: "0"}) == 0
+    for bad in ("-1", "soon"):
+        with pytest.raises(ConfigError, match=server_join.REFRESH_VAR):
+            server_join.refresh_seconds({server_join.REFRESH_VAR: bad})
