@@ -21,6 +21,9 @@ memory read with `os.wait4`):
 
 Also timed: writing the data set to Postgres (COPY) against writing it to parquet.
 Results: loadtests/results/bench_training.{json,md,png}. `--quick` runs a tenth of it.
+`--engine NAME` (repeatable) and `--labels N` (repeatable) run only those measurements,
+e.g. `--engine "fast, mirror copied whole" --labels 1000000`: a few minutes; such a
+partial run writes its results under .data/bench_training/, not loadtests/results/.
 """
 
 from __future__ import annotations
@@ -62,6 +65,17 @@ BENCH_SETTINGS = {
 FULL = (generator.Sizes(100_000, 2_000, 30, 1_000_000), [100_000, 1_000_000])
 QUICK = (generator.Sizes(10_000, 200, 30, 100_000), [10_000, 100_000])
 PLATFORM = Path(sys.executable).parent / "feature-platform"
+# The measurements, in the order they run.
+RUNS = (
+    "fast, mirror copied whole",
+    "fast, after an update, materialize ran",
+    "fast, mirror current",
+    "fast, mirror after a day of new rows",
+    "fast, no mirror (COPY)",
+    "ray (local, 2 tasks)",
+    "feast",
+    "raw_duckdb_asof",
+)
 
 
 def say(message: str) -> None:
@@ -174,7 +188,11 @@ def update_every_table(settings: dict[str, str]) -> None:
 
 
 def measure(
-    counts: list[int], data: dict[str, Any], rounds: int, feast_everywhere: bool
+    counts: list[int],
+    data: dict[str, Any],
+    rounds: int,
+    feast_everywhere: bool,
+    engines: tuple[str, ...] = RUNS,
 ) -> list[dict[str, Any]]:
     env = {**os.environ, **BENCH_SETTINGS}
     settings = {**environments.settings(ENV), **BENCH_SETTINGS}
@@ -231,7 +249,10 @@ def measure(
             "raw_duckdb_asof": ([sys.executable, "-c", RAW_ASOF, str(labels_path),
                                  data["offline_dir"], str(output)], {}, lambda: None),
         }  # fmt: skip
+        assert tuple(runs) == RUNS
         for name, (argv, extra, before) in runs.items():
+            if name not in engines:
+                continue
             if name == "feast" and n != counts[0] and not feast_everywhere:
                 continue
             times, inner, peaks = [], [], []
@@ -258,6 +279,8 @@ def measure(
                     "peak_mib_max": max(peaks),
                 }
             )
+    if not materialize_seconds:
+        return rows
     rows.append(
         {
             "engine": "materialize_with_whole_copy",
@@ -274,7 +297,12 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         "# Training-set throughput",
         "",
-        f"{result['machine']}, {result['when']}, data: {result['sizes']}",
+        f"{result['machine']}, {result['when']}, data: {result['sizes']}"
+        + (
+            ", load average at the end {:.2f} {:.2f} {:.2f}".format(*result["load_average"])
+            if "load_average" in result
+            else ""
+        ),
         "",
         "| engine | labels | rows/s (median) | spread (min-max) | rows/s after imports "
         "| rounds | peak MiB |",
@@ -303,21 +331,19 @@ def report(result: dict[str, Any]) -> str:
                 f"{r['rounds']} runs)"
             )
     fast = "fast, mirror current"
-    largest = max(n for _, n in by)
+    largest = max((n for _, n in by), default=0)
+
+    def ratio(a: str, b: str, n: int, digits: int = 2) -> None:
+        # a partial run (--engine) has only some of them
+        if (a, n) in by and (b, n) in by:
+            lines.append(f"- {n:,} labels: {a} / {b} = {by[a, n] / by[b, n]:.{digits}f}x")
+
     for first in ("fast, mirror copied whole", "fast, after an update, materialize ran"):
-        ratio = by[first, largest] / by[fast, largest]
-        lines.append(f"- {largest:,} labels: {first} / {fast} = {ratio:.2f}x")
-    lines.append(
-        f"- {largest:,} labels: fast, mirror copied whole / fast, no mirror (COPY) = "
-        f"{by['fast, mirror copied whole', largest] / by['fast, no mirror (COPY)', largest]:.2f}x"
-    )
+        ratio(first, fast, largest)
+    ratio("fast, mirror copied whole", "fast, no mirror (COPY)", largest)
     for n in sorted({n for _, n in by}):
-        if ("feast", n) in by:
-            lines.append(f"- {n:,} labels: {fast} / Feast = {by[fast, n] / by['feast', n]:.1f}x")
-        lines.append(
-            f"- {n:,} labels: {fast} / raw DuckDB ASOF = "
-            f"{by[fast, n] / by['raw_duckdb_asof', n]:.2f}x"
-        )
+        ratio(fast, "feast", n, 1)
+        ratio(fast, "raw_duckdb_asof", n)
     w = result["write_seconds"]
     lines.append(
         f"- writing the data set: Postgres {w['postgres']:.1f}s, parquet {w['parquet']:.1f}s"
@@ -363,8 +389,28 @@ def main() -> int:
     parser.add_argument(
         "--feast-everywhere", action="store_true", help="Feast's store at every label count"
     )
+    parser.add_argument(
+        "--engine",
+        action="append",
+        choices=RUNS,
+        metavar="NAME",
+        help=f"run only this measurement (repeatable); one of: {'; '.join(RUNS)}",
+    )
+    parser.add_argument(
+        "--labels",
+        action="append",
+        type=int,
+        metavar="N",
+        help="run only this label count (repeatable; default: 100000 and 1000000, "
+        "--quick: 10000 and 100000)",
+    )
     args = parser.parse_args()
     sizes, counts = QUICK if args.quick else FULL
+    counts = sorted(args.labels) if args.labels else counts
+    engines = tuple(args.engine) if args.engine else RUNS
+    # Only a run of everything replaces the committed results.
+    partial = engines != RUNS or counts != (QUICK if args.quick else FULL)[1]
+    results = WORK / "partial" if partial else RESULTS
     rounds = args.rounds or (2 if args.quick else 3)
     WORK.mkdir(parents=True, exist_ok=True)
     settings = {**environments.settings(ENV), **BENCH_SETTINGS}
@@ -374,13 +420,14 @@ def main() -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "sizes": str(sizes),
         "write_seconds": data["write_seconds"],
-        "rows": measure(counts, data, rounds, args.feast_everywhere),
+        "rows": measure(counts, data, rounds, args.feast_everywhere, engines),
+        "load_average": os.getloadavg(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_training.json").write_text(json.dumps(result, indent=2) + "\n")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "bench_training.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = report(result)
-    (RESULTS / "bench_training.md").write_text(markdown)
-    plot(result, RESULTS / "bench_training.png")
+    (results / "bench_training.md").write_text(markdown)
+    plot(result, results / "bench_training.png")
     print(markdown)
     return 0
 

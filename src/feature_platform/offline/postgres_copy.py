@@ -7,12 +7,22 @@ mapping Feast applies, `pg_type_code_to_arrow`), so values and types are Feast's
 Timestamps travel as epoch microseconds (exact, no time-zone text to parse) and come
 back as UTC timestamps. The CSV goes through a file on disk, so memory stays bounded by
 Arrow's block size, not by the result.
+
+`Binary` reads a whole table's rows for the mirror with `COPY ... (FORMAT binary)`,
+decoded into Arrow by the ADBC PostgreSQL driver (C++): Postgres sends the values as
+they are stored, with no text to format or parse, at about three times the CSV route's
+rate. It takes only columns whose binary form gives the CSV route's values exactly
+once cast to Feast's type (`BINARY_TYPES`); a query with another type keeps the CSV
+route. It reads in another transaction's exported snapshot, so several connections read
+one consistent table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -20,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from feast.type_map import pg_type_code_to_arrow
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from feature_platform.errors import PlatformError
 
@@ -28,6 +39,17 @@ BLOCK_BYTES = 16 << 20
 
 class UnsupportedColumn(PlatformError, ValueError):
     """A column type the CSV route cannot carry exactly (arrays, JSON, ...)."""
+
+
+class CopyFailed(PlatformError, RuntimeError):
+    """The binary read failed (connection lost, query cancelled): the driver's message."""
+
+
+# Type oids whose binary values, cast to Feast's Arrow type, equal what the CSV route
+# parses: bool, int8, int2, int4, text, float4, float8 (Postgres prints floats in their
+# shortest exact form), varchar, timestamp, timestamptz. Not bpchar (padding) or
+# numeric (the driver's decimal text).
+BINARY_TYPES = frozenset({16, 20, 21, 23, 25, 700, 701, 1043, 1114, 1184})
 
 
 def _is_time(arrow_type: pa.DataType) -> bool:
@@ -111,3 +133,49 @@ def _read(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
     finally:
         path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Binary:
+    """Reads queries over one table in `snapshot` (exported by the transaction that made
+    this), each on a connection of its own, rows in `schema`."""
+
+    conninfo: str = dataclasses.field(repr=False)  # holds the password
+    snapshot: str
+    schema: pa.Schema
+
+    @classmethod
+    def of(cls, conn: psycopg.Connection, query: sql.Composable, snapshot: str) -> Binary | None:
+        """For the queries over the table `query` reads whole; None when one of its
+        columns must take the CSV route."""
+        schema = result_schema(conn, query)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(query))
+            codes = {column.type_code for column in cur.description or []}
+        if not codes <= BINARY_TYPES:
+            return None
+        conninfo = make_conninfo(
+            conn.info.dsn, **({"password": conn.info.password} if conn.info.password else {})
+        )
+        return cls(conninfo, snapshot, schema)
+
+    def batches(self, query: str) -> Iterator[pa.RecordBatch]:
+        """The query's rows (over the table `of` was given), read in the snapshot."""
+        # Imported here: only a whole copy reads this way, and the driver loads a library.
+        import adbc_driver_postgresql.dbapi as adbc
+        from adbc_driver_manager import Error as AdbcError
+
+        try:
+            with adbc.connect(self.conninfo, autocommit=True) as reader, reader.cursor() as cur:
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cur.execute(f"SET TRANSACTION SNAPSHOT '{self.snapshot}'")
+                cur.execute(query)
+                for batch in cur.fetch_record_batch():
+                    arrays = [
+                        column if column.type == field.type else column.cast(field.type)
+                        for column, field in zip(batch.columns, self.schema, strict=True)
+                    ]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+                cur.execute("COMMIT")
+        except AdbcError as exc:
+            raise CopyFailed(f"binary copy failed: {str(exc).splitlines()[0]}") from exc

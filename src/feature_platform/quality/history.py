@@ -17,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_platform.quality.database import Target, decoded
-from feature_platform.quality.monitor import Run
+
+if TYPE_CHECKING:
+    # monitor imports the drift tests (scipy): most of a second the training-set command,
+    # which records its sets here, does not spend
+    from feature_platform.quality.monitor import Run
 
 TRAINING_SETS = "platform_training_sets"
 STATISTICS = "platform_feature_statistics"

@@ -130,7 +130,18 @@ def _build(
         raise LabelError(f"the {chosen} engine does not apply: {why_not}")
     say(f"training set for {request.env}: {chosen} engine" + (f" ({why_not})" if why_not else ""))
     request.output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="training-set-", dir=request.output.parent) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="training-set-", dir=request.output.parent) as tmp,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-files") as ahead,
+    ):
+        # The views' files (the mirror brought up to date: Postgres and the copy's
+        # decoding, off the GIL) while the labels are read and staged. Leaving early
+        # (bad labels) waits for it: a refresh is never cut off halfway.
+        files_ahead = (
+            ahead.submit(engine.view_files, store, plan, settings, say)
+            if chosen == "fast"
+            else None
+        )
         work = Path(tmp)
         if request.labels_sql is not None:
             batches = labels.from_sql(settings, request.labels_sql, work, request.chunk_rows)
@@ -143,8 +154,8 @@ def _build(
             if isinstance(features, FeatureService):
                 _check_labels(features, stage, say)
             chunks: Iterator[pa.Table]
-            if chosen == "fast":
-                files = engine.view_files(store, plan, settings, say)
+            if files_ahead is not None:
+                files = files_ahead.result()
                 for i, view in enumerate(plan.views):
                     stage.add_view(i, view, files[i], say, store, _screening(store, view.name))
                 chunks = stage.chunks(plan, request.chunk_rows)
