@@ -353,11 +353,7 @@ class Stage:
             for j, f in enumerate(view.features)
             if f in judged.features
         }
-        where = suspects.condition(judged.features, columns)
-        if where is None:
-            return False
-        found = self.con.execute(f"SELECT 1 FROM {table} WHERE {where} LIMIT 1").fetchone()
-        return found is None
+        return suspects.all_clean(self.con, table, judged.features, columns)
 
     def _rows_from_postgres(
         self, table: str, view: ViewJoin, store: FeatureStore, lo: int | None, hi: int
