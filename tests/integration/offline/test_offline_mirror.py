@@ -7,7 +7,6 @@ directories over the same table, each with its own place in the change log."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,18 +21,8 @@ import pytest
 from feature_platform.offline import mirror as offline_mirror
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
 DSN = "host=127.0.0.1 port=5432 user=postgres"
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    name = f"feast_test_mirror_{os.getpid()}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.execute(f"CREATE DATABASE {name}")
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

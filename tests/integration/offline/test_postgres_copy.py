@@ -6,8 +6,7 @@ platform's error, not the driver's, and names no password."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from feature_platform.offline import postgres_copy
 
 DSN = "host=127.0.0.1 port=5432 user=postgres"
 
+
 # One column of each type the binary route takes, with the values that differ most
 # between text and binary forms: NULLs, empty and quoted strings, NaN, float4 values
 # without an exact decimal form, extremes, times without a zone and before 1970.
@@ -37,17 +37,6 @@ INSERT INTO every_type VALUES
     (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
     (true, 0, 0, 1, 'NULL', 3.4028235e38, -0.0, 'ü', '2026-01-01', '2026-06-30 12:00+00');
 """
-
-
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    name = f"feast_test_postgres_copy_{os.getpid()}"
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.execute(f"CREATE DATABASE {name}")
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
