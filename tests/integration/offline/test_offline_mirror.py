@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import module_database
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +23,12 @@ from feature_platform.offline import mirror as offline_mirror
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
-DSN = "host=127.0.0.1 port=5432 user=postgres"
+DSN = module_database.DSN
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    yield from module_database.scratch("mirror")
 
 
 @pytest.fixture

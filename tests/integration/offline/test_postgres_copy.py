@@ -6,10 +6,11 @@ platform's error, not the driver's, and names no password."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import module_database
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +21,7 @@ from feature_platform.errors import PlatformError
 from feature_platform.offline import mirror as offline_mirror
 from feature_platform.offline import postgres_copy
 
-DSN = "host=127.0.0.1 port=5432 user=postgres"
+DSN = module_database.DSN
 
 
 # One column of each type the binary route takes, with the values that differ most
@@ -37,6 +38,11 @@ INSERT INTO every_type VALUES
     (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
     (true, 0, 0, 1, 'NULL', 3.4028235e38, -0.0, 'ü', '2026-01-01', '2026-06-30 12:00+00');
 """
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    yield from module_database.scratch("postgres_copy")
 
 
 @pytest.fixture
