@@ -130,7 +130,11 @@ def keep_mirror_current(
 
     def run() -> None:
         while not stop.wait(interval):
-            done = _refresh_mirror(store, settings, say, progress=_quiet)
+            try:
+                done = _refresh_mirror(store, settings, say, progress=_quiet)
+            except Exception as exc:  # the registry unreadable, say: the next interval tries
+                say(f"offline server: mirror not refreshed: {one_line_error(exc, settings)}")
+                continue
             changed = [m for m in done.values() if m.full or m.copied_rows]
             if changed:
                 say("offline server: mirror refreshed: " + ", ".join(
