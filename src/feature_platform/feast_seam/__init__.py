@@ -31,6 +31,7 @@ stores.postgres_connection           the psycopg conninfo and arguments of a Pos
 stores.postgres_source_table         the table a PostgreSQLSource names
 stores.logged_feature_service        the feature service a served-vector log source is of
 registry.cache_reload                the caching registry's cached proto, reloaded in place
+registry.digest                      a SQL registry's rows, digested to tell it unchanged
 registry.release                     a job's registry: refresh timer, exit handler, engines
 registry.rest_server                 the REST registry app built from Feast's pieces
 registry.grpc_interceptors           Feast's registry server interceptors for an auth type
@@ -224,6 +225,11 @@ SEAMS: tuple[Seam, ...] = (
             "feast.utils:_utc_now",
             f"{_FEATURE_STORE}._clear_feature_service_cache",
         ),
+    ),
+    Seam(
+        "registry.digest",
+        "SqlRegistry.proto() reads the registry only from rows of the tables in "
+        "feast.infra.registry.sql.metadata, through its read_engine",
     ),
     Seam(
         "registry.release",

@@ -4,6 +4,7 @@ the REST registry app and the gRPC registry's interceptors built from Feast's pi
 from __future__ import annotations
 
 import atexit
+import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,7 +16,13 @@ def reload_cache(store: FeatureStore) -> bool:
     """Load the registry into the store's cache, raising on failure (CachingRegistry's
     refresh swallows its errors; the cached copy is left as it was). Whether it changed:
     an unchanged registry keeps its cached copy, so what was derived from that copy (the
-    feature server's read plans) stays."""
+    feature server's read plans) stays.
+
+    A SQL registry on PostgreSQL is first asked for a digest of all its rows, computed by
+    the database: when it equals the digest taken before the cached copy was read, the
+    registry is unchanged and nothing is read or parsed (reading and parsing every object
+    is tens of milliseconds of Python for a few hundred views, in a thread that shares
+    the interpreter with the server's event loop)."""
     from feast.infra.registry.caching_registry import CachingRegistry
     from feast.utils import _utc_now
 
@@ -23,13 +30,48 @@ def reload_cache(store: FeatureStore) -> bool:
     if not isinstance(registry, CachingRegistry):
         store.refresh_registry()
         return True
-    fresh = registry.proto()
-    changed = fresh != registry.cached_registry_proto
+    # taken before the read: a change committed during the read differs from it
+    digest = _digest(registry)
+    changed = digest is None or digest != _digests.get(registry)
     if changed:
-        registry.cached_registry_proto = fresh
-        store._clear_feature_service_cache()
+        fresh = registry.proto()
+        changed = fresh != registry.cached_registry_proto
+        if changed:
+            registry.cached_registry_proto = fresh
+            store._clear_feature_service_cache()
+        if digest is not None:
+            _digests[registry] = digest
     registry.cached_registry_proto_created = _utc_now()
     return changed
+
+
+# the digest of the rows the registry's cached copy was read from, per registry
+_digests: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _digest(registry: Any) -> str | None:
+    """md5 over every row of every table of a SQL registry on PostgreSQL, in the
+    database; None for any other registry."""
+    from feast.infra.registry.sql import SqlRegistry, metadata
+    from sqlalchemy import text
+
+    if not isinstance(registry, SqlRegistry):
+        return None
+    engine = registry.read_engine
+    if engine.dialect.name != "postgresql":
+        return None
+    quote = engine.dialect.identifier_preparer.quote
+    per_table = " UNION ALL ".join(
+        f"SELECT '{table.name}' AS name, md5(string_agg(md5(r::text), '' "
+        f"ORDER BY md5(r::text))) AS digest FROM {quote(table.name)} r"
+        for table in metadata.sorted_tables
+    )
+    query = (
+        "SELECT md5(string_agg(name || ':' || coalesce(digest, ''), ',' ORDER BY name)) "
+        f"FROM ({per_table}) t"
+    )
+    with engine.connect() as connection:
+        return str(connection.execute(text(query)).scalar_one())
 
 
 def stop_refresh_timer(store: FeatureStore) -> None:

@@ -4,7 +4,8 @@ Feast's app refreshes the registry in a timer thread that dies on the first exce
 and a registry database outage raises one: the refresh then falls back to the SQL
 registry's own cycle (`cache_ttl_seconds`). This loop replaces both: the app is built
 with Feast's refresh off, and the SQL registry's own timer (`cache_mode: thread`) is
-stopped when the loop starts, so each worker re-reads the registry once per interval. A
+stopped when the loop starts, so each worker re-reads the registry once per interval
+(only a digest of its rows, when they did not change: feast_seam/registry.py). A
 registry that did not change keeps its cached copy, and with it the read plans built
 from it (`fastpath/plans.py`); a change drops only the plans whose feature service or
 views changed. A failed refresh is one JSON log

@@ -7,6 +7,7 @@ import ast
 import asyncio
 import inspect
 import json
+import re
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +56,35 @@ def test_allow_cache_reads_answer_from_the_reloaded_proto(
     assert "terminal" not in _cached_entities(store)
     store.registry.cached_registry_proto_created -= timedelta(days=1)
     assert "terminal" in _cached_entities(store)
+
+
+@pytest.mark.seam("registry.digest")
+def test_the_registry_is_read_only_from_the_tables_digested(
+    registry: ModuleType, store: Any
+) -> None:
+    """What reload_cache digests (every table of Feast's SQL registry metadata) covers
+    every row proto() reads."""
+    from feast.infra.registry.sql import metadata
+    from sqlalchemy import event
+
+    read: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        read.append(statement)
+
+    engine = store.registry.read_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        store.registry.proto()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    tables = {
+        name.strip('"').lower()
+        for statement in read
+        for name in re.findall(r"\b(?:FROM|JOIN)\s+(\"?\w+\"?)", statement, re.I)
+    }
+    assert tables, "proto() read nothing through read_engine"
+    assert tables <= {table.name for table in metadata.sorted_tables}
 
 
 @pytest.mark.seam("registry.release")
