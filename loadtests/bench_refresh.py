@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "integration"))
 import bench
 import bench_materialize
+import machine_stalls
 import wrk
 from bench_saturation import core_time
 from faults import PrivateRedis
@@ -328,6 +329,28 @@ def pooled_table(pooled: dict[str, Any], rounds: list[dict[str, Any]]) -> list[s
     return lines
 
 
+def machine_lines(result: dict[str, Any]) -> list[str]:
+    """The machine alone, before the servers started (machine_stalls.py): its floor."""
+    cores = "; ".join(
+        f"CPU {cpu}: {m['gaps_over_10ms']} over 10 ms, the longest {m['longest_ms']:.1f} ms, "
+        f"{m['lost_ms']:.0f} ms lost in gaps over 5 ms"
+        for cpu, m in result["machine_alone"].items()
+    )
+    seconds = next(iter(result["machine_alone"].values()))["seconds"]
+    offered = float(np.median([r[UNCHANGED]["offered_rps"] for r in result["rounds"]]))
+    after_n = float(np.median([r[UNCHANGED]["after_n"] for r in result["rounds"]]))
+    return [
+        f"The machine alone, before the servers started: a loop that only reads the clock "
+        f"on each core, nothing else of the benchmark running, for {seconds:g} s, saw "
+        f"these gaps: {cores}. A request in flight in such a gap waits it out, whatever "
+        f"the server does: at the offered {offered:.0f} requests/s one gap of 50 ms holds "
+        f"about {offered * 0.05:.0f}, where a round's p99.9 after a refresh is "
+        f"set by its {max(1, round(after_n / 1000))} slowest of {after_n:,.0f}. So a "
+        "round's p99.9 on either side is decided by whether such a gap fell in it.",
+        "",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Registry refreshes: latency after a refresh against the rest ({result['when']})",
@@ -348,6 +371,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
+        *machine_lines(result),
         "A round is quiet when the server's worker waited for its core (behind other "
         f"processes of the machine, /proc schedstat) less than {QUIET_WAITED:.0%} of each "
         "of its runs: in the others the latencies measure that other work. Pooled over "
@@ -391,6 +415,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="of the open-loop runs")
     parser.add_argument("--extra-views", type=int, default=200,
                         help="more views in the registry, that no service reads")  # fmt: skip
+    parser.add_argument("--machine-seconds", type=float, default=60.0,
+                        help="the machine alone, before the servers start")  # fmt: skip
     parser.add_argument("--change-registry-every", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.change_registry_every:
@@ -402,6 +428,12 @@ def main() -> int:
         say(why_not)
         return 2
     load_start = os.getloadavg()
+    cpus = sorted(bench.SERVER_CPUS | bench.LOADGEN_CPUS)
+    say(f"the machine alone: a clock-reading loop on CPUs {cpus}, {args.machine_seconds:g} s")
+    machine = {
+        cpu: machine_stalls.summary(gaps, args.machine_seconds)
+        for cpu, gaps in machine_stalls.measure(cpus, args.machine_seconds).items()
+    }
     work = Path(tempfile.mkdtemp(prefix="bench_refresh_"))
     redis = PrivateRedis(work)
     redis.start()
@@ -426,6 +458,7 @@ def main() -> int:
             "seconds": args.seconds,
             "wrk_seconds": args.wrk_seconds,
             "load_average_start": round(load_start[0], 2),
+            "machine_alone": machine,
             "rounds": [],
         }  # fmt: skip
         logs = {NONE: work / "never.log", UNCHANGED: work / "refreshing.log"}

@@ -1,0 +1,71 @@
+"""The machine alone: how long its cores stall with nothing of the benchmark running.
+
+A virtual machine on a shared host can lose a core for tens of milliseconds at once, and
+a request in flight then waits that long whatever the server does. A loop on each core
+that only reads the clock sees such a stall as a gap between two readings; from inside
+the machine nothing else tells it apart, since the guest charges the lost time to the
+task that was running. Run before a latency benchmark, the gaps are its floor: a p99.9
+over a run that holds one of them measures the machine, not the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+GAP_S = 0.005
+
+
+def gaps_on(cpu: int, seconds: float) -> list[tuple[float, float]]:
+    """(wall-clock start, length in seconds) of each gap longer than GAP_S between two
+    readings of the clock, on `cpu`, for `seconds`."""
+    os.sched_setaffinity(0, {cpu})
+    clock, wall = time.perf_counter, time.time
+    gaps = []
+    before = clock()
+    end = before + seconds
+    while before < end:
+        now = clock()
+        if now - before > GAP_S:
+            gaps.append((wall() - (now - before), now - before))
+        before = now
+    return gaps
+
+
+def measure(cpus: list[int], seconds: float) -> dict[int, list[tuple[float, float]]]:
+    """The gaps of every core in `cpus`, measured at once, one process per core."""
+    processes = {
+        cpu: subprocess.Popen(
+            [sys.executable, __file__, "--cpu", str(cpu), "--seconds", str(seconds)],
+            stdout=subprocess.PIPE,
+        )
+        for cpu in cpus
+    }
+    return {cpu: [tuple(g) for g in json.loads(p.communicate()[0])] for cpu, p in processes.items()}
+
+
+def summary(gaps: list[tuple[float, float]], seconds: float) -> dict[str, float]:
+    lengths = [length for _, length in gaps]
+    return {
+        "seconds": seconds,
+        "gaps_over_10ms": sum(length > 0.010 for length in lengths),
+        "lost_ms": round(sum(lengths) * 1e3, 1),
+        "longest_ms": round(max(lengths, default=0.0) * 1e3, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    args = parser.parse_args()
+    print(json.dumps(gaps_on(args.cpu, args.seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
