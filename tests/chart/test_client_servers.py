@@ -148,6 +148,8 @@ def test_the_offline_server_keeps_a_mirror_of_its_own_by_default(thin: list[dict
     assert _mounted(pod, container, env["TMPDIR"])["emptyDir"] == {"sizeLimit": "4Gi"}
     assert env["OFFLINE_MIRROR_DIR"] != env["TMPDIR"]
     assert env["OFFLINE_MIRROR_REFRESH_SECONDS"] == "300"
+    # gone with the pod: its places in the change log given up when it stops
+    assert env["OFFLINE_MIRROR_RELEASE_AT_EXIT"] == "true"
     assert not [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
@@ -164,6 +166,7 @@ def test_the_offline_servers_own_mirror_can_live_on_a_claim() -> None:
     assert env["OFFLINE_MIRROR_REFRESH_SECONDS"] == "0"
     mounted = _mounted(pod, container, env["OFFLINE_MIRROR_DIR"])
     assert mounted["persistentVolumeClaim"] == {"claimName": "offline-mirror"}
+    assert "OFFLINE_MIRROR_RELEASE_AT_EXIT" not in env, "a claim's mirror outlives the pod"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200
 
@@ -191,6 +194,7 @@ def test_the_offline_server_can_share_the_training_sets_mirror() -> None:
     (trainer,) = job["spec"]["containers"]
     # The same directory on the same claim as the CronJob's: one mirror, no whole copies.
     assert env["OFFLINE_MIRROR_DIR"] == container_env(trainer, objects)["OFFLINE_MIRROR_DIR"]
+    assert "OFFLINE_MIRROR_RELEASE_AT_EXIT" not in env, "the training job's places stay"
     assert env["OFFLINE_MIRROR_REFRESH_SECONDS"] == "300"
     mount = env["OFFLINE_MIRROR_DIR"].rsplit("/", 1)[0]
     claim = one(objects, "PersistentVolumeClaim", "-training-set")["metadata"]["name"]

@@ -224,6 +224,8 @@ spec:
 {{- $volumes = append $volumes (dict "name" "mirror" "persistentVolumeClaim" (dict "claimName" $v.ownMirror.existingClaim)) }}
 {{- else }}
 {{- $volumes = append $volumes (dict "name" "mirror" "emptyDir" (dict "sizeLimit" $v.ownMirror.sizeLimit)) }}
+{{- /* Gone with the pod: its places in the change log are given up when it stops. */}}
+{{- $env = append $env (dict "name" "OFFLINE_MIRROR_RELEASE_AT_EXIT" "value" "true") }}
 {{- end }}
 {{- $startupFailures = div (add $v.ownMirror.startupSeconds 1) 2 }}
 {{- else }}

@@ -114,12 +114,14 @@ def cmd_serve_offline(args: argparse.Namespace) -> int:
     store = feast_commands.open_store(args.env)
     # Before listening: the pod is ready once its mirror is (the chart's startup probe).
     server_join.warm_mirror(store, settings, say)
-    server_join.keep_mirror_current(store, settings, say)
+    refreshing = server_join.keep_mirror_current(store, settings, say)
     try:
         offline.serve(store, args.host, args.port, say, fast_join)
     except OSError as exc:
         say(f"serve-offline: {exc}")
         return 1
+    finally:
+        server_join.release_mirror(store, settings, say, refreshing)
     return 0
 
 

@@ -43,7 +43,9 @@ Each refresh records its mirror's position (its snapshot's xmin and the time) in
 `feature_platform_mirror_positions`; delta rows and marks below every position of the
 table are deleted. A mirror not refreshed for `OFFLINE_MIRROR_KEEP_DAYS` (default 7)
 loses its position and stops holding the log back; when it comes back it finds its
-position gone and copies whole, and says so. Mirrors written before positions existed
+position gone and copies whole, and says so. `release` gives a directory's positions up
+at once, for a mirror that will not be refreshed again (a pod's disk, when the offline
+server stops). Mirrors written before positions existed
 (the delta claimed by one mirror) are copied whole on their first refresh.
 
 `refresh_all` brings several tables up to date at once, each on its own connections;
@@ -278,13 +280,40 @@ def refresh_sources(
     defined by a query has none), over connections made from the offline store's
     `config`: table name, as the source gives it -> outcome."""
     tables = [postgres_table(s) for s in sources if isinstance(s, PostgreSQLSource)]
-    return refresh_all(
-        lambda: psycopg.connect(postgres_conninfo(config), **postgres_conn_kwargs(config)),
-        [name for name in tables if name],
-        root,
-        say,
-        keep,
-    )
+    return refresh_all(connector(config), [name for name in tables if name], root, say, keep)
+
+
+def connector(config: Any) -> Callable[[], psycopg.Connection]:
+    """New connections to the offline store of `config`."""
+    return lambda: psycopg.connect(postgres_conninfo(config), **postgres_conn_kwargs(config))
+
+
+def release(connect: Callable[[], psycopg.Connection], root: Path) -> list[str]:
+    """Give up the places in the change log of every table mirrored under `root` (for the
+    database `connect` reaches), for a mirror that will not be refreshed again: a pod's
+    disk when the pod stops. The log is no longer held back for it; if the directory is
+    refreshed after all, each table finds its position gone and is copied whole. The
+    tables whose place was given up."""
+    released: list[str] = []
+    with connect() as conn:
+        conn.autocommit = True
+        (database, kept) = conn.execute(  # type: ignore[misc]
+            "SELECT current_database(), to_regclass('feature_platform_mirror_positions')"
+        ).fetchone()
+        if kept is None:
+            return released
+        for path in sorted((root / database).glob("*/manifest.json")):
+            manifest = _read_manifest(path.parent)
+            if manifest is None or "mirror_id" not in manifest:
+                continue
+            deleted = conn.execute(
+                "DELETE FROM feature_platform_mirror_positions "
+                "WHERE table_name = %s AND mirror_id = %s",
+                (manifest["table"], manifest["mirror_id"]),
+            ).rowcount
+            if deleted:
+                released.append(manifest["table"])
+    return released
 
 
 # The advisory lock's first key: the mirror's own space, the table's oid the second

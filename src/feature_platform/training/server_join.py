@@ -25,7 +25,7 @@ import psycopg
 import pyarrow as pa
 from feast import FeatureStore
 
-from feature_platform.config.guard import ConfigError, one_line_error
+from feature_platform.config.guard import ConfigError, flag, one_line_error
 from feature_platform.console import Say
 from feature_platform.errors import PlatformError
 from feature_platform.offline import mirror as offline_mirror
@@ -38,6 +38,13 @@ CHUNK_ROWS = 200_000
 # Seconds between the server's own refreshes of its mirror while it runs (0: none).
 REFRESH_VAR = "OFFLINE_MIRROR_REFRESH_SECONDS"
 DEFAULT_REFRESH_S = 300.0
+# "true": the mirror lives on the pod's own disk and its places in the change log are given
+# up when the server stops (release_mirror)
+RELEASE_VAR = "OFFLINE_MIRROR_RELEASE_AT_EXIT"
+# How long a stopping server waits for a refresh under way: within the chart's 30 s grace
+# period, with time left to give the places up (a refresh cut short keeps its place, which
+# then expires).
+RELEASE_WAIT_S = 15.0
 
 
 def _quiet(_line: str) -> None:
@@ -113,22 +120,36 @@ def warm_mirror(store: FeatureStore, settings: Mapping[str, str], say: Say) -> N
         _refresh_mirror(store, settings, say, progress=say)
 
 
+class Refreshing:
+    """The thread `keep_mirror_current` started."""
+
+    def __init__(self, run: Callable[[threading.Event], None]) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=run, args=(self._stop,), name="mirror-refresh", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """No more refreshes; a refresh under way is waited for (up to `timeout_s`)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+
 def keep_mirror_current(
     store: FeatureStore, settings: Mapping[str, str], say: Say
-) -> threading.Event | None:
+) -> Refreshing | None:
     """Between requests, every `REFRESH_VAR` seconds, the mirror brought up to date as at
     start, in a thread of its own: a table an update, a delete or an erasure (`forget`)
     marked is copied whole without waiting for a request that reads it, and the refresh
     after drops the previous copy's files, so a forgotten entity's rows leave the pod's
-    disk within two intervals. One line per refresh that copied anything. The event
-    returned stops it."""
+    disk within two intervals. One line per refresh that copied anything."""
+    flag(settings, RELEASE_VAR)  # read at exit, checked at start
     interval = refresh_seconds(settings)
     if not interval or not settings.get(offline_mirror.DIR_VAR) or not _mirrors_postgres(store):
         return None
 
-    stop = threading.Event()
-
-    def run() -> None:
+    def run(stop: threading.Event) -> None:
         while not stop.wait(interval):
             try:
                 done = _refresh_mirror(store, settings, say, progress=_quiet)
@@ -142,8 +163,35 @@ def keep_mirror_current(
                     + f", {m.copied_rows:,} rows" for m in changed
                 ))  # fmt: skip
 
-    threading.Thread(target=run, name="mirror-refresh", daemon=True).start()
-    return stop
+    return Refreshing(run)
+
+
+def release_mirror(
+    store: FeatureStore,
+    settings: Mapping[str, str],
+    say: Say,
+    refreshing: Refreshing | None,
+) -> None:
+    """When the server stops: its refreshes ended and, where `RELEASE_VAR` says the mirror
+    lives on the pod's own disk (the chart's emptyDir), the mirror's places in the change
+    log given up, so a pod that is gone does not hold the log back for
+    OFFLINE_MIRROR_KEEP_DAYS. A failure is said: the places then expire."""
+    if refreshing is not None:
+        refreshing.stop(RELEASE_WAIT_S)
+    root = settings.get(offline_mirror.DIR_VAR)
+    if not flag(settings, RELEASE_VAR) or not root or not _mirrors_postgres(store):
+        return
+    try:
+        released = offline_mirror.release(
+            offline_mirror.connector(store.config.offline_store), Path(root)
+        )
+    except (psycopg.Error, OSError) as exc:
+        say(
+            f"offline server: the mirror's places in the change log not given up: "
+            f"{one_line_error(exc, settings)}; they expire after {offline_mirror.KEEP_VAR}"
+        )
+        return
+    say(f"offline server: gave up the mirror's place in the change log of {len(released)} tables")
 
 
 def refresh_seconds(settings: Mapping[str, str]) -> float:

@@ -318,6 +318,35 @@ def test_a_stale_mirror_stops_holding_the_log_and_copies_whole_when_back(
     assert not _refresh(connect, tmp_path / "stale").full
 
 
+def test_a_released_mirror_stops_holding_the_log_and_copies_whole_when_back(
+    connect: Callable, tmp_path: Path
+) -> None:
+    """What a stopping offline server does for a mirror on its pod's own disk: only that
+    directory's places are given up; the log is then pruned past them."""
+    _insert(connect, 0, 10)
+    _refresh(connect, tmp_path / "live")
+    _refresh(connect, tmp_path / "gone")
+    _insert(connect, 10, 5)
+    _refresh(connect, tmp_path / "live")
+    assert offline_mirror.release(connect, tmp_path / "gone") == ["public.stats"]
+    assert offline_mirror.release(connect, tmp_path / "gone") == [], "given up once"
+    _insert(connect, 15, 5)
+    live = _refresh(connect, tmp_path / "live")
+    assert not live.full and live.copied_rows == 5, "the other mirror keeps its place"
+    with connect() as conn:
+        (held,) = conn.execute("SELECT count(*) FROM stats__mirror_delta").fetchone()
+    assert held == 0, "the log no longer held back for the released mirror"
+    back = _refresh(connect, tmp_path / "gone")
+    assert back.full and back.why == offline_mirror.EXPIRED
+    assert _mirror_rows(back) == _table_rows(connect)
+
+
+def test_releasing_a_mirror_never_refreshed_gives_up_nothing(
+    connect: Callable, tmp_path: Path
+) -> None:
+    assert offline_mirror.release(connect, tmp_path / "empty") == []
+
+
 def test_a_mirror_of_the_layout_before_positions_is_copied_whole_once(
     connect: Callable, tmp_path: Path
 ) -> None:

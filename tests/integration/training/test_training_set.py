@@ -570,8 +570,8 @@ def test_the_offline_server_refreshes_its_mirror_between_requests(
     (manifest,) = (tmp_path / "mirror").glob("*/*.customer_stats/manifest.json")
     first = set(json.loads(manifest.read_text())["parts"])
     said: list[str] = []
-    stop = server_join.keep_mirror_current(store, settings, said.append)
-    assert stop is not None
+    refreshing = server_join.keep_mirror_current(store, settings, said.append)
+    assert refreshing is not None
     try:
         conninfo = offline_tables.postgres_conninfo(dev.settings(), _offline(dev))
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -590,7 +590,46 @@ def test_the_offline_server_refreshes_its_mirror_between_requests(
             eventually(lambda: len(said) >= 2, "two failed refreshes said")
         assert said[0] == "offline server: mirror not refreshed: RuntimeError: registry down"
     finally:
-        stop.set()
+        refreshing.stop()
+
+
+def _positions(dev: Stack, mirror: Path) -> set[tuple[str, str]]:
+    """The places in the change log the mirror under `mirror` holds."""
+    ids = {json.loads(path.read_text())["mirror_id"] for path in mirror.glob("*/*/manifest.json")}
+    conninfo = offline_tables.postgres_conninfo(dev.settings(), _offline(dev))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT table_name, mirror_id FROM feature_platform_mirror_positions"
+        ).fetchall()
+    return {(table, mirror_id) for table, mirror_id in rows if mirror_id in ids}
+
+
+@pytest.mark.parametrize("release", ["true", ""])
+def test_a_stopping_offline_server_gives_up_its_mirrors_places_where_told(
+    dev: Stack, tmp_path: Path, release: str
+) -> None:
+    """With OFFLINE_MIRROR_RELEASE_AT_EXIT (the chart sets it for a mirror on the pod's
+    emptyDir), SIGTERM ends the server's refreshes and gives up its mirror's places in the
+    change log; without it (a mirror on a claim outlives the pod) they stay."""
+    log, mirror = tmp_path / "offline.log", tmp_path / "mirror"
+    server = dev.offline_server(
+        log,
+        **{
+            offline_mirror.DIR_VAR: str(mirror),
+            server_join.REFRESH_VAR: "0.2",
+            server_join.RELEASE_VAR: release,
+        },
+    )
+    held = _positions(dev, mirror)
+    assert held, "the mirror copied before the server listened holds its places"
+    assert server.stop() == 0
+    said = log.read_text()
+    if release:
+        assert _positions(dev, mirror) == set()
+        assert f"gave up the mirror's place in the change log of {len(held)} tables" in said
+    else:
+        assert _positions(dev, mirror) == held
+        assert "gave up" not in said
 
 
 def test_the_offline_servers_refresh_interval_is_checked() -> None:
