@@ -20,23 +20,23 @@ import time
 GAP_S = 0.005
 
 
-def gaps_on(cpu: int, seconds: float) -> list[tuple[float, float]]:
-    """(wall-clock start, length in seconds) of each gap longer than GAP_S between two
-    readings of the clock, on `cpu`, for `seconds`."""
+def gaps_on(cpu: int, seconds: float) -> list[float]:
+    """The length (s) of each gap longer than GAP_S between two readings of the clock,
+    on `cpu`, for `seconds`."""
     os.sched_setaffinity(0, {cpu})
-    clock, wall = time.perf_counter, time.time
+    clock = time.perf_counter
     gaps = []
     before = clock()
     end = before + seconds
     while before < end:
         now = clock()
         if now - before > GAP_S:
-            gaps.append((wall() - (now - before), now - before))
+            gaps.append(now - before)
         before = now
     return gaps
 
 
-def measure(cpus: list[int], seconds: float) -> dict[int, list[tuple[float, float]]]:
+def measure(cpus: list[int], seconds: float) -> dict[int, list[float]]:
     """The gaps of every core in `cpus`, measured at once, one process per core."""
     processes = {
         cpu: subprocess.Popen(
@@ -45,16 +45,15 @@ def measure(cpus: list[int], seconds: float) -> dict[int, list[tuple[float, floa
         )
         for cpu in cpus
     }
-    return {cpu: [tuple(g) for g in json.loads(p.communicate()[0])] for cpu, p in processes.items()}
+    return {cpu: json.loads(p.communicate()[0]) for cpu, p in processes.items()}
 
 
-def summary(gaps: list[tuple[float, float]], seconds: float) -> dict[str, float]:
-    lengths = [length for _, length in gaps]
+def summary(gaps: list[float], seconds: float) -> dict[str, float]:
     return {
         "seconds": seconds,
-        "gaps_over_10ms": sum(length > 0.010 for length in lengths),
-        "lost_ms": round(sum(lengths) * 1e3, 1),
-        "longest_ms": round(max(lengths, default=0.0) * 1e3, 1),
+        "gaps_over_10ms": sum(length > 0.010 for length in gaps),
+        "lost_ms": round(sum(gaps) * 1e3, 1),
+        "longest_ms": round(max(gaps, default=0.0) * 1e3, 1),
     }
 
 
