@@ -32,6 +32,7 @@ stores.postgres_source_table         the table a PostgreSQLSource names
 stores.logged_feature_service        the feature service a served-vector log source is of
 registry.cache_reload                the caching registry's cached proto, reloaded in place
 registry.digest                      a SQL registry's rows, digested to tell it unchanged
+registry.read                        a SQL registry's proto, read in one statement
 registry.release                     a job's registry: refresh timer, exit handler, engines
 registry.rest_server                 the REST registry app built from Feast's pieces
 registry.grpc_interceptors           Feast's registry server interceptors for an auth type
@@ -230,6 +231,13 @@ SEAMS: tuple[Seam, ...] = (
         "registry.digest",
         "SqlRegistry.proto() reads the registry only from rows of the tables in "
         "feast.infra.registry.sql.metadata, through its read_engine",
+    ),
+    Seam(
+        "registry.read",
+        "SqlRegistry.proto() lists the projects, and per project each object table's proto "
+        "column into the registry proto's field of the table's name (project set), the "
+        "project's managed_infra row 'infra_obj' and the newest project's update time",
+        ("feast.infra.registry.sql:projects", "feast.infra.registry.sql:managed_infra"),
     ),
     Seam(
         "registry.release",

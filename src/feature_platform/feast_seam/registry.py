@@ -4,6 +4,7 @@ the REST registry app and the gRPC registry's interceptors built from Feast's pi
 from __future__ import annotations
 
 import atexit
+import functools
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,8 @@ def reload_cache(store: FeatureStore) -> bool:
     the database: when it equals the digest taken before the cached copy was read, the
     registry is unchanged and nothing is read or parsed (reading and parsing every object
     is tens of milliseconds of Python for a few hundred views, in a thread that shares
-    the interpreter with the server's event loop)."""
+    the interpreter with the server's event loop). A changed SQL registry is read in one
+    statement (`read_sql_registry`), not proto()'s transaction per table and project."""
     from feast.infra.registry.caching_registry import CachingRegistry
     from feast.utils import _utc_now
 
@@ -34,8 +36,11 @@ def reload_cache(store: FeatureStore) -> bool:
     digest = _digest(registry)
     changed = digest is None or digest != _digests.get(registry)
     if changed:
-        fresh = registry.proto()
+        fresh = read_sql_registry(registry) if digest is not None else registry.proto()
         changed = fresh != registry.cached_registry_proto
+        if changed and digest is not None and registry not in _digests:
+            # the cached copy is Feast's read, whose objects come in another order
+            changed = not _same_objects(fresh, registry.cached_registry_proto)
         if changed:
             registry.cached_registry_proto = fresh
             store._clear_feature_service_cache()
@@ -43,6 +48,20 @@ def reload_cache(store: FeatureStore) -> bool:
             _digests[registry] = digest
     registry.cached_registry_proto_created = _utc_now()
     return changed
+
+
+def _same_objects(one: Any, other: Any) -> bool:
+    """Two registry protos hold the same objects, in whatever order."""
+
+    def contents(proto: Any) -> list[Any]:
+        return [
+            (field.name, sorted(o.SerializeToString(deterministic=True) for o in value))
+            if field.is_repeated
+            else (field.name, value)
+            for field, value in proto.ListFields()
+        ]
+
+    return contents(one) == contents(other)
 
 
 # the digest of the rows the registry's cached copy was read from, per registry
@@ -72,6 +91,98 @@ def _digest(registry: Any) -> str | None:
     )
     with engine.connect() as connection:
         return str(connection.execute(text(query)).scalar_one())
+
+
+# proto()'s object tables in the order it lists them: each is the registry proto's field
+# of the same name, read from the table's one `*_proto` column
+_OBJECT_TABLES = (
+    "entities",
+    "feature_views",
+    "data_sources",
+    "on_demand_feature_views",
+    "stream_feature_views",
+    "feature_services",
+    "saved_datasets",
+    "validation_references",
+    "permissions",
+    "label_views",
+)
+_INFRA_NAME = "infra_obj"
+
+
+def read_sql_registry(registry: Any) -> Any:
+    """The RegistryProto that a SqlRegistry's proto() builds, from one statement: its
+    projects, each project's objects (the project set on each, as proto() sets it), the
+    last project's managed infra and the newest project's update time. proto() opens a
+    transaction per table and project, which is most of its cost (10 ms of CPU for 200
+    views, against 3 ms here); the objects themselves parse in a fraction of that.
+
+    Rows come in the order of their names, where proto()'s come in the tables' order: the
+    same objects, and with several projects the infra of the last by name (Feast's
+    registry proto holds one infra, of whichever project it read last)."""
+    from feast.infra.infra_object import Infra
+    from feast.project import Project
+    from feast.protos.feast.core.InfraObject_pb2 import Infra as InfraProto
+    from feast.protos.feast.core.Project_pb2 import Project as ProjectProto
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+
+    with registry.read_engine.connect() as connection:
+        rows = connection.execute(_one_statement()).all()
+    listed: list[Project] = []
+    found: dict[tuple[int, str], list[bytes]] = {}
+    for kind, project_id, _, proto in rows:
+        if kind == _PROJECTS:
+            listed.append(Project.from_proto(ProjectProto.FromString(proto)))
+        else:
+            found.setdefault((kind, project_id), []).append(proto)
+
+    out = RegistryProto()
+    fields = RegistryProto.DESCRIPTOR.fields_by_name
+    for project in listed:
+        out.projects.append(project.to_proto())
+        for kind, field in enumerate(_OBJECT_TABLES):
+            container = getattr(out, field)
+            with_spec = "spec" in fields[field].message_type.fields_by_name
+            for proto in found.get((kind, project.name), ()):
+                obj = container.add()
+                obj.MergeFromString(proto)
+                (obj.spec if with_spec else obj).project = project.name
+        infra_protos = found.get((_INFRA, project.name))
+        out.infra.CopyFrom(
+            Infra.from_proto(InfraProto.FromString(infra_protos[0])).to_proto()
+            if infra_protos
+            else Infra().to_proto()
+        )
+    if listed:
+        out.last_updated.FromDatetime(max(p.last_updated_timestamp for p in listed))
+    return out
+
+
+_PROJECTS, _INFRA = -1, -2
+
+
+@functools.cache
+def _one_statement() -> Any:
+    """(kind, project, proto bytes) of every row read_sql_registry reads, by kind, project
+    and name: the same order in every read, so an unchanged registry reads equal."""
+    from feast.infra.registry import sql
+    from sqlalchemy import literal, select, union_all
+
+    def part(kind: int, table: Any) -> Any:
+        name = next(iter(table.columns))  # each table's first column names its row
+        (proto,) = (c for c in table.columns if c.name.endswith("_proto"))
+        return select(
+            literal(kind).label("kind"),
+            table.c.project_id,
+            name.label("name"),
+            proto.label("proto"),
+        )
+
+    return union_all(
+        part(_PROJECTS, sql.projects),
+        part(_INFRA, sql.managed_infra).where(sql.managed_infra.c.infra_name == _INFRA_NAME),
+        *(part(kind, getattr(sql, name)) for kind, name in enumerate(_OBJECT_TABLES)),
+    ).order_by("kind", "project_id", "name")
 
 
 def stop_refresh_timer(store: FeatureStore) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from module_database import scratch
 
+from feature_platform.feast_seam import registry as seam
 from feature_platform.feast_seam.registry import reload_cache
 
 
@@ -61,27 +62,29 @@ def _objects(repo: Path) -> dict[str, Any]:
 
 
 class _Reads:
-    """Counts the registry's full reads (Feast's own proto(), still called)."""
+    """Counts the registry's full reads."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         # run once, right after the next read: another process's commit landing then
         self.after: list[Any] = []
-        read = registry.proto
+        read = seam.read_sql_registry
 
-        def counted() -> Any:
+        def counted(registry: Any) -> Any:
             self.count += 1
-            proto = read()
+            proto = read(registry)
             for step in self.after:
                 step()
             self.after.clear()
             return proto
 
-        registry.proto = counted
+        monkeypatch.setattr(seam, "read_sql_registry", counted)
 
 
 @pytest.fixture
-def stores(tmp_path: Path, database: str) -> Iterator[tuple[Any, Any, _Reads]]:
+def stores(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Any, Any, _Reads]]:
     """The server's store (reloading) and another process's (applying), on a registry
     that holds the objects; the server's registry loaded once, its reads counted."""
     import psycopg
@@ -94,7 +97,7 @@ def stores(tmp_path: Path, database: str) -> Iterator[tuple[Any, Any, _Reads]]:
     other.apply(list(_objects(tmp_path).values()))
     server = FeatureStore(config=_config(tmp_path, database))
     server.list_feature_views(allow_cache=True)  # loaded, as at a server's start
-    reads = _Reads(server.registry)
+    reads = _Reads(monkeypatch)
     yield server, other, reads
 
 
@@ -148,6 +151,7 @@ def test_every_change_is_loaded(
         }
     else:
         assert _cached_view(server, "counts").materialization_intervals
+    assert seam._same_objects(server.registry.cached_registry_proto, server.registry.proto())
     assert reload_cache(server) is False
     assert reads.count == 2
 

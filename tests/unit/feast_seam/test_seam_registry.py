@@ -65,6 +65,14 @@ def test_the_registry_is_read_only_from_the_tables_digested(
     """What reload_cache digests (every table of Feast's SQL registry metadata) covers
     every row proto() reads."""
     from feast.infra.registry.sql import metadata
+
+    tables = _tables_read_by_proto(store)
+    assert tables, "proto() read nothing through read_engine"
+    assert tables <= {table.name for table in metadata.sorted_tables}
+
+
+def _tables_read_by_proto(store: Any) -> set[str]:
+    """The tables whose rows proto() reads, from the statements it sends."""
     from sqlalchemy import event
 
     read: list[str] = []
@@ -78,13 +86,103 @@ def test_the_registry_is_read_only_from_the_tables_digested(
         store.registry.proto()
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    tables = {
+    return {
         name.strip('"').lower()
         for statement in read
         for name in re.findall(r"\b(?:FROM|JOIN)\s+(\"?\w+\"?)", statement, re.I)
     }
-    assert tables, "proto() read nothing through read_engine"
-    assert tables <= {table.name for table in metadata.sorted_tables}
+
+
+def _add_every_kind(store: Any, repo: Path) -> None:
+    """An object of every kind proto() lists, and a second project with one entity."""
+    from feast import Entity, Field, FileSource, PushSource, ValueType
+    from feast.infra.infra_object import Infra
+    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+    from feast.infra.online_stores.sqlite import SqliteTable
+    from feast.infra.registry.sql import SqlRegistry, validation_references
+    from feast.labeling.label_view import LabelView
+    from feast.permissions.permission import Permission
+    from feast.permissions.policy import RoleBasedPolicy
+    from feast.protos.feast.core.ValidationProfile_pb2 import (
+        ValidationReference as ValidationReferenceProto,
+    )
+    from feast.saved_dataset import SavedDataset
+    from feast.stream_feature_view import StreamFeatureView
+    from feast.types import Int64
+    from sqlalchemy import insert
+
+    registry, project = store.registry, store.project
+    assert isinstance(registry, SqlRegistry)
+    customer = store.get_entity("customer")
+    pushed = PushSource(
+        name="counts_push",
+        batch_source=FileSource(
+            path=str(repo / "counts.parquet"), timestamp_field="event_timestamp"
+        ),
+    )
+    schema = [Field(name="customer_id", dtype=Int64), Field(name="n", dtype=Int64)]
+    registry.apply_data_source(pushed, project)
+    registry.apply_feature_view(
+        StreamFeatureView(
+            name="counts_stream", source=pushed, entities=[customer], schema=schema,
+            timestamp_field="event_timestamp",
+        ),
+        project,
+    )  # fmt: skip
+    registry.apply_feature_view(
+        LabelView(name="labels", source=pushed.batch_source, entities=[customer], schema=schema),
+        project,
+    )
+    registry.apply_saved_dataset(
+        SavedDataset(
+            name="dataset", features=["counts:n"], join_keys=["customer_id"],
+            storage=SavedDatasetFileStorage(path=str(repo / "dataset.parquet")),
+        ),
+        project,
+    )  # fmt: skip
+    # written as its row: ValidationReference.to_proto needs great_expectations
+    reference = ValidationReferenceProto(name="reference", reference_dataset_name="dataset")
+    with registry.write_engine.begin() as connection:
+        connection.execute(
+            insert(validation_references).values(
+                validation_reference_name="reference", project_id=project,
+                last_updated_timestamp=0, validation_reference_proto=reference.SerializeToString(),
+            )
+        )  # fmt: skip
+    registry.apply_permission(
+        Permission(name="readers", policy=RoleBasedPolicy(roles=["reader"])), project
+    )
+    registry.apply_entity(
+        Entity(name="account", join_keys=["account_id"], value_type=ValueType.INT64), "another"
+    )
+    for name in (project, "another"):
+        registry.update_infra(Infra([SqliteTable(str(repo / "online.db"), f"{name}_t")]), name)
+
+
+@pytest.mark.seam("registry.read")
+def test_the_registry_read_in_one_statement_is_what_proto_builds(
+    registry: ModuleType, store: Any, tmp_path: Path
+) -> None:
+    _add_every_kind(store, tmp_path)
+    assert _tables_read_by_proto(store) == {"projects", "managed_infra", *registry._OBJECT_TABLES}
+    feasts, ours = store.registry.proto(), registry.read_sql_registry(store.registry)
+    for field in ("projects", *registry._OBJECT_TABLES):
+        assert getattr(ours, field), f"no {field} to compare"
+    assert len(ours.projects) == 2
+    # one infra in the proto: proto()'s is of the project it read last, ours of the last by
+    # name (the projects' order is no part of what the registry holds)
+    infras = {name: store.registry.get_infra(name).to_proto() for name in ("another", "seam")}
+    assert ours.infra == infras["seam"] and ours.infra.infra_objects
+    assert feasts.infra in infras.values()
+    feasts.ClearField("infra")
+    ours.ClearField("infra")
+    assert registry._same_objects(ours, feasts)
+    del feasts.feature_views[0]
+    assert not registry._same_objects(ours, feasts)
+    # read again, unchanged: equal in its order too (reload_cache compares whole copies)
+    again = registry.read_sql_registry(store.registry)
+    again.ClearField("infra")
+    assert again == ours
 
 
 @pytest.mark.seam("registry.release")
