@@ -74,7 +74,6 @@ QUIET_WAITED = 0.05
 TARGET = 1.5
 # the view the changing process applies, again and again; in no feature service
 UNRELATED_VIEW = "bench_refresh_unrelated"
-REDIS_NICE = -10
 REFRESHED = re.compile(rb"registry reloaded at ([0-9.]+) in ([0-9.]+) ms \((\w+)\)")
 
 say = bench.say
@@ -153,6 +152,12 @@ def p999_ms(latencies: np.ndarray) -> float:
     return float(np.percentile(latencies, 99.9)) * 1e3 if len(latencies) else float("nan")
 
 
+def behind_the_benchmark() -> None:
+    """The registry-changing process: on the generators' core, behind every other process."""
+    os.sched_setaffinity(0, bench.LOADGEN_CPUS)
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
 def one_run(
     server: FeatureServer, log_path: Path, body: bytes, rps: float, args: argparse.Namespace,
     changing: bool,
@@ -165,8 +170,8 @@ def one_run(
         changer = subprocess.Popen(
             [sys.executable, __file__, "--change-registry-every", str(args.interval / 2)],
             stdout=subprocess.PIPE,
-            preexec_fn=lambda: (os.sched_setaffinity(0, bench.LOADGEN_CPUS), os.nice(19)),
-        )  # fmt: skip
+            preexec_fn=behind_the_benchmark,
+        )
     try:
         if changer is not None and changer.stdout is not None:
             changer.stdout.readline()  # applying
@@ -330,23 +335,29 @@ def pooled_table(pooled: dict[str, Any], rounds: list[dict[str, Any]]) -> list[s
 
 
 def machine_lines(result: dict[str, Any]) -> list[str]:
-    """The machine alone, before the servers started (machine_stalls.py): its floor."""
-    cores = "; ".join(
-        f"CPU {cpu}: {m['gaps_over_10ms']} over 10 ms, the longest {m['longest_ms']:.1f} ms, "
-        f"{m['lost_ms']:.0f} ms lost in gaps over 5 ms"
-        for cpu, m in result["machine_alone"].items()
-    )
-    seconds = next(iter(result["machine_alone"].values()))["seconds"]
+    """The machine alone, before the servers started (machine_stalls.py): its floor, at
+    the default priority and at the benchmark's."""
+
+    def cores(at_nice: dict[str, Any]) -> str:
+        return "; ".join(
+            f"CPU {cpu}: {m['gaps_over_10ms']} over 10 ms, the longest {m['longest_ms']:.1f} "
+            f"ms, {m['lost_ms']:.0f} ms lost in gaps over 5 ms"
+            for cpu, m in at_nice.items()
+        )
+
+    machine = result["machine_alone"]
+    seconds = next(iter(next(iter(machine.values())).values()))["seconds"]
     offered = float(np.median([r[UNCHANGED]["offered_rps"] for r in result["rounds"]]))
     after_n = float(np.median([r[UNCHANGED]["after_n"] for r in result["rounds"]]))
     return [
         f"The machine alone, before the servers started: a loop that only reads the clock "
-        f"on each core, nothing else of the benchmark running, for {seconds:g} s, saw "
-        f"these gaps: {cores}. A request in flight in such a gap waits it out, whatever "
-        f"the server does: at the offered {offered:.0f} requests/s one gap of 50 ms holds "
-        f"about {offered * 0.05:.0f}, where a round's p99.9 after a refresh is "
-        f"set by its {max(1, round(after_n / 1000))} slowest of {after_n:,.0f}. So a "
-        "round's p99.9 on either side is decided by whether such a gap fell in it.",
+        f"on each core, nothing else of the benchmark running, for {seconds:g} s at each "
+        f"priority, saw these gaps. At nice 0: {cores(machine['0'])}. At nice "
+        f"{bench.NICE}, the benchmark's: {cores(machine[str(bench.NICE)])}. A request in "
+        f"flight in such a gap waits it out, whatever the server does: at the offered "
+        f"{offered:.0f} requests/s one gap of 50 ms holds about {offered * 0.05:.0f}, "
+        f"where a round's p99.9 after a refresh is set by its "
+        f"{max(1, round(after_n / 1000))} slowest of {after_n:,.0f}.",
         "",
     ]
 
@@ -355,7 +366,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Registry refreshes: latency after a refresh against the rest ({result['when']})",
         "",
-        f"Machine: {result['machine']}, shared with other work while this ran (load average "
+        f"Machine: {result['machine']}, shared with other work while this ran, the "
+        f"benchmark's processes at nice {bench.NICE} ahead of it (load average "
         f"{result['load_average_start']} at the start, {result['load_average_end']} at the "
         "end, on 2 cores). Two servers of the platform, one worker each on CPU 0: one "
         f"refreshing its registry every {result['interval']:g} s, one never within the run; "
@@ -429,16 +441,20 @@ def main() -> int:
         return 2
     load_start = os.getloadavg()
     cpus = sorted(bench.SERVER_CPUS | bench.LOADGEN_CPUS)
-    say(f"the machine alone: a clock-reading loop on CPUs {cpus}, {args.machine_seconds:g} s")
-    machine = {
-        cpu: machine_stalls.summary(gaps, args.machine_seconds)
-        for cpu, gaps in machine_stalls.measure(cpus, args.machine_seconds).items()
-    }
+    machine = {}
+    for nice in (0, bench.NICE):
+        say(f"the machine alone: a clock-reading loop on CPUs {cpus} at nice {nice}, "
+            f"{args.machine_seconds:g} s")  # fmt: skip
+        machine[str(nice)] = {
+            cpu: machine_stalls.summary(gaps, args.machine_seconds)
+            for cpu, gaps in machine_stalls.measure(cpus, args.machine_seconds, nice).items()
+        }
+    bench.ahead_of_neighbours()
     work = Path(tempfile.mkdtemp(prefix="bench_refresh_"))
     redis = PrivateRedis(work)
     redis.start()
     assert redis.process is not None
-    os.setpriority(os.PRIO_PROCESS, redis.process.pid, REDIS_NICE)
+    os.setpriority(os.PRIO_PROCESS, redis.process.pid, bench.REDIS_NICE)
     bench.BENCH_SETTINGS.update(
         SETTINGS, REDIS_PORT=str(redis.port), REDIS_DB="0", REDIS_PASSWORD=""
     )

@@ -65,7 +65,6 @@ SIZE = 100
 # Own databases, so a concurrent bench.py keeps its own, and a Redis of its own (below).
 SETTINGS = {"REGISTRY_DB": "feast_bench_sat_registry", "OFFLINE_DB": "feast_bench_sat_offline"}
 OFF, ON = "bound off", "bound on"
-REDIS_NICE = -10
 GOODPUT_TARGET = 0.90
 P99_FACTOR_TARGET = 2.0
 SHED = re.compile(r"^feature_server_shed_requests_total ([0-9.e+]+)$", re.M)
@@ -251,7 +250,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Saturation: open-loop overload, bound off and on ({result['when']})",
         "",
-        f"Machine: {result['machine']}, shared with other work while this ran (load average "
+        f"Machine: {result['machine']}, shared with other work while this ran, the "
+        f"benchmark's processes at nice {bench.NICE} ahead of it (load average "
         f"{result['load_average_start']} at the start, {result['load_average_end']} at the "
         "end, on 2 cores): other sessions' tests took time on both cores, so the figures "
         "move between runs and within one; each is a median over rounds with its range, and "
@@ -348,13 +348,13 @@ def main() -> int:
         say(why_not)
         return 2
     load_start = os.getloadavg()
+    bench.ahead_of_neighbours()
     # A redis-server of its own: the shared one also serves other work on this machine,
-    # whose commands would stall the servers' reads at random. Ahead of the processes on
-    # its core (as a store on a machine of its own would be).
+    # whose commands would stall the servers' reads at random.
     redis = PrivateRedis(Path(tempfile.mkdtemp(prefix="bench_saturation_")))
     redis.start()
     assert redis.process is not None
-    os.setpriority(os.PRIO_PROCESS, redis.process.pid, REDIS_NICE)
+    os.setpriority(os.PRIO_PROCESS, redis.process.pid, bench.REDIS_NICE)
     redis_cpus = bench.SERVER_CPUS if args.redis_core == "server" else bench.LOADGEN_CPUS
     os.sched_setaffinity(redis.process.pid, redis_cpus)
     bench.BENCH_SETTINGS.update(
