@@ -22,8 +22,8 @@ def reload_cache(store: FeatureStore) -> bool:
     A SQL registry on PostgreSQL is first asked for a digest of all its rows, computed by
     the database: when it equals the digest taken before the cached copy was read, the
     registry is unchanged and nothing is read or parsed (reading and parsing every object
-    is tens of milliseconds of Python for a few hundred views, in a thread that shares
-    the interpreter with the server's event loop). A changed SQL registry is read in one
+    is milliseconds of Python for a few hundred views, in a thread that shares the
+    interpreter with the server's event loop). A changed SQL registry is read in one
     statement (`read_sql_registry`), not proto()'s transaction per table and project."""
     from feast.infra.registry.caching_registry import CachingRegistry
     from feast.utils import _utc_now
@@ -108,6 +108,8 @@ _OBJECT_TABLES = (
     "label_views",
 )
 _INFRA_NAME = "infra_obj"
+# the kinds of row, beside the object tables' positions in _OBJECT_TABLES
+_PROJECTS, _INFRA = -1, -2
 
 
 def read_sql_registry(registry: Any) -> Any:
@@ -160,13 +162,11 @@ def read_sql_registry(registry: Any) -> Any:
     return out
 
 
-_PROJECTS, _INFRA = -1, -2
-
-
 @functools.cache
 def _one_statement() -> Any:
-    """(kind, project, proto bytes) of every row read_sql_registry reads, by kind, project
-    and name: the same order in every read, so an unchanged registry reads equal."""
+    """(kind, project, name, proto bytes) of every row read_sql_registry reads, ordered
+    by the first three: the same order in every read, so an unchanged registry reads
+    equal."""
     from feast.infra.registry import sql
     from sqlalchemy import literal, select, union_all
 
