@@ -5,10 +5,11 @@ request in flight then waits that long whatever the server does. A loop on each 
 that only reads the clock sees such a stall as a gap between two readings. On this
 machine the gaps come once a minute, on both cores at once, 20 to 115 ms in all: RabbitMQ
 (a service of the machine, unused here) starts a whole Erlang VM to check on `epmd`. The
-loop waits in the run queue meanwhile (`/proc/<pid>/schedstat`), and a loop at nice -10
-(bench.NICE) or a real-time one does not see them. Run at the default priority and at
-the benchmark's, before a latency benchmark, the gaps are the floor of its p99.9: a run
-that holds one measures the machine, not the server.
+loop waits in the run queue meanwhile (`/proc/<pid>/schedstat`); a real-time loop does
+not see them, one at nice -10 (bench.NICE) mostly not, though it has seen other gaps of up
+to 93 ms whose source is not known. Run at the default priority and at the benchmark's,
+before a latency benchmark, the gaps are the floor of its p99.9: a run that holds one
+measures the machine, not the server.
 """
 
 from __future__ import annotations
