@@ -115,11 +115,13 @@ chart-test: install services ## Render, lint, validate and police the chart; run
 	$(BIN)/pytest tests/chart
 
 # The Debian tools the tests run, as command:package. pg_dump reads a restored registry
-# database back, independently of the platform's own backup code.
+# database back, independently of the platform's own backup code. npm installs the
+# validators of KEDA's CRD schemas (package-lock.json) that the chart tests run.
 TEST_TOOLS := promtool:prometheus prometheus-pushgateway:prometheus-pushgateway chromium:chromium \
-              pg_dump:postgresql-client
+              pg_dump:postgresql-client npm:npm
+KEDA_SCHEMAS := tests/chart/keda
 
-test-tools: ## Install the Debian tools the tests run (promtool, prometheus-pushgateway, chromium, pg_dump) if missing
+test-tools: ## Install the tools the tests run (promtool, prometheus-pushgateway, chromium, pg_dump, KEDA's schemas) if missing
 	@missing=""; for tool in $(TEST_TOOLS); do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -127,6 +129,9 @@ test-tools: ## Install the Debian tools the tests run (promtool, prometheus-push
 	  $$sudo apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@if [ -n "$(filter npm:npm,$(TEST_TOOLS))" ] && \
+	  [ ! $(KEDA_SCHEMAS)/node_modules/.package-lock.json -nt $(KEDA_SCHEMAS)/package-lock.json ]; then \
+	  npm ci --prefix $(KEDA_SCHEMAS) --no-audit --no-fund --loglevel=error; fi
 
 image-lint: install ## hadolint over the Dockerfile
 	$(BIN)/hadolint Dockerfile

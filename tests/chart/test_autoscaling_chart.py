@@ -2,15 +2,19 @@
 settings, the CPU HorizontalPodAutoscaler stays the default, and `autoscaling.keda` swaps
 it for a KEDA ScaledObject whose query is the share of the bound in use.
 
-KEDA's CRDs are not among kubernetes-validate's schemas: the ScaledObject's structure is
-checked here, field by field as KEDA reads it (its trigger metadata is a map of strings),
-and its PromQL by the real `promtool`, evaluated over input series of two releases.
+KEDA's CRDs are not among kubernetes-validate's schemas: every object of KEDA's kinds the
+chart renders is validated against KEDA's own CRD schemas (`keda/`: the npm package
+@kubernetes-models/keda, its validators generated from them), its structure is checked
+here field by field as KEDA reads it (its trigger metadata is a map of strings), and its
+PromQL by the real `promtool`, evaluated over input series of two releases.
 tests/integration/serving/test_saturation.py checks that a running server exports the
 series the query reads.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,6 +42,12 @@ needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not on PATH: `make test-tools` installs Debian's prometheus"
 )
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+KEDA_SCHEMAS = Path(__file__).parent / "keda"
+NODE = shutil.which("node")
+needs_keda_schemas = pytest.mark.skipif(
+    NODE is None or not (KEDA_SCHEMAS / "node_modules").is_dir(),
+    reason="node or KEDA's schemas missing: `make test-tools` installs them",
+)
 
 
 def _scenario_values(name: str) -> dict[str, Any]:
@@ -171,6 +181,43 @@ def test_a_prometheus_behind_credentials_is_asked_through_a_trigger_authenticati
     assert trigger["metadata"]["authModes"] == "bearer"
     assert all(isinstance(v, str) for v in trigger["metadata"].values())
     assert "authenticationRef" not in _in_flight_trigger(_scaled_object())
+
+
+def _keda_schema_errors(objects: list[dict[str, Any]]) -> tuple[int, str]:
+    """keda/validate.mjs over `objects`: its exit code (0 valid, 1 not) and what it said."""
+    assert NODE
+    done = subprocess.run(
+        [NODE, "validate.mjs"],
+        cwd=KEDA_SCHEMAS,
+        input=json.dumps(objects),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@needs_keda_schemas
+def test_every_keda_object_the_chart_renders_is_valid_by_kedas_own_schema() -> None:
+    auth = {"name": "prometheus-reader", "kind": "TriggerAuthentication", "modes": "basic"}
+    renders = [rendered_scenario(name) for name in SCENARIOS]
+    renders.append(render(SCENARIOS[KEDA], {"autoscaling": {"keda": {"authentication": auth}}}))
+    objects = [o for objects in renders for o in objects if o["apiVersion"].startswith("keda.sh/")]
+    assert len(objects) >= 2, "the KEDA scenario, with and without authentication"
+    code, said = _keda_schema_errors(objects)
+    assert code == 0, said
+
+
+@needs_keda_schemas
+def test_kedas_schema_refuses_a_scaled_object_keda_could_not_read() -> None:
+    scaled = copy.deepcopy(_scaled_object())
+    trigger = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
+    trigger["metadata"]["threshold"] = float(trigger["metadata"]["threshold"])
+    scaled["spec"]["minReplicaCount"] = str(scaled["spec"]["minReplicaCount"])
+    code, said = _keda_schema_errors([scaled])
+    assert code == 1, said
+    assert "metadata/threshold must be string" in said
+    assert "minReplicaCount must be integer" in said
 
 
 def _sample_at(eval_time: str, value: float) -> dict[str, Any]:
