@@ -110,17 +110,17 @@ class RedisOnlineStore(feast_redis.RedisOnlineStore):
     def forget_entities(
         self, config: RepoConfig, view: FeatureView, keys: Sequence[EntityKeyProto], remove: bool
     ) -> int:
-        """How many of the entity keys hold values; with `remove`, each key's hash (every
-        view keyed alike shares it) replaced by a tombstone, FORGOTTEN_FIELD alone, in one
-        transaction: the platform's writes skip a tombstoned key from then on."""
+        """How many of the entity keys hold values of `view` (its `_ts:<view>` field, written
+        with every row); with `remove`, each key's hash (every view keyed alike shares it)
+        replaced by a tombstone, FORGOTTEN_FIELD alone, in one transaction: the platform's
+        writes skip a tombstoned key from then on."""
         client = self._get_client(config.online_store)
         version = config.entity_key_serialization_version
         names = [redis_key(config.project, key, entity_key_serialization_version=version)
                  for key in keys]  # fmt: skip
         held = 0
         for name in names:  # one by one: in a cluster each key has its own slot
-            fields = client.hlen(name) - int(client.hexists(name, redis_write.FORGOTTEN_FIELD))
-            held += int(fields > 0)
+            held += int(client.hexists(name, f"_ts:{view.name}"))
             if remove:
                 with client.pipeline(transaction=True) as pipe:
                     pipe.delete(name)
