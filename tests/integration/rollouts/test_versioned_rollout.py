@@ -381,3 +381,9 @@ def test_a_breaking_change_ships_as_a_version_while_clients_read(
         )
     assert client.sent > 100
     assert client.failed == [], client.failed[:5]
+    # what each step said, shown with -s
+    print("\nplan, in place:", *[r for r in in_place.stdout.splitlines() if "_v2" in r],
+          "apply, the new versions:", *lines, "plan, retire:", *plan_rows(retire.stdout),
+          "apply, retire:", *[r for r in done.stderr.splitlines() if r.startswith("dev: ")],
+          f"client: {client.sent} requests sent, {len(client.failed)} failed, by service "
+          f"{client.by_service}", sep="\n  ")  # fmt: skip
