@@ -164,7 +164,7 @@ BENCH_ARGS ?=
 BENCH_MATERIALIZE_ARGS ?=
 # Options of the quality benchmark: --rows N (default 1,000,000), --rounds N.
 BENCH_QUALITY_ARGS ?=
-# Options of the overload benchmark: --rounds N (default 3), --step-seconds S, --bound N.
+# Options of the overload benchmark: --rounds N (default 5), --step-seconds S, --bound N.
 BENCH_SATURATION_ARGS ?=
 # Options of the thin-client training-set benchmark: --rounds N (default 3), --quick.
 BENCH_THIN_CLIENT_ARGS ?=
