@@ -10,6 +10,8 @@ import yaml
 from feast.infra.online_stores.redis import RedisOnlineStore
 from rendering import CHART, SCENARIOS, RenderError, one, render
 
+from feature_platform.config import environments
+
 EXTERNAL = SCENARIOS["ci/external-values"]
 
 
@@ -18,13 +20,8 @@ def _online_store(redis_values: dict[str, Any]) -> tuple[dict[str, str], dict[st
     objects = render(EXTERNAL, {"redis": redis_values})
     settings = one(objects, "ConfigMap", "-settings")["data"]
     text = one(objects, "ConfigMap", "-feature-store")["data"]["feature_store.yaml"]
-    saved = dict(os.environ)
-    try:
-        os.environ.update({**settings, "REDIS_PASSWORD": "pw", "POSTGRES_PASSWORD": ""})
+    with environments.in_environ({**settings, "REDIS_PASSWORD": "pw", "POSTGRES_PASSWORD": ""}):
         expanded = os.path.expandvars(text)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     return settings, yaml.safe_load(expanded)["online_store"]
 
 

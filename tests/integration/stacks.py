@@ -36,15 +36,24 @@ CLAIM_KEY = "feature-platform:test-claim"
 TEST_REDIS_DBS = range(3, 16)
 
 
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
 @contextmanager
 def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """`environments.in_environ` for a test, never while Ray runs in this process: Ray's
+    threads read the environment without a lock, and a variable added under them crashed
+    the test session (SIGSEGV in getenv). A Ray started in the block is stopped before the
+    environment is restored; one started outside must be stopped before the next block."""
+    assert not _ray_running(), "Ray runs in this process: ray.shutdown() before this"
+    with environments.in_environ(values):
+        try:
+            yield
+        finally:
+            if _ray_running():
+                sys.modules["ray"].shutdown()
 
 
 def _service_defaults() -> dict[str, str]:

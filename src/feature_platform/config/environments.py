@@ -10,7 +10,8 @@ mounted Secret): `credentials` reads it, and reads it again when it changes.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from feature_platform.config import auth as auth_config
@@ -24,6 +25,30 @@ FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 FEATURE_REPO_DIR_VAR = "FEATURE_REPO_DIR"
 ENV_DIR = PROJECT_ROOT / "ci" / "env"
 LOCAL = "local"
+
+
+@contextmanager
+def in_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in this process's environment for the block; afterwards the environment
+    as it was before it, whatever the block changed.
+
+    Only the variables that differ are written, each way. C code reads the environment
+    without a lock (glibc's getenv), from threads of its own (Ray's, libpq connecting):
+    adding a variable can move the array such a thread is reading, and clearing and
+    refilling the whole environment (as this once did) added every variable and left the
+    environment empty in between. Setting a variable to the value it has writes nothing."""
+    saved = dict(os.environ)
+    for name, value in values.items():
+        if saved.get(name) != value:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name not in saved]:
+            del os.environ[name]
+        for name, value in saved.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
 
 
 def available() -> list[str]:

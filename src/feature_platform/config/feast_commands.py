@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import os
 import re
 import subprocess
 import sys
@@ -80,16 +79,10 @@ def _file_args(env: str) -> list[str]:
 @contextmanager
 def _settings_in_environ(env: str) -> Iterator[None]:
     """Feast expands variables from this process's environment when it reads the
-    configuration, so the environment's settings are in place for that moment only."""
-    values = prepare(env)
-    saved = dict(os.environ)
-    os.environ.update(values)
-    try:
+    configuration, so the environment's settings are in place for that moment only (and
+    leave nothing behind to leak into the next one's)."""
+    with environments.in_environ(prepare(env)):
         yield
-    finally:
-        # Leave no environment's settings behind to leak into the next one's.
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def open_store(env: str) -> FeatureStore:

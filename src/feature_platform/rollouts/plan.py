@@ -87,19 +87,17 @@ def in_repo(values: Mapping[str, str]) -> Iterator[Path]:
     repository as working directory and import root, and fresh imports of its modules
     (so that one process can plan two copies of the repository)."""
     repo = environments.feature_repo()
-    saved_environ, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
+    saved_cwd, saved_path = os.getcwd(), list(sys.path)
     for name in _repo_modules(repo):
         sys.modules.pop(name, None)
-    os.environ.update(values)
-    os.chdir(repo)
-    sys.path.insert(0, str(repo))
-    try:
-        yield repo
-    finally:
-        os.chdir(saved_cwd)
-        sys.path[:] = saved_path
-        os.environ.clear()
-        os.environ.update(saved_environ)
+    with environments.in_environ(values):
+        os.chdir(repo)
+        sys.path.insert(0, str(repo))
+        try:
+            yield repo
+        finally:
+            os.chdir(saved_cwd)
+            sys.path[:] = saved_path
 
 
 def _repo_config(env: str, repo: Path, *, read_only: bool, registry_path: str | None = None) -> Any:

@@ -4,7 +4,8 @@ the watermark and the late-row rules kept.
 
 Two dev stacks get the same tables. One materializes in process, the other with
 `MATERIALIZE_ENGINE` selecting `ray.engine` (local Ray, two writers, batches of a few
-rows so that several workers write). Ray starts once for the module.
+rows so that several workers write). Ray starts in this process for each run and stops
+with it (`stacks.patched_environ`).
 """
 
 from __future__ import annotations
@@ -107,9 +108,6 @@ def stacks(
             applies.append(feast_commands.start(stack.env, ["apply"]))
     assert [apply.wait(timeout=600) for apply in applies] == [0, 0]
     yield local, ray
-    import ray as ray_runtime
-
-    ray_runtime.shutdown()
 
 
 def _run_both(stacks: tuple[Stack, Stack], end: datetime) -> None:

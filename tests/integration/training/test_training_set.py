@@ -119,9 +119,6 @@ def dev(stack_factory: Callable[..., Stack]) -> Iterator[Stack]:
     stack.feast("apply")
     _without_expectations(stack)
     yield stack
-    import ray
-
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +241,10 @@ def test_ray_workers_import_feast_as_the_command_does() -> None:
             return True
         return False
 
-    assert ray.get(ray.remote(checked).remote()) is False
+    try:
+        assert ray.get(ray.remote(checked).remote()) is False
+    finally:
+        ray.shutdown()  # before another test changes the environment (stacks.patched_environ)
 
 
 def test_rows_appended_after_the_mirror_reach_the_training_set(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,58 @@ def test_dev_and_prod_differ_only_in_values_not_in_keys() -> None:
 def test_feature_store_yaml_can_point_at_a_mounted_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEATURE_STORE_YAML", "/etc/feast/feature_store.yaml")
     assert environments.feature_store_yaml("prod") == Path("/etc/feast/feature_store.yaml")
+
+
+def _writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Every write os.environ makes to the C environment, from now on."""
+    writes: list[tuple[str, ...]] = []
+    real_put, real_unset = os.putenv, os.unsetenv
+
+    def put(name: str, value: str) -> None:
+        writes.append(("set", os.fsdecode(name)))
+        real_put(name, value)
+
+    def unset(name: str) -> None:
+        writes.append(("unset", os.fsdecode(name)))
+        real_unset(name)
+
+    monkeypatch.setattr(os, "putenv", put)
+    monkeypatch.setattr(os, "unsetenv", unset)
+    return writes
+
+
+def test_in_environ_writes_only_what_differs_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IN_ENVIRON_KEPT", "same")
+    monkeypatch.setenv("IN_ENVIRON_CHANGED", "before")
+    monkeypatch.delenv("IN_ENVIRON_ADDED", raising=False)
+    monkeypatch.delenv("IN_ENVIRON_BY_THE_BLOCK", raising=False)
+    writes = _writes(monkeypatch)
+    values = {"IN_ENVIRON_KEPT": "same", "IN_ENVIRON_CHANGED": "after", "IN_ENVIRON_ADDED": "1"}
+    with environments.in_environ(values):
+        assert writes == [("set", "IN_ENVIRON_CHANGED"), ("set", "IN_ENVIRON_ADDED")]
+        assert {name: os.environ[name] for name in values} == values
+        os.environ["IN_ENVIRON_BY_THE_BLOCK"] = "x"
+        del os.environ["IN_ENVIRON_KEPT"]
+    assert os.environ["IN_ENVIRON_KEPT"] == "same"
+    assert os.environ["IN_ENVIRON_CHANGED"] == "before"
+    assert "IN_ENVIRON_ADDED" not in os.environ
+    assert "IN_ENVIRON_BY_THE_BLOCK" not in os.environ
+    # Nothing else was written: the environment was never cleared and refilled, which
+    # moved the C array under threads reading it (a SIGSEGV in a thread of Ray's).
+    assert sorted(writes[2:]) == sorted([
+        ("set", "IN_ENVIRON_BY_THE_BLOCK"), ("unset", "IN_ENVIRON_KEPT"),
+        ("unset", "IN_ENVIRON_ADDED"), ("unset", "IN_ENVIRON_BY_THE_BLOCK"),
+        ("set", "IN_ENVIRON_KEPT"), ("set", "IN_ENVIRON_CHANGED"),
+    ])  # fmt: skip
+
+
+def test_in_environ_with_the_values_already_there_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IN_ENVIRON_KEPT", "same")
+    writes = _writes(monkeypatch)
+    with environments.in_environ({"IN_ENVIRON_KEPT": "same", "HOME": os.environ["HOME"]}):
+        pass
+    assert writes == []
