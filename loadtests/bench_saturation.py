@@ -144,8 +144,9 @@ def one_round(
     a bound) with that maximum measured just before and just after, then at half it."""
     out: dict[str, Any] = {}
 
-    def closed_loop() -> tuple[wrk.WrkResult, float]:
-        """wrk's run against the server without a bound, and the time that server ran."""
+    def closed_loop(mode: str) -> tuple[wrk.WrkResult, float]:
+        """wrk's run against the server without a bound (for `mode`'s round), and the time
+        that server ran."""
         ran_before, _ = core_time(servers[OFF])
         closed = wrk.run(f"{servers[OFF].url}/get-online-features", body, args.seconds,
                          cpus=bench.LOADGEN_CPUS)  # fmt: skip
@@ -158,9 +159,9 @@ def one_round(
         shed_before = gauge(server.url, SHED)
         # The cores' speed drifts with the host's other guests within a round: the maximum
         # goodput is measured against is the mean of one run just before and one just after.
-        before, before_ran_s = closed_loop()
+        before, before_ran_s = closed_loop(mode)
         over = step(server, body, before.rps * 2, args)
-        after, after_ran_s = closed_loop()
+        after, after_ran_s = closed_loop(mode)
         closed_rps = (before.rps + after.rps) / 2
         half = step(server, body, closed_rps / 2, args)
         shed_counted = gauge(server.url, SHED) - shed_before

@@ -152,8 +152,9 @@ def forget(
     if tombstones or not yes:
         # all counted before any is removed: in Redis the views keyed alike share a hash
         online_rows = {v.name: _online(store, v, online_keys[v.name], False) for v in views}
-        for view in views if yes else ():
-            _online(store, view, online_keys[view.name], True)
+        if yes:
+            for view in views:
+                _online(store, view, online_keys[view.name], True)
     if yes:
         if tombstones:
             timeout = getattr(store.config.offline_store, "write_timeout_seconds", 5)
